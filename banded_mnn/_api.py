@@ -1,0 +1,586 @@
+"""Public band routines: argument validation, dtype and shape rules, dispatch.
+
+Everything here is backend-independent.  Validation happens before any
+kernel runs, so a call that raises for bad input has written nothing.  The
+kernels are reached through :func:`banded_mnn._backends.get`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import _backends
+from ._errors import NotPositiveDefiniteError
+from ._strided import StridedBatch
+
+__all__ = [
+    "cho_solve_banded",
+    "cholesky_banded",
+    "cholesky_banded_ex",
+    "solveh_banded",
+    "solveh_banded_ex",
+]
+
+
+# --------------------------------------------------------------------------
+# Validation helpers
+# --------------------------------------------------------------------------
+
+
+def _as_real_array(x: Any, name: str) -> np.ndarray:
+    """``x`` as a NumPy array of a real numeric dtype, without copying."""
+    if hasattr(x, "__cuda_array_interface__"):
+        raise TypeError(
+            f"{name} is a GPU array ({type(x).__module__}.{type(x).__name__}); this version of "
+            "banded_mnn accepts NumPy arrays (CPU) only"
+        )
+    array = np.asarray(x)
+    if array.dtype.kind == "c":
+        raise TypeError(
+            f"{name} must be real; got complex dtype {array.dtype} "
+            "(complex Hermitian matrices are not supported)"
+        )
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be an array of real numbers; got dtype {array.dtype}")
+    return array
+
+
+def _result_dtype(*arrays: np.ndarray) -> np.dtype:
+    """SciPy's (LAPACK's) choice: float32 if every input fits, else float64."""
+    common = np.result_type(*(a.dtype for a in arrays), np.float32)
+    return np.dtype(np.float32) if common == np.float32 else np.dtype(np.float64)
+
+
+def _check_band(ab: np.ndarray, name: str) -> tuple[int, int]:
+    """Validate a band array; return (M, effective half-bandwidth)."""
+    if ab.ndim < 2:
+        raise ValueError(
+            f"{name} must have shape (..., u + 1, M) (at least 2 dimensions); got shape {ab.shape}"
+        )
+    if ab.shape[-2] == 0:
+        raise ValueError(f"{name} must have at least one row (the diagonal); got shape {ab.shape}")
+    m = ab.shape[-1]
+    # u + 1 > M is allowed: the matrix is then dense and the extra band rows
+    # are outside it (never read), exactly as in LAPACK's ?pbtrf.
+    return m, min(ab.shape[-2] - 1, max(m - 1, 0))
+
+
+def _rhs_layout(
+    ab: np.ndarray, b: np.ndarray, name_ab: str, name_b: str
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Validate ``b`` against ``ab``; return (batch shape, output shape)."""
+    if b.ndim == 0:
+        raise ValueError(f"{name_b} must have shape (M,) or (..., M, K); got a 0-d array")
+    m = ab.shape[-1]
+    rows = b.shape[0] if b.ndim == 1 else b.shape[-2]
+    if rows != m:
+        raise ValueError(
+            f"shapes of {name_ab} {ab.shape} and {name_b} {b.shape} are not compatible: "
+            f"{name_ab} has M = {m} columns, so {name_b} must have shape (M,) or (..., M, K) "
+            f"with M = {m}"
+        )
+    b_batch = () if b.ndim == 1 else b.shape[:-2]
+    try:
+        batch = np.broadcast_shapes(ab.shape[:-2], b_batch)
+    except ValueError:
+        raise ValueError(
+            f"batch shapes of {name_ab} {ab.shape[:-2]} and {name_b} {b_batch} do not broadcast"
+        ) from None
+    core = (m,) if b.ndim == 1 else b.shape[-2:]
+    return batch, batch + core
+
+
+def _can_overwrite(x: np.ndarray, dtype: np.dtype, shape: tuple[int, ...]) -> bool:
+    """True when results may be written into ``x`` itself."""
+    return (
+        x.dtype == dtype
+        and x.shape == shape
+        and x.flags.writeable
+        and x.flags.aligned
+        and not any(s == 0 and n > 1 for s, n in zip(x.strides, x.shape, strict=True))
+    )
+
+
+def _check_finite(x: np.ndarray, name: str, backend) -> None:
+    """Raise if a float array has an inf or NaN (one pass, no temporary)."""
+    if x.dtype.kind != "f" or x.size == 0:
+        return
+    core = _as_batched(x)
+    if not backend.all_finite(StridedBatch.from_array(core, core.shape[:-2])):
+        raise ValueError(f"{name} must not contain infs or NaNs")
+
+
+def _raise_if_failed(info: np.ndarray, function: str) -> None:
+    if info.size and info.any():
+        raise NotPositiveDefiniteError(info, function)
+
+
+def _as_batched(x: np.ndarray) -> np.ndarray:
+    """``(M,)`` right-hand sides as ``(M, 1)``; others unchanged."""
+    return x[:, None] if x.ndim == 1 else x
+
+
+# --------------------------------------------------------------------------
+# Shared drivers (one per routine family)
+# --------------------------------------------------------------------------
+
+
+def _factor(ab: Any, overwrite_ab: bool, lower: bool, check_finite: bool, backend: str | None):
+    impl = _backends.get(backend)
+    ab = _as_real_array(ab, "ab")
+    m, bw = _check_band(ab, "ab")
+    dtype = _result_dtype(ab)
+    batch = ab.shape[:-2]
+    if check_finite:
+        _check_finite(ab, "ab", impl)
+    if overwrite_ab and _can_overwrite(ab, dtype, ab.shape):
+        c = ab
+    else:
+        # Copying the whole band keeps the unused corner cells as they were,
+        # as LAPACK does.
+        c = np.array(ab, dtype=dtype, order="C")
+    if c.size == 0:
+        return c, np.zeros(batch, dtype=np.int32)
+    band = StridedBatch.from_array(c, batch).band_view(bw, lower)
+    info = impl.run(band, bw, factor=True, store_factor=True, rhs=None, out=None)
+    return c, info.reshape(batch)
+
+
+def _solve(
+    ab: Any,
+    b: Any,
+    *,
+    factored: bool,
+    overwrite_b: bool,
+    lower: bool,
+    check_finite: bool,
+    backend: str | None,
+    name_ab: str,
+):
+    impl = _backends.get(backend)
+    ab = _as_real_array(ab, name_ab)
+    b = _as_real_array(b, "b")
+    m, bw = _check_band(ab, name_ab)
+    batch, out_shape = _rhs_layout(ab, b, name_ab, "b")
+    dtype = _result_dtype(ab, b)
+    if check_finite:
+        _check_finite(ab, name_ab, impl)
+        _check_finite(b, "b", impl)
+    if overwrite_b and _can_overwrite(b, dtype, out_shape) and not np.may_share_memory(b, ab):
+        x = b
+    else:
+        x = np.empty(out_shape, dtype=dtype)
+    if x.size == 0:
+        # Nothing to solve (SciPy also returns early without factoring).
+        return x, np.zeros(batch, dtype=np.int32)
+    ab_op = ab if ab.dtype == dtype else ab.astype(dtype)
+    b_op = b if b.dtype == dtype else b.astype(dtype)
+    if b.ndim == 1:  # one vector for the whole batch: a (M, 1) core
+        b_op, x_core = b_op[:, None], x[..., None]
+    else:
+        x_core = x
+    band = StridedBatch.from_array(ab_op, batch).band_view(bw, lower)
+    info = impl.run(
+        band,
+        bw,
+        factor=not factored,
+        store_factor=False,
+        rhs=StridedBatch.from_array(b_op, batch),
+        out=StridedBatch.from_array(x_core, batch),
+    )
+    return x, info.reshape(batch)
+
+
+# --------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------
+
+_BAND_LAYOUT = """
+    The band storage is SciPy's (LAPACK's) diagonal-ordered form.  For a
+    symmetric positive definite matrix ``a`` of order ``M`` with ``u``
+    off-diagonals on each side::
+
+        upper form (default):  ab[u + i - j, j] == a[i, j]   for i <= j
+        lower form:            ab[i - j, j] == a[i, j]       for i >= j
+
+    For ``M = 6, u = 2``::
+
+        upper form:                    lower form:
+        *   *   a02 a13 a24 a35        a00 a11 a22 a33 a44 a55
+        *   a01 a12 a23 a34 a45        a10 a21 a32 a43 a54 *
+        a00 a11 a22 a33 a44 a55        a20 a31 a42 a53 *   *
+
+    Cells marked ``*`` are never read.  ``u + 1 > M`` is allowed: the matrix
+    is then dense and band rows beyond it are ignored.
+"""
+
+
+def cholesky_banded(
+    ab: Any,
+    overwrite_ab: bool = False,
+    lower: bool = False,
+    check_finite: bool = True,
+    *,
+    backend: str | None = None,
+) -> np.ndarray:
+    """Cholesky factorisation of a batch of symmetric positive definite band matrices.
+
+    Drop-in for :func:`scipy.linalg.cholesky_banded`: same arguments, band
+    layout and result, batched over leading dimensions.
+
+    Parameters
+    ----------
+    ab : array_like, shape (..., u + 1, M)
+        The matrices in band storage (see Notes).  Leading dimensions are a
+        batch.  Integer, boolean and float16 input is converted as SciPy does
+        (to float32 if it fits, else float64).
+    overwrite_ab : bool, optional
+        Allow the factor to be written into ``ab`` itself when ``ab`` is a
+        writeable array of the result dtype.  Otherwise ``ab`` is never written.
+    lower : bool, optional
+        ``ab`` is in lower form (``a = L L^T`` is computed) rather than upper
+        form (``a = U^T U``).
+    check_finite : bool, optional
+        Raise ``ValueError`` if ``ab`` contains infs or NaNs.  With ``False``
+        a non-finite value is still caught if it reaches a pivot, and is
+        reported as not positive definite.
+    backend : {None, "numba"}, optional
+        Implementation to use; ``None`` picks the default for the input.
+
+    Returns
+    -------
+    c : numpy.ndarray, shape (..., u + 1, M)
+        The factor ``U`` (upper form) or ``L`` (lower form) in the same band
+        layout; float32 or float64.  Unused cells are copied from ``ab``.
+
+    Raises
+    ------
+    NotPositiveDefiniteError
+        (a ``numpy.linalg.LinAlgError``) if any matrix is not positive
+        definite; it names the batch index and the 1-based order of the
+        leading minor (LAPACK's ``info``).  Use :func:`cholesky_banded_ex` to
+        get per-system status instead.
+    ValueError
+        Bad shapes, or non-finite input with ``check_finite=True``.
+    TypeError
+        Complex or non-numeric input.
+
+    See Also
+    --------
+    cholesky_banded_ex : the same, returning per-system status.
+    cho_solve_banded : solve with the factor.
+    scipy.linalg.cholesky_banded : the unbatched reference.
+
+    Notes
+    -----
+    """
+    c, info = _factor(ab, overwrite_ab, lower, check_finite, backend)
+    _raise_if_failed(info, "cholesky_banded")
+    return c
+
+
+cholesky_banded.__doc__ += (
+    _BAND_LAYOUT
+    + """
+    A zero-size batch or ``M = 0`` returns an empty result.  The work is linear
+    in ``M`` and in the batch size, and runs in parallel over the batch
+    (``numba.set_num_threads`` sets the number of threads).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from banded_mnn import cholesky_banded
+    >>> ab = np.array([[0.0, 1.0, 1.0, 1.0],
+    ...                [4.0, 4.0, 4.0, 4.0]])   # upper form, u = 1
+    >>> c = cholesky_banded(ab)
+    >>> c[1, 0]
+    np.float64(2.0)
+    >>> batch = np.stack([ab, 2 * ab])          # shape (2, 2, 4)
+    >>> cholesky_banded(batch).shape
+    (2, 2, 4)
+"""
+)
+
+
+def cholesky_banded_ex(
+    ab: Any,
+    overwrite_ab: bool = False,
+    lower: bool = False,
+    check_finite: bool = True,
+    *,
+    backend: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Batched band Cholesky that reports failures per system instead of raising.
+
+    Like :func:`cholesky_banded`, but a matrix that is not positive definite
+    does not raise: its status is returned, in the same pass, for the caller to
+    act on (as :func:`torch.linalg.cholesky_ex` does).
+
+    Parameters
+    ----------
+    ab, overwrite_ab, lower, check_finite, backend
+        As in :func:`cholesky_banded`.
+
+    Returns
+    -------
+    c : numpy.ndarray, shape (..., u + 1, M)
+        The factors.  Every band cell of a system that failed is NaN, so a
+        failed factor cannot be used by mistake.
+    info : numpy.ndarray of int32, shape (...)
+        0 where the factorisation succeeded; otherwise the 1-based order of
+        the first leading minor that is not positive definite.  A 0-d array
+        for a single matrix.
+
+    Raises
+    ------
+    ValueError, TypeError
+        For bad input, as in :func:`cholesky_banded`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from banded_mnn import cholesky_banded_ex
+    >>> ab = np.array([[[0.0, 1.0, 1.0], [4.0, 4.0, 4.0]],
+    ...                [[0.0, 3.0, 1.0], [1.0, 1.0, 1.0]]])  # second is indefinite
+    >>> c, info = cholesky_banded_ex(ab)
+    >>> info
+    array([0, 2], dtype=int32)
+    >>> bool(np.isnan(c[1]).any())
+    True
+    """
+    return _factor(ab, overwrite_ab, lower, check_finite, backend)
+
+
+def cho_solve_banded(
+    cb_and_lower: tuple[Any, bool],
+    b: Any,
+    overwrite_b: bool = False,
+    check_finite: bool = True,
+    *,
+    backend: str | None = None,
+) -> np.ndarray:
+    """Solve ``A x = b`` given the band Cholesky factor of ``A``, batched.
+
+    Drop-in for :func:`scipy.linalg.cho_solve_banded`.
+
+    Parameters
+    ----------
+    cb_and_lower : (cb, lower)
+        ``cb``, shape (..., u + 1, M), is the factor from
+        :func:`cholesky_banded`; ``lower`` must be the value given to it.
+    b : array_like, shape (M,) or (..., M, K)
+        Right-hand sides.  A 1-D ``b`` is one vector (shared by the whole
+        batch); otherwise the last two axes are ``(M, K)`` and the leading
+        axes a batch that broadcasts with ``cb``'s.
+    overwrite_b : bool, optional
+        Allow the solution to be written into ``b`` itself when ``b`` is a
+        writeable array of the result dtype and shape.
+    check_finite : bool, optional
+        Raise ``ValueError`` if ``cb`` or ``b`` contains infs or NaNs.
+    backend : {None, "numba"}, optional
+        Implementation to use.
+
+    Returns
+    -------
+    x : numpy.ndarray
+        Shape ``batch + (M,)`` for 1-D ``b``, else ``batch + (M, K)``, where
+        ``batch`` is the broadcast of the two batch shapes.
+
+    Raises
+    ------
+    ValueError
+        Incompatible shapes, a malformed ``cb_and_lower``, or non-finite input
+        with ``check_finite=True``.
+    TypeError
+        Complex or non-numeric input.
+
+    See Also
+    --------
+    cholesky_banded, solveh_banded, scipy.linalg.cho_solve_banded
+
+    Notes
+    -----
+    Like LAPACK's ``?pbtrs`` the factor is not validated: a zero on its
+    diagonal gives infs or NaNs.  Zero-size batches, ``M = 0`` and ``K = 0``
+    return empty results.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from banded_mnn import cholesky_banded, cho_solve_banded
+    >>> ab = np.array([[0.0, 1.0, 1.0], [4.0, 4.0, 4.0]])
+    >>> cb = cholesky_banded(ab)
+    >>> x = cho_solve_banded((cb, False), np.array([5.0, 6.0, 5.0]))
+    >>> np.round(x, 12)
+    array([1., 1., 1.])
+    """
+    try:
+        cb, lower = cb_and_lower
+    except (TypeError, ValueError):
+        raise ValueError("cb_and_lower must be a pair (cb, lower)") from None
+    x, _ = _solve(
+        cb,
+        b,
+        factored=True,
+        overwrite_b=overwrite_b,
+        lower=bool(lower),
+        check_finite=check_finite,
+        backend=backend,
+        name_ab="cb",
+    )
+    return x
+
+
+def solveh_banded(
+    ab: Any,
+    b: Any,
+    overwrite_ab: bool = False,
+    overwrite_b: bool = False,
+    lower: bool = False,
+    check_finite: bool = True,
+    *,
+    backend: str | None = None,
+) -> np.ndarray:
+    """Solve ``A x = b`` for a batch of symmetric positive definite band matrices.
+
+    Drop-in for :func:`scipy.linalg.solveh_banded`: factor and solve in one
+    fused pass per system; the factor is not kept.
+
+    Parameters
+    ----------
+    ab : array_like, shape (..., u + 1, M)
+        The matrices in band storage (see Notes).
+    b : array_like, shape (M,) or (..., M, K)
+        Right-hand sides, batched as in :func:`cho_solve_banded`.
+    overwrite_ab : bool, optional
+        Accepted for SciPy compatibility.  ``ab`` is never written: the factor
+        lives in a per-thread workspace.
+    overwrite_b : bool, optional
+        Allow the solution to be written into ``b`` itself when ``b`` is a
+        writeable array of the result dtype and shape.
+    lower : bool, optional
+        ``ab`` is in lower form rather than upper form.
+    check_finite : bool, optional
+        Raise ``ValueError`` if ``ab`` or ``b`` contains infs or NaNs.
+    backend : {None, "numba"}, optional
+        Implementation to use.
+
+    Returns
+    -------
+    x : numpy.ndarray
+        Shape ``batch + (M,)`` for 1-D ``b``, else ``batch + (M, K)``;
+        float32 or float64 as SciPy chooses.
+
+    Raises
+    ------
+    NotPositiveDefiniteError
+        If any matrix is not positive definite (batch index and leading-minor
+        order in the message and attributes).  See :func:`solveh_banded_ex`.
+    ValueError
+        Incompatible shapes, or non-finite input with ``check_finite=True``.
+    TypeError
+        Complex or non-numeric input.
+
+    See Also
+    --------
+    solveh_banded_ex, cholesky_banded, cho_solve_banded, scipy.linalg.solveh_banded
+
+    Notes
+    -----
+    """
+    x, info = solveh_banded_ex(
+        ab, b, overwrite_ab, overwrite_b, lower, check_finite, backend=backend
+    )
+    _raise_if_failed(info, "solveh_banded")
+    return x
+
+
+solveh_banded.__doc__ += (
+    _BAND_LAYOUT
+    + """
+    SciPy uses LAPACK's ``?ptsv`` (an L D L^T factorisation) when ``u = 1`` and
+    ``?pbsv`` otherwise; banded_mnn always uses Cholesky, so results agree to
+    rounding.  With ``overwrite_b=True`` and a system that is not positive
+    definite, ``b`` holds the solutions of the systems that succeeded and NaN
+    for those that failed when the error is raised.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from banded_mnn import solveh_banded
+    >>> ab = np.array([[0.0, 1.0, 1.0], [4.0, 4.0, 4.0]])   # tridiagonal, upper form
+    >>> np.round(solveh_banded(ab, np.array([5.0, 6.0, 5.0])), 12)
+    array([1., 1., 1.])
+
+    A batch of 100 systems with 3 right-hand sides each:
+
+    >>> rng = np.random.default_rng(0)
+    >>> abs_ = np.concatenate([rng.uniform(-1, 1, (100, 2, 50)),
+    ...                        np.full((100, 1, 50), 5.0)], axis=1)
+    >>> solveh_banded(abs_, rng.standard_normal((100, 50, 3))).shape
+    (100, 50, 3)
+"""
+)
+
+
+def solveh_banded_ex(
+    ab: Any,
+    b: Any,
+    overwrite_ab: bool = False,
+    overwrite_b: bool = False,
+    lower: bool = False,
+    check_finite: bool = True,
+    *,
+    backend: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Batched :func:`solveh_banded` that reports failures per system instead of raising.
+
+    The status comes out of the same fused factor-and-solve pass, so a
+    training loop can detect (and skip or repair) indefinite systems without
+    an exception and without a second pass over the data.
+
+    Parameters
+    ----------
+    ab, b, overwrite_ab, overwrite_b, lower, check_finite, backend
+        As in :func:`solveh_banded`.
+
+    Returns
+    -------
+    x : numpy.ndarray
+        The solutions; every entry of a system that failed is NaN.
+    info : numpy.ndarray of int32
+        Shape ``batch`` (0-d when nothing is batched): 0 on success, otherwise
+        the 1-based order of the first leading minor of that system that is
+        not positive definite (LAPACK's ``info``).  When ``b`` is empty
+        nothing is factored and ``info`` is 0.
+
+    Raises
+    ------
+    ValueError, TypeError
+        For bad input, as in :func:`solveh_banded`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from banded_mnn import solveh_banded_ex
+    >>> ab = np.array([[[0.0, 1.0, 1.0], [4.0, 4.0, 4.0]],
+    ...                [[0.0, 3.0, 1.0], [1.0, 1.0, 1.0]]])
+    >>> x, info = solveh_banded_ex(ab, np.ones(3))
+    >>> info
+    array([0, 2], dtype=int32)
+    >>> bool(np.isnan(x[1]).all())
+    True
+    """
+    del overwrite_ab  # ab is only read; see solveh_banded
+    return _solve(
+        ab,
+        b,
+        factored=False,
+        overwrite_b=overwrite_b,
+        lower=lower,
+        check_finite=check_finite,
+        backend=backend,
+        name_ab="ab",
+    )

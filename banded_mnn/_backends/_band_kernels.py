@@ -1,0 +1,166 @@
+"""Band Cholesky and substitution cores on a lane-interleaved workspace.
+
+``L`` independent systems ("lanes") are factored in lockstep with the lane index
+innermost, so that every scalar step of the algorithm becomes one ``L``-wide
+SIMD operation.  The workspaces are flat, C-ordered 1-D arrays::
+
+    W[(j*(bw + 1) + t)*L + l] = L_l[j + t, j]     0 <= t <= bw, j + t < n
+    Y[(j*nrhs + k)*L + l]     = right-hand side / solution (j, k) of lane l
+
+where ``A_l = L_l L_l^T`` is the Cholesky factorisation of lane ``l`` (order
+``n``, effective half-bandwidth ``bw``).  Row ``j`` of ``W`` is column ``j`` of
+the lower factor (row ``j`` of ``U = L^T``): LAPACK's lower band storage,
+transposed.
+
+The lane count reaches the cores as the *type* of ``lanes``, a tuple of length
+``L`` (see :func:`lane_marker`).  It is a compile-time constant, so Numba
+compiles and caches one specialisation per lane count.
+
+The hot operation ``x[:] -= a[:] * b[:]`` on ``L`` consecutive lanes is emitted
+as one LLVM vector operation by :func:`lane_fnmadd`.  LLVM cannot vectorise the
+plain lane loop itself: it cannot prove that the row being updated and the
+pivot row of the same workspace do not overlap (measured: 4x slower).
+"""
+
+from __future__ import annotations
+
+import math
+
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+
+def lane_marker(lanes: int) -> tuple[int, ...]:
+    """The ``lanes`` argument that selects the ``lanes``-lane specialisation."""
+    return (0,) * lanes
+
+
+def _vector_pointer(context, builder, array_type, array, index, width):
+    """LLVM pointer to ``width`` consecutive elements of a 1-D array from ``index``."""
+    data = context.make_array(array_type)(context, builder, array).data
+    element = context.get_data_type(array_type.dtype)
+    pointer = builder.gep(data, [index], inbounds=True)
+    return builder.bitcast(pointer, ir.VectorType(element, width).as_pointer())
+
+
+def _lane_update(combine):
+    """An intrinsic ``f(dst, di, a, ai, b, bi, lanes)`` that sets
+    ``dst[di:di+L] = combine(dst[di:di+L], a[ai:ai+L], b[bi:bi+L])`` with
+    ``L``-wide vector instructions.  Arrays are 1-D, contiguous and of one
+    dtype; indices are not bounds-checked; loads assume element alignment only.
+    """
+
+    def typer(typingctx, dst, di, a, ai, b, bi, lanes):
+        width = lanes.count
+
+        def codegen(context, builder, signature, args):
+            array_types = signature.args[0::2][:3]
+            pointers = [
+                _vector_pointer(context, builder, aty, args[2 * k], args[2 * k + 1], width)
+                for k, aty in enumerate(array_types)
+            ]
+            align = array_types[0].dtype.bitwidth // 8
+            d, x, y = (builder.load(ptr, align=align) for ptr in pointers)
+            builder.store(combine(builder, d, x, y), pointers[0], align=align)
+            return context.get_dummy_value()
+
+        return types.void(dst, di, a, ai, b, bi, lanes), codegen
+
+    return intrinsic(typer)
+
+
+#: dst -= a * b (the multiply is rounded: no FMA contraction, as in NumPy).
+lane_fnmadd = _lane_update(lambda builder, d, x, y: builder.fsub(d, builder.fmul(x, y)))
+#: dst = a * b.
+lane_mul = _lane_update(lambda builder, d, x, y: builder.fmul(x, y))
+#: dst = a / b.
+lane_div = _lane_update(lambda builder, d, x, y: builder.fdiv(x, y))
+
+
+@njit(cache=True, nogil=True)
+def factor(W, Y, n, bw, nrhs, info, recip, lanes, j0, j1):
+    """Columns ``[j0, j1)`` of the right-looking band Cholesky of every lane.
+
+    Works in place in ``W``; columns before ``j0`` must be done, and rows up to
+    ``min(j1 + bw, n)`` must hold ``A`` (minus earlier updates).
+
+    When ``nrhs > 0`` the forward substitution ``L y = b`` is fused into the
+    same sweep (column ``j`` of ``L`` is final as soon as it is scaled), which
+    saves one pass over the factor.  ``info[l]`` receives the 1-based order of
+    the first leading minor of lane ``l`` that is not positive definite
+    (LAPACK's ``info``).  A failed pivot is replaced by 1 so that the lane stays
+    finite and the other lanes proceed; the failed lane's results are
+    meaningless.  ``recip`` is scratch for ``L`` reciprocals.
+    """
+    L = len(lanes)
+    R = (bw + 1) * L  # row length of W
+    for j in range(j0, j1):
+        m = min(bw, n - 1 - j)
+        p = j * R
+        # Pivot: A[j, j] - sum_k L[j, k]^2 has been accumulated into W[j, 0].
+        for l in range(L):
+            d = W[p + l]
+            if d > 0.0:
+                d = math.sqrt(d)
+            else:  # also catches NaN
+                if info[l] == 0:
+                    info[l] = j + 1
+                d = 1.0
+            W[p + l] = d
+            recip[l] = 1.0
+        lane_div(recip, 0, recip, 0, W, p, lanes)
+        # Column j of L: L[j + t, j] = A~[j + t, j] * (1 / L[j, j]), as in LAPACK.
+        for t in range(1, m + 1):
+            lane_mul(W, p + t * L, W, p + t * L, recip, 0, lanes)
+        # Rank-1 update of the trailing (m x m) triangle:
+        # A~[j + s + r, j + s] -= L[j + s + r, j] * L[j + s, j],  s >= 1, r >= 0.
+        for s in range(1, m + 1):
+            q = (j + s) * R
+            for r in range(m - s + 1):
+                lane_fnmadd(W, q + r * L, W, p + (s + r) * L, W, p + s * L, lanes)
+        if nrhs > 0:
+            _forward_column(W, Y, j, m, bw, nrhs, recip, lanes)
+
+
+@njit(cache=True, nogil=True)
+def _forward_column(W, Y, j, m, bw, nrhs, recip, lanes):
+    """Column ``j`` of ``L y = b``: y[j] *= 1 / L[j, j]; y[j + t] -= L[j + t, j] y[j].
+
+    ``recip`` holds 1 / L[j, j] for every lane.
+    """
+    L = len(lanes)
+    p = j * (bw + 1) * L
+    for k in range(nrhs):
+        y = (j * nrhs + k) * L
+        lane_mul(Y, y, Y, y, recip, 0, lanes)
+        for t in range(1, m + 1):
+            lane_fnmadd(Y, ((j + t) * nrhs + k) * L, W, p + t * L, Y, y, lanes)
+
+
+@njit(cache=True, nogil=True)
+def forward(W, Y, n, bw, nrhs, recip, lanes, j0, j1):
+    """Columns ``[j0, j1)`` of ``Y <- L^{-1} Y`` for an already factored ``W``."""
+    L = len(lanes)
+    for j in range(j0, j1):
+        for l in range(L):
+            recip[l] = 1.0
+        lane_div(recip, 0, recip, 0, W, j * (bw + 1) * L, lanes)
+        _forward_column(W, Y, j, min(bw, n - 1 - j), bw, nrhs, recip, lanes)
+
+
+@njit(cache=True, nogil=True)
+def backward(W, Y, n, bw, nrhs, lanes):
+    """``Y <- L^{-T} Y`` for a factored ``W``.
+
+    x[j] = (y[j] - sum_t L[j + t, j] x[j + t]) / L[j, j], from the last row up.
+    """
+    L = len(lanes)
+    for j in range(n - 1, -1, -1):
+        m = min(bw, n - 1 - j)
+        p = j * (bw + 1) * L
+        for k in range(nrhs):
+            y = (j * nrhs + k) * L
+            for t in range(1, m + 1):
+                lane_fnmadd(Y, y, W, p + t * L, Y, ((j + t) * nrhs + k) * L, lanes)
+            lane_div(Y, y, Y, y, W, p, lanes)

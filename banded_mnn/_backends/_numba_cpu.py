@@ -1,0 +1,255 @@
+"""CPU backend: Numba drivers that run the band cores in parallel over the batch.
+
+Every operand reaches the drivers as a :class:`banded_mnn._strided.StridedBatch`
+(a flat buffer, one element offset per batch element and two element strides),
+so any NumPy strides -- non-contiguous, negative, zero (broadcast) -- are read
+and written in place without a normalising copy.
+
+Work is split into *chunks* of ``lanes`` systems.  Each chunk is gathered into a
+private lane-interleaved workspace (see :mod:`._band_kernels`), factored and/or
+solved there, and scattered back.  Peak extra memory is therefore
+``threads * lanes`` systems' worth of band and right-hand side, independent of
+the batch size; :func:`choose_lanes` keeps that below 1/8 of the operands.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange, types
+
+from .._strided import StridedBatch
+from ._band_kernels import backward, factor, forward, lane_marker
+
+#: Lane counts compiled.  8 fills one AVX-512 register in float64 (two AVX2
+#: registers); 1 is the plain per-system algorithm for small batches.
+LANE_COUNTS = (1, 8)
+
+#: Rows gathered per step: the block of W being filled stays in cache until
+#: it is factored.
+ROW_BLOCK = 64
+
+
+def _driver(
+    band, band_off, band_sj, band_st, n, bw, do_factor,
+    fout, fout_off, fout_sj, fout_st, store_factor,
+    rhs, rhs_off, rhs_sj, rhs_sk,
+    out, out_off, out_sj, out_sk, nrhs,
+    info, lanes,
+):  # fmt: skip
+    """Factor and/or solve ``len(info)`` systems (see module docstring).
+
+    band[band_off[i] + j*band_sj + t*band_st] is A_i[j + t, j] (or the
+    factor's L_i[j + t, j] when ``do_factor`` is False).  With
+    ``store_factor`` the factor goes to the same place in ``fout``.  The
+    right-hand side (j, k) of system i is rhs[rhs_off[i] + j*rhs_sj +
+    k*rhs_sk] and the solution goes to the same place in ``out``;
+    ``nrhs == 0`` means no solve.  Systems with ``info[i] > 0`` get NaN in
+    everything written for them.
+    """
+    L = len(lanes)
+    nsys = info.shape[0]
+    nchunks = (nsys + L - 1) // L
+    for c in prange(nchunks):
+        first = c * L
+        real = min(L, nsys - first)  # lanes past the batch solve the identity
+        W = np.empty(n * (bw + 1) * L, dtype=band.dtype)
+        Y = np.empty(n * nrhs * L, dtype=band.dtype)
+        linfo = np.zeros(L, dtype=np.int32)
+        recip = np.empty(L, dtype=band.dtype)
+        # Gather a block of rows, then factor (or forward-substitute) the
+        # columns whose updates stay inside the gathered rows, while the block
+        # is still in cache.
+        done = 0
+        for g0 in range(0, n, ROW_BLOCK):
+            g1 = min(n, g0 + ROW_BLOCK)
+            _gather_band(W, band, band_off[first:], band_sj, band_st, n, bw, real, L, g0, g1)
+            _gather_rhs(Y, rhs, rhs_off[first:], rhs_sj, rhs_sk, nrhs, real, L, g0, g1)
+            ready = n if g1 == n else max(done, g1 - bw)
+            if do_factor:
+                factor(W, Y, n, bw, nrhs, linfo, recip, lanes, done, ready)
+            elif nrhs > 0:
+                forward(W, Y, n, bw, nrhs, recip, lanes, done, ready)
+            done = ready
+        if nrhs > 0:
+            backward(W, Y, n, bw, nrhs, lanes)
+        # NaN for failed lanes, then scatter.
+        for l in range(real):
+            info[first + l] = linfo[l]
+            if linfo[l] != 0:
+                _fill_lane(W, Y, n * (bw + 1), n * nrhs, l, L, np.nan)
+        for g0 in range(0, n, ROW_BLOCK):
+            g1 = min(n, g0 + ROW_BLOCK)
+            if store_factor:
+                _scatter_band(W, fout, fout_off[first:], fout_sj, fout_st, n, bw, real, L, g0, g1)
+            _scatter_rhs(Y, out, out_off[first:], out_sj, out_sk, nrhs, real, L, g0, g1)
+
+
+# Gather/scatter between the caller's arrays and the workspaces, rows [j0, j1)
+# at a time.  Lanes are innermost, so each lane's operand is walked
+# sequentially (diagonal by diagonal for the band) and the workspace
+# contiguously.  Lanes >= ``real`` get the identity and a zero right-hand side;
+# band cells past the end of the matrix are zeroed.
+
+
+@njit(cache=True, nogil=True)
+def _gather_band(W, band, offs, sj, st, n, bw, real, L, j0, j1):
+    R = (bw + 1) * L
+    for t in range(bw + 1):
+        pad = 1.0 if t == 0 else 0.0
+        jend = max(j0, min(j1, n - t))
+        for j in range(j0, jend):
+            w = j * R + t * L
+            src = j * sj + t * st
+            for l in range(real):
+                W[w + l] = band[offs[l] + src]
+            for l in range(real, L):
+                W[w + l] = pad
+        for j in range(jend, j1):
+            for l in range(L):
+                W[j * R + t * L + l] = 0.0
+
+
+@njit(cache=True, nogil=True)
+def _scatter_band(W, band, offs, sj, st, n, bw, real, L, j0, j1):
+    R = (bw + 1) * L
+    for t in range(bw + 1):
+        for j in range(j0, max(j0, min(j1, n - t))):
+            w = j * R + t * L
+            dst = j * sj + t * st
+            for l in range(real):
+                band[offs[l] + dst] = W[w + l]
+
+
+@njit(cache=True, nogil=True)
+def _gather_rhs(Y, rhs, offs, sj, sk, nrhs, real, L, j0, j1):
+    for j in range(j0, j1):
+        for k in range(nrhs):
+            y = (j * nrhs + k) * L
+            src = j * sj + k * sk
+            for l in range(real):
+                Y[y + l] = rhs[offs[l] + src]
+            for l in range(real, L):
+                Y[y + l] = 0.0
+
+
+@njit(cache=True, nogil=True)
+def _scatter_rhs(Y, out, offs, sj, sk, nrhs, real, L, j0, j1):
+    for j in range(j0, j1):
+        for k in range(nrhs):
+            y = (j * nrhs + k) * L
+            dst = j * sj + k * sk
+            for l in range(real):
+                out[offs[l] + dst] = Y[y + l]
+
+
+@njit(cache=True, nogil=True)
+def _fill_lane(W, Y, nw, ny, l, L, value):
+    for e in range(nw):
+        W[e * L + l] = value
+    for e in range(ny):
+        Y[e * L + l] = value
+
+
+def _driver_signature(lanes: int, dtype: np.dtype):
+    """Inputs are typed read-only so one compiled driver serves every caller."""
+    scalar = numba.from_dtype(np.dtype(dtype))
+    ro = types.Array(scalar, 1, "C", readonly=True)
+    rw = types.Array(scalar, 1, "C")
+    offs = types.Array(types.int64, 1, "C", readonly=True)
+    i64, b1 = types.int64, types.boolean
+    return types.void(
+        ro, offs, i64, i64, i64, i64, b1,
+        rw, offs, i64, i64, b1,
+        ro, offs, i64, i64,
+        rw, offs, i64, i64, i64,
+        types.Array(types.int32, 1, "C"), types.UniTuple(types.int64, lanes),
+    )  # fmt: skip
+
+
+@functools.cache
+def _compiled_driver(lanes: int, dtype: np.dtype):
+    """Compile (or load from Numba's on-disk cache) the driver for one lane count and dtype."""
+    return njit(_driver_signature(lanes, dtype), parallel=True, cache=True)(_driver)
+
+
+def _finite_source(buf, offsets, n0, n1, s0, s1):
+    nsys = offsets.shape[0]
+    bad = 0
+    for i in prange(nsys):
+        base = offsets[i]
+        for a in range(n0):
+            for b in range(n1):
+                if not math.isfinite(buf[base + a * s0 + b * s1]):
+                    bad += 1
+    return bad == 0
+
+
+@functools.cache
+def _finite_checker(dtype: np.dtype):
+    scalar = numba.from_dtype(np.dtype(dtype))
+    sig = types.boolean(
+        types.Array(scalar, 1, "C", readonly=True),
+        types.Array(types.int64, 1, "C", readonly=True),
+        types.int64, types.int64, types.int64, types.int64,
+    )  # fmt: skip
+    return njit(sig, parallel=True, cache=True)(_finite_source)
+
+
+def all_finite(x: StridedBatch) -> bool:
+    """True when every element of every core of ``x`` is finite (no temporaries)."""
+    if x.size == 0:
+        return True
+    check = _finite_checker(x.buf.dtype)
+    return bool(check(x.buf, x.offsets, x.shape[0], x.shape[1], x.strides[0], x.strides[1]))
+
+
+def choose_lanes(nsys: int) -> int:
+    """Lane count for ``nsys`` systems.
+
+    Interleave 8 systems only when the batch is large enough that the
+    per-thread workspaces (``threads * lanes`` systems) stay below 1/8 of the
+    operands and every thread still gets several chunks; otherwise factor one
+    system at a time.
+    """
+    threads = numba.get_num_threads()
+    return 8 if nsys >= 8 * threads * 8 else 1
+
+
+def run(
+    band: StridedBatch,
+    bw: int,
+    *,
+    factor: bool,
+    store_factor: bool,
+    rhs: StridedBatch | None,
+    out: StridedBatch | None,
+) -> np.ndarray:
+    """Factor and/or solve every system described by ``band`` (and ``rhs``).
+
+    ``band`` addresses the band as (j, t) -> A[j + t, j] (see
+    :meth:`StridedBatch.band_view`).  Returns the int32 ``info`` array, one
+    entry per batch element.
+    """
+    nsys = band.offsets.shape[0]
+    n = band.shape[0]
+    info = np.zeros(nsys, dtype=np.int32)
+    if rhs is None:
+        rhs = out = StridedBatch.dummy(band.buf.dtype, nsys)
+        nrhs = 0
+    else:
+        nrhs = rhs.shape[1]
+    lanes = choose_lanes(nsys)
+    driver = _compiled_driver(lanes, band.buf.dtype)
+    fout = band if store_factor else StridedBatch.dummy(band.buf.dtype, nsys)
+    driver(
+        band.buf, band.offsets, band.strides[0], band.strides[1], n, bw, factor,
+        fout.buf, fout.offsets, fout.strides[0], fout.strides[1], store_factor,
+        rhs.buf, rhs.offsets, rhs.strides[0], rhs.strides[1],
+        out.buf, out.offsets, out.strides[0], out.strides[1], nrhs,
+        info, lane_marker(lanes),
+    )  # fmt: skip
+    return info

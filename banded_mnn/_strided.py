@@ -1,0 +1,95 @@
+"""Describe a broadcast batch of 2-D arrays as a flat buffer plus offsets.
+
+Kernels (CPU now, GPU later) index raw memory.  Rather than copying every
+operand into a contiguous layout -- which would double peak memory for strided
+or broadcast inputs -- each operand is described by
+
+* ``buf``: a 1-D view of the operand's memory, starting at its lowest address;
+* ``offsets``: int64, the element offset in ``buf`` of core element ``(0, 0)``
+  for every element of the broadcast batch (C order);
+* ``shape`` and ``strides``: the 2-D core's extent and element strides (any
+  sign, possibly zero).
+
+Element ``(a, b)`` of batch element ``i`` is ``buf[offsets[i] + a*strides[0] +
+b*strides[1]]``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class StridedBatch:
+    """A batch of 2-D cores addressed inside one flat buffer (see module docstring)."""
+
+    buf: np.ndarray
+    offsets: np.ndarray
+    shape: tuple[int, int]
+    strides: tuple[int, int]
+
+    @property
+    def size(self) -> int:
+        return self.offsets.shape[0] * self.shape[0] * self.shape[1]
+
+    @classmethod
+    def from_array(cls, x: np.ndarray, batch_shape: tuple[int, ...]) -> StridedBatch:
+        """Describe ``x`` (core = last two axes) broadcast to ``batch_shape``.
+
+        ``x`` must be non-empty and its element strides whole multiples of the
+        item size; misaligned or odd-strided arrays are copied first.  No other
+        copy is made: broadcast batch axes get repeated offsets.
+        """
+        if x.ndim < 2:
+            raise ValueError("internal: StridedBatch needs at least 2 dimensions")
+        itemsize = x.dtype.itemsize
+        if not x.flags.aligned or any(s % itemsize for s in x.strides):
+            x = np.array(x, order="C")
+        core = x.shape[-2:]
+        xb = np.broadcast_to(x, tuple(batch_shape) + core) if x.shape[:-2] != tuple(batch_shape) else x
+        el_strides = [s // itemsize for s in xb.strides]
+        # Lowest address: flip every axis whose stride is negative.
+        flips = tuple(slice(None, None, -1) if s < 0 else slice(None) for s in el_strides)
+        lowest = xb[flips]
+        low = sum((n - 1) * s for n, s in zip(xb.shape, el_strides, strict=True) if s < 0)
+        high = sum((n - 1) * s for n, s in zip(xb.shape, el_strides, strict=True) if s > 0)
+        span = high - low + 1
+        buf = np.lib.stride_tricks.as_strided(
+            lowest, shape=(span,), strides=(itemsize,), writeable=bool(lowest.flags.writeable)
+        )
+        offsets = np.full(batch_shape, -low, dtype=np.int64)
+        for axis, (n, s) in enumerate(zip(batch_shape, el_strides[:-2], strict=True)):
+            if s != 0 and n > 1:
+                shape = [1] * len(batch_shape)
+                shape[axis] = n
+                offsets = offsets + (np.arange(n, dtype=np.int64) * s).reshape(shape)
+        offsets = np.ascontiguousarray(offsets.reshape(-1))
+        return cls(buf, offsets, (int(core[0]), int(core[1])), (el_strides[-2], el_strides[-1]))
+
+    def band_view(self, bandwidth: int, lower: bool) -> StridedBatch:
+        """Re-address a band array ``(u+1, M)`` as ``(j, t) -> A[j + t, j]``.
+
+        Lower form stores ``A[j + t, j]`` at ``ab[t, j]``; upper form stores
+        ``A[j, j + t]`` (the same number, by symmetry) at ``ab[u - t, j + t]``.
+        Both are affine in ``(j, t)``, so the kernels never see which form the
+        caller used.
+        """
+        s_row, s_col = self.strides
+        if lower:
+            return StridedBatch(self.buf, self.offsets, (self.shape[1], bandwidth + 1), (s_col, s_row))
+        u = self.shape[0] - 1
+        return StridedBatch(
+            self.buf, self.offsets + u * s_row, (self.shape[1], bandwidth + 1), (s_col, s_col - s_row)
+        )
+
+    @classmethod
+    def dummy(cls, dtype: np.dtype, nsys: int) -> StridedBatch:
+        """A zero-extent placeholder for unused kernel arguments."""
+        return cls(np.zeros(1, dtype=dtype), np.zeros(nsys, dtype=np.int64), (0, 0), (0, 0))
+
+
+def batch_size(batch_shape: tuple[int, ...]) -> int:
+    return math.prod(batch_shape)
