@@ -24,6 +24,11 @@ __all__ = [
 ]
 
 
+#: Allocator for fresh outputs.  Tests replace it with one that fills NaN, so
+#: that an output element the kernels forget to write cannot go unnoticed.
+_empty = np.empty
+
+
 # --------------------------------------------------------------------------
 # Validation helpers
 # --------------------------------------------------------------------------
@@ -104,8 +109,8 @@ def _can_overwrite(x: np.ndarray, dtype: np.dtype, shape: tuple[int, ...]) -> bo
 
 
 def _check_finite(x: np.ndarray, name: str, backend) -> None:
-    """Raise if a float array has an inf or NaN (one pass, no temporary)."""
-    if x.dtype.kind != "f" or x.size == 0:
+    """Raise if a float32/float64 array has an inf or NaN (one pass, no temporary)."""
+    if x.size == 0:
         return
     core = _as_batched(x)
     if not backend.all_finite(StridedBatch.from_array(core, core.shape[:-2])):
@@ -133,8 +138,6 @@ def _factor(ab: Any, overwrite_ab: bool, lower: bool, check_finite: bool, backen
     m, bw = _check_band(ab, "ab")
     dtype = _result_dtype(ab)
     batch = ab.shape[:-2]
-    if check_finite:
-        _check_finite(ab, "ab", impl)
     if overwrite_ab and _can_overwrite(ab, dtype, ab.shape):
         c = ab
     else:
@@ -143,6 +146,8 @@ def _factor(ab: Any, overwrite_ab: bool, lower: bool, check_finite: bool, backen
         c = np.array(ab, dtype=dtype, order="C")
     if c.size == 0:
         return c, np.zeros(batch, dtype=np.int32)
+    if check_finite:
+        _check_finite(c, "ab", impl)
     band = StridedBatch.from_array(c, batch).band_view(bw, lower)
     info = impl.run(band, bw, factor=True, store_factor=True, rhs=None, out=None)
     return c, info.reshape(batch)
@@ -165,18 +170,18 @@ def _solve(
     m, bw = _check_band(ab, name_ab)
     batch, out_shape = _rhs_layout(ab, b, name_ab, "b")
     dtype = _result_dtype(ab, b)
-    if check_finite:
-        _check_finite(ab, name_ab, impl)
-        _check_finite(b, "b", impl)
     if overwrite_b and _can_overwrite(b, dtype, out_shape) and not np.may_share_memory(b, ab):
         x = b
     else:
-        x = np.empty(out_shape, dtype=dtype)
+        x = _empty(out_shape, dtype=dtype)
     if x.size == 0:
         # Nothing to solve (SciPy also returns early without factoring).
         return x, np.zeros(batch, dtype=np.int32)
     ab_op = ab if ab.dtype == dtype else ab.astype(dtype)
     b_op = b if b.dtype == dtype else b.astype(dtype)
+    if check_finite:
+        _check_finite(ab_op, name_ab, impl)
+        _check_finite(b_op, "b", impl)
     if b.ndim == 1:  # one vector for the whole batch: a (M, 1) core
         b_op, x_core = b_op[:, None], x[..., None]
     else:
@@ -416,10 +421,13 @@ def cho_solve_banded(
     >>> np.round(x, 12)
     array([1., 1., 1.])
     """
-    try:
-        cb, lower = cb_and_lower
-    except (TypeError, ValueError):
-        raise ValueError("cb_and_lower must be a pair (cb, lower)") from None
+    if not (isinstance(cb_and_lower, tuple | list) and len(cb_and_lower) == 2):
+        raise ValueError(
+            f"cb_and_lower must be a pair (cb, lower); got {type(cb_and_lower).__name__}"
+        )
+    cb, lower = cb_and_lower
+    if np.ndim(lower) != 0:
+        raise ValueError("cb_and_lower must be a pair (cb, lower) with lower a bool")
     x, _ = _solve(
         cb,
         b,

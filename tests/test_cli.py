@@ -1,0 +1,39 @@
+"""The banded-mnn command."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+from banded_mnn import _cli
+
+
+def test_info_reports_backends(capsys):
+    assert _cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "backend 'numba' (CPU): usable" in out
+    assert "backend 'cupy' (GPU): NOT usable" in out
+    assert "numpy" in out and "numba" in out
+
+
+def test_demo_checks_against_scipy(capsys):
+    result = _cli.demo(batch=20, steps=12, block=3, repeat=1, out=print)
+    out = capsys.readouterr().out
+    assert "check against SciPy: PASSED" in out
+    assert result["passed"] == 1.0
+    assert result["err_solve"] < 1e-10 and result["err_factor"] < 1e-10
+    assert result["time_banded_mnn"] > 0 and result["time_scipy"] > 0
+
+
+def test_demo_float32(capsys):
+    assert _cli.main(["demo", "--batch", "9", "--steps", "5", "--block", "2", "--dtype",
+                      "float32", "--repeat", "1"]) == 0  # fmt: skip
+    assert "PASSED" in capsys.readouterr().out
+
+
+def test_console_script_or_module_runs():
+    command = shutil.which("banded-mnn")
+    argv = [command, "info"] if command else [sys.executable, "-m", "banded_mnn._cli", "info"]
+    result = subprocess.run(argv, capture_output=True, text=True, check=True)
+    assert "usable" in result.stdout

@@ -1,0 +1,66 @@
+"""Package hygiene: imports, lint, executable documentation, examples, benchmarks."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import runpy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_import_loads_no_gpu_or_deep_learning_library():
+    code = (
+        "import sys, banded_mnn; "
+        "bad = [m for m in ('cupy', 'numba.cuda', 'numba_cuda', 'torch', 'jax') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_import_does_not_load_numba_until_first_use():
+    code = "import sys, banded_mnn; sys.exit(1 if 'numba' in sys.modules else 0)"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+@pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff is installed by the test extra")
+def test_ruff_clean():
+    result = subprocess.run(["ruff", "check", "."], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _python_blocks(path: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
+
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize("path", DOCS, ids=[p.name for p in DOCS])
+def test_documentation_code_runs(path):
+    for block in _python_blocks(path):
+        exec(compile(block, str(path), "exec"), {"__name__": "__doc_example__"})
+
+
+EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_examples_run(path, capsys):
+    namespace = runpy.run_path(str(path))
+    result = namespace["main"](quick=True)
+    assert result["passed"], result
+
+
+@pytest.mark.skipif(importlib.util.find_spec("asv") is None, reason="asv is in the test extra")
+def test_asv_suite_is_discoverable():
+    result = subprocess.run(
+        ["asv", "check", "--python=same"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
