@@ -49,7 +49,11 @@ class StridedBatch:
         if not x.flags.aligned or any(s % itemsize for s in x.strides):
             x = np.array(x, order="C")
         core = x.shape[-2:]
-        xb = np.broadcast_to(x, tuple(batch_shape) + core) if x.shape[:-2] != tuple(batch_shape) else x
+        xb = (
+            np.broadcast_to(x, tuple(batch_shape) + core)
+            if x.shape[:-2] != tuple(batch_shape)
+            else x
+        )
         el_strides = [s // itemsize for s in xb.strides]
         # Lowest address: flip every axis whose stride is negative.
         flips = tuple(slice(None, None, -1) if s < 0 else slice(None) for s in el_strides)
@@ -79,10 +83,15 @@ class StridedBatch:
         """
         s_row, s_col = self.strides
         if lower:
-            return StridedBatch(self.buf, self.offsets, (self.shape[1], bandwidth + 1), (s_col, s_row))
+            return StridedBatch(
+                self.buf, self.offsets, (self.shape[1], bandwidth + 1), (s_col, s_row)
+            )
         u = self.shape[0] - 1
         return StridedBatch(
-            self.buf, self.offsets + u * s_row, (self.shape[1], bandwidth + 1), (s_col, s_col - s_row)
+            self.buf,
+            self.offsets + u * s_row,
+            (self.shape[1], bandwidth + 1),
+            (s_col, s_col - s_row),
         )
 
     @classmethod

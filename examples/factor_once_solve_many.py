@@ -24,7 +24,9 @@ def main(quick: bool = False) -> dict[str, float]:
     rng = np.random.default_rng(0)
     ab = mnn_normal_band((), steps, block, rng=rng)  # one system: (2 * block, steps * block)
     m = ab.shape[-1]
-    print(f"one shared system: M = {m}, u = {ab.shape[0] - 1}; {windows} right-hand sides per batch")
+    print(
+        f"one shared system: M = {m}, u = {ab.shape[0] - 1}; {windows} right-hand sides per batch"
+    )
 
     start = time.perf_counter()
     factor = bm.cholesky_banded(ab)
@@ -34,7 +36,9 @@ def main(quick: bool = False) -> dict[str, float]:
         x = bm.cho_solve_banded((factor, False), rhs)  # the factor broadcasts over the batch
         worst = max(worst, float(np.abs(x - bm.solveh_banded(ab, rhs)).max()))
     elapsed = time.perf_counter() - start
-    print(f"{batches} batches solved in {elapsed:.3f} s; max difference to solveh_banded {worst:.1e}")
+    print(
+        f"{batches} batches solved in {elapsed:.3f} s; max difference to solveh_banded {worst:.1e}"
+    )
     return {"max_difference": worst, "seconds": elapsed, "passed": worst < 1e-10}
 
 

@@ -29,7 +29,8 @@ def main(quick: bool = False) -> dict[str, float]:
 
     x, info = bm.solveh_banded_ex(ab, b)
     failed = np.flatnonzero(info)
-    print(f"{failed.size} of {batch} systems failed: {dict(zip(failed.tolist(), info[failed].tolist()))}")
+    status = dict(zip(failed.tolist(), info[failed].tolist(), strict=True))
+    print(f"{failed.size} of {batch} systems failed (index: minor order): {status}")
     ok = info == 0
     loss = float(np.mean(x[ok] ** 2))  # a loss over the systems that solved
     print(f"loss over the {ok.sum()} good systems: {loss:.4f}")

@@ -43,9 +43,9 @@ def test_ill_conditioned(m, power, dtype, lanes, rng):
     x = bm.solveh_banded(ab, b)
     # Backward error: Cholesky is backward stable whatever the conditioning.
     residual = np.einsum("bij,bjk->bik", dense, x.astype(np.float64)) - b
-    scale = np.linalg.norm(dense, 2, axis=(1, 2))[:, None] * np.abs(x).max(axis=1) + np.abs(
-        b
-    ).max(axis=1)
+    scale = np.linalg.norm(dense, 2, axis=(1, 2))[:, None] * np.abs(x).max(axis=1) + np.abs(b).max(
+        axis=1
+    )
     backward = np.abs(residual).max(axis=1) / scale
     assert backward.max() < 20 * (power + 1) * eps(dtype), backward.max()
     # Forward error against SciPy, scaled by the condition number.
