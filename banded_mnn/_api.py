@@ -7,6 +7,7 @@ kernels are reached through :func:`banded_mnn._backends.get`.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -186,6 +187,15 @@ def _solve(
         b_op, x_core = b_op[:, None], x[..., None]
     else:
         x_core = x
+    factor_info = None
+    if not factored and 2 * math.prod(ab.shape[:-2]) <= math.prod(batch):
+        # Each matrix serves several right-hand-side batches (e.g. one shared
+        # left-hand side): factor every distinct matrix once, then only solve.
+        # Failed factors are NaN, so their solutions come out NaN.
+        ab_op = np.array(ab_op, order="C")
+        own = StridedBatch.from_array(ab_op, ab_op.shape[:-2]).band_view(bw, lower)
+        factor_info = impl.run(own, bw, factor=True, store_factor=True, rhs=None, out=None)
+        factored = True
     band = StridedBatch.from_array(ab_op, batch).band_view(bw, lower)
     info = impl.run(
         band,
@@ -195,6 +205,8 @@ def _solve(
         rhs=StridedBatch.from_array(b_op, batch),
         out=StridedBatch.from_array(x_core, batch),
     )
+    if factor_info is not None:
+        info = np.broadcast_to(factor_info.reshape(ab.shape[:-2]), batch).copy()
     return x, info.reshape(batch)
 
 

@@ -224,3 +224,27 @@ def test_single_unknown_with_one_off_diagonal():
     np.testing.assert_array_equal(x, [0.5])
     with pytest.raises(ValueError, match="unexpected array size"):
         scipy.linalg.solveh_banded(np.array([[0.0], [4.0]]), np.array([2.0]))
+
+
+def test_shared_matrix_is_factored_once(lanes, rng, monkeypatch):
+    """One matrix, many right-hand-side batches: one factorisation, then solves."""
+    from banded_mnn._backends import _numba_cpu
+
+    calls = []
+    real_run = _numba_cpu.run
+
+    def counting_run(band, bw, **kwargs):
+        calls.append((band.offsets.shape[0], kwargs["factor"]))
+        return real_run(band, bw, **kwargs)
+
+    monkeypatch.setattr(_numba_cpu, "run", counting_run)
+    ab = random_spd_band((2, 1), 30, 4, rng=rng)
+    ab[1, 0, 4, 7] = -3.0  # the second matrix is indefinite
+    b = rng.standard_normal((2, 6, 30, 2))
+    x, info = bm.solveh_banded_ex(ab, b)
+    assert calls == [(2, True), (12, False)]
+    np.testing.assert_array_equal(info, [[0] * 6, [8] * 6])
+    assert np.isnan(x[1]).all()
+    np.testing.assert_allclose(x[0], scipy_solve(ab[0], b[0], False), **TOL)
+    with pytest.raises(bm.NotPositiveDefiniteError, match=r"batch index \(1, 0\)"):
+        bm.solveh_banded(ab, b)
