@@ -110,12 +110,27 @@ def _can_overwrite(x: np.ndarray, dtype: np.dtype, shape: tuple[int, ...]) -> bo
 
 
 def _check_finite(x: np.ndarray, name: str, backend) -> None:
-    """Raise if a float32/float64 array has an inf or NaN (one pass, no temporary)."""
+    """Raise if an array has an inf or NaN: a separate pass, used only when
+    results go into the caller's own arrays (which must stay untouched on error).
+    Otherwise the kernels check the values they read in the same pass."""
     if x.size == 0:
         return
     core = _as_batched(x)
     if not backend.all_finite(StridedBatch.from_array(core, core.shape[:-2])):
-        raise ValueError(f"{name} must not contain infs or NaNs")
+        raise ValueError(_NONFINITE.format(name))
+
+
+def _check_unread_cells(ab: np.ndarray, name: str, lower: bool) -> None:
+    """Check the band cells outside the matrix, which the kernels never read
+    (SciPy rejects non-finite values there too).  A few ``u * u`` cells per
+    matrix, plus whole rows when ``u + 1 > M``."""
+    u, m = ab.shape[-2] - 1, ab.shape[-1]
+    corner = ab[..., 1:, max(m - u, 0) :] if lower else ab[..., :u, : min(u, m)]
+    if not np.isfinite(corner).all():
+        raise ValueError(_NONFINITE.format(name))
+
+
+_NONFINITE = "{} must not contain infs or NaNs"
 
 
 def _raise_if_failed(info: np.ndarray, function: str) -> None:
@@ -147,10 +162,17 @@ def _factor(ab: Any, overwrite_ab: bool, lower: bool, check_finite: bool, backen
         c = np.array(ab, dtype=dtype, order="C")
     if c.size == 0:
         return c, np.zeros(batch, dtype=np.int32)
-    if check_finite:
+    fused_check = check_finite and c is not ab  # c is ours: check while factoring
+    if fused_check:
+        _check_unread_cells(c, "ab", lower)
+    elif check_finite:
         _check_finite(c, "ab", impl)
     band = StridedBatch.from_array(c, batch).band_view(bw, lower)
-    info = impl.run(band, bw, factor=True, store_factor=True, rhs=None, out=None)
+    info, (bad, _) = impl.run(
+        band, bw, factor=True, store_factor=True, rhs=None, out=None, check_finite=fused_check
+    )
+    if bad:
+        raise ValueError(_NONFINITE.format("ab"))
     return c, info.reshape(batch)
 
 
@@ -180,9 +202,12 @@ def _solve(
         return x, np.zeros(batch, dtype=np.int32)
     ab_op = ab if ab.dtype == dtype else ab.astype(dtype)
     b_op = b if b.dtype == dtype else b.astype(dtype)
-    if check_finite:
+    fused_check = check_finite and x is not b  # x is ours: check while solving
+    if check_finite and not fused_check:
         _check_finite(ab_op, name_ab, impl)
         _check_finite(b_op, "b", impl)
+    elif fused_check:
+        _check_unread_cells(ab_op, name_ab, lower)
     if b.ndim == 1:  # one vector for the whole batch: a (M, 1) core
         b_op, x_core = b_op[:, None], x[..., None]
     else:
@@ -194,17 +219,27 @@ def _solve(
         # Failed factors are NaN, so their solutions come out NaN.
         ab_op = np.array(ab_op, order="C")
         own = StridedBatch.from_array(ab_op, ab_op.shape[:-2]).band_view(bw, lower)
-        factor_info = impl.run(own, bw, factor=True, store_factor=True, rhs=None, out=None)
+        factor_info, (bad_band, _) = impl.run(
+            own, bw, factor=True, store_factor=True, rhs=None, out=None, check_finite=fused_check
+        )
+        if bad_band:
+            raise ValueError(_NONFINITE.format(name_ab))
         factored = True
     band = StridedBatch.from_array(ab_op, batch).band_view(bw, lower)
-    info = impl.run(
+    info, (bad_band, bad_rhs) = impl.run(
         band,
         bw,
         factor=not factored,
         store_factor=False,
         rhs=StridedBatch.from_array(b_op, batch),
         out=StridedBatch.from_array(x_core, batch),
+        check_finite=fused_check,
     )
+    # (After an internal factorisation the band holds factors, already checked.)
+    if bad_band and factor_info is None:
+        raise ValueError(_NONFINITE.format(name_ab))
+    if bad_rhs:
+        raise ValueError(_NONFINITE.format("b"))
     if factor_info is not None:
         info = np.broadcast_to(factor_info.reshape(ab.shape[:-2]), batch).copy()
     return x, info.reshape(batch)

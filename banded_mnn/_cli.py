@@ -138,6 +138,76 @@ def demo(
     }
 
 
+#: The sizes the performance table reports (B, M, u): an S-MNN batch (T = 256
+#: steps, block 9), a long sequence with a small batch, and the Lorenz-discovery
+#: size (many short systems).
+BENCH_CASES = ((256, 2304, 17), (16, 18432, 17), (1536, 150, 5))
+
+
+def _routines_side_by_side(ab: np.ndarray, b: np.ndarray) -> dict[str, tuple[Callable, Callable]]:
+    """(banded_mnn call, SciPy loop) for each routine, on one batch of problems."""
+    import scipy.linalg
+
+    c = cholesky_banded(ab)
+    n = ab.shape[0]
+    return {
+        "solveh_banded": (
+            lambda: solveh_banded(ab, b),
+            lambda: [scipy.linalg.solveh_banded(ab[i], b[i]) for i in range(n)],
+        ),
+        "cholesky_banded": (
+            lambda: cholesky_banded(ab),
+            lambda: [scipy.linalg.cholesky_banded(ab[i]) for i in range(n)],
+        ),
+        "cho_solve_banded": (
+            lambda: cho_solve_banded((c, False), b),
+            lambda: [scipy.linalg.cho_solve_banded((c[i], False), b[i]) for i in range(n)],
+        ),
+    }
+
+
+def bench(
+    cases: Sequence[tuple[int, int, int]] = BENCH_CASES,
+    dtype: str = "float64",
+    repeat: int = 7,
+    out: Callable[[str], None] = print,
+) -> list[dict[str, float]]:
+    """Time factor, solve and fused solve against a SciPy loop, side by side.
+
+    For each case and routine: one untimed warm-up call each, then the median
+    of ``repeat`` calls of banded_mnn, then of the SciPy loop (timed as blocks,
+    not alternating call by call, so that BLAS threads left spinning by SciPy
+    do not steal the cores from the next banded_mnn call).  Prints a markdown
+    table and returns its rows.
+    """
+    rows = []
+    out("| B | M | u | routine | banded_mnn [ms] | SciPy loop [ms] | speed-up |")
+    out("|---:|---:|---:|---|---:|---:|---:|")
+    for batch, m, u in cases:
+        rng = np.random.default_rng(0)
+        block = (u + 1) // 2
+        if m % block == 0 and 2 * block - 1 == u:
+            ab = mnn_normal_band((batch,), m // block, block, dtype=np.dtype(dtype), rng=rng)
+        else:
+            from .problems import random_spd_band
+
+            ab = random_spd_band((batch,), m, u, dtype=np.dtype(dtype), rng=rng)
+        b = rng.standard_normal((batch, m, 1)).astype(dtype)
+        routines = _routines_side_by_side(ab, b)
+        for name, (ours, theirs) in routines.items():
+            ours()
+            t_ours = _median_time(ours, repeat)
+            theirs()
+            t_scipy = _median_time(theirs, repeat)
+            out(
+                f"| {batch} | {m} | {u} | {name} | {t_ours * 1e3:.2f} | {t_scipy * 1e3:.2f} "
+                f"| {t_scipy / t_ours:.1f}x |"
+            )
+            rows.append({"B": batch, "M": m, "u": u, "routine": name,
+                         "time_banded_mnn": t_ours, "time_scipy": t_scipy})  # fmt: skip
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``banded-mnn`` command."""
     parser = argparse.ArgumentParser(
@@ -153,9 +223,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo_parser.add_argument("--block", type=int, default=9, help="block size n = D * O")
     demo_parser.add_argument("--dtype", choices=("float32", "float64"), default="float64")
     demo_parser.add_argument("--repeat", type=int, default=3, help="timed repetitions")
+    bench_parser = commands.add_parser(
+        "bench", help="time factor / solve / fused solve against SciPy at the reported sizes"
+    )
+    bench_parser.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    bench_parser.add_argument("--repeat", type=int, default=7, help="timed repetitions")
     args = parser.parse_args(argv)
     if args.command == "info":
         info()
+        return 0
+    if args.command == "bench":
+        bench(dtype=args.dtype, repeat=args.repeat)
         return 0
     result = demo(args.batch, args.steps, args.block, args.dtype, args.repeat)
     return 0 if result["passed"] else 1

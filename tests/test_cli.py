@@ -37,3 +37,11 @@ def test_console_script_or_module_runs():
     argv = [command, "info"] if command else [sys.executable, "-m", "banded_mnn._cli", "info"]
     result = subprocess.run(argv, capture_output=True, text=True, check=True)
     assert "usable" in result.stdout
+
+
+def test_bench_prints_a_table(capsys):
+    rows = _cli.bench(cases=[(8, 40, 3), (4, 30, 5)], repeat=1)
+    out = capsys.readouterr().out
+    assert out.count("| 8 | 40 | 3 |") == 3 and "speed-up" in out
+    assert {r["routine"] for r in rows} == {"solveh_banded", "cholesky_banded", "cho_solve_banded"}
+    assert all(r["time_banded_mnn"] > 0 and r["time_scipy"] > 0 for r in rows)

@@ -2,10 +2,14 @@
 
 A backend is a module with
 
-* ``run(band, bw, *, factor, store_factor, rhs, out) -> info`` -- factor and/or
-  solve a batch described by :class:`banded_mnn._strided.StridedBatch`
-  operands, returning the per-system ``info`` (int32, flattened batch);
-* ``all_finite(x) -> bool``.
+* ``run(band, bw, *, factor, store_factor, rhs, out, check_finite) ->
+  (info, (band_nonfinite, rhs_nonfinite))`` -- factor and/or solve a batch
+  described by :class:`banded_mnn._strided.StridedBatch` operands, returning
+  the per-system ``info`` (int32, flattened batch) and whether the values read
+  were finite (checked in the same pass when ``check_finite``);
+* ``all_finite(x) -> bool`` -- a separate finiteness pass, for when results
+  are written into the caller's arrays and must not be written at all if the
+  input is bad.
 
 Backends are imported on first use, so ``import banded_mnn`` loads neither
 Numba nor any GPU library.

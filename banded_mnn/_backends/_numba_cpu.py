@@ -37,7 +37,7 @@ def _driver(
     fout, fout_off, fout_sj, fout_st, store_factor,
     rhs, rhs_off, rhs_sj, rhs_sk,
     out, out_off, out_sj, out_sk, nrhs,
-    info, lanes,
+    check, nonfinite, info, lanes,
 ):  # fmt: skip
     """Factor and/or solve ``len(info)`` systems (see module docstring).
 
@@ -47,7 +47,9 @@ def _driver(
     right-hand side (j, k) of system i is rhs[rhs_off[i] + j*rhs_sj +
     k*rhs_sk] and the solution goes to the same place in ``out``;
     ``nrhs == 0`` means no solve.  Systems with ``info[i] > 0`` get NaN in
-    everything written for them.
+    everything written for them.  With ``check``, a non-finite value read from
+    the band or the right-hand side sets ``nonfinite[0]`` or ``nonfinite[1]``
+    (the caller then discards the results).
     """
     L = len(lanes)
     nsys = info.shape[0]
@@ -65,8 +67,14 @@ def _driver(
         done = 0
         for g0 in range(0, n, ROW_BLOCK):
             g1 = min(n, g0 + ROW_BLOCK)
-            _gather_band(W, band, band_off[first:], band_sj, band_st, n, bw, real, L, g0, g1)
-            _gather_rhs(Y, rhs, rhs_off[first:], rhs_sj, rhs_sk, nrhs, real, L, g0, g1)
+            finite = _gather_band(
+                W, band, band_off[first:], band_sj, band_st, n, bw, real, L, g0, g1
+            )
+            if check and not finite:
+                nonfinite[0] = 1
+            finite = _gather_rhs(Y, rhs, rhs_off[first:], rhs_sj, rhs_sk, nrhs, real, L, g0, g1)
+            if check and not finite:
+                nonfinite[1] = 1
             ready = n if g1 == n else max(done, g1 - bw)
             if do_factor:
                 factor(W, Y, n, bw, nrhs, linfo, recip, lanes, done, ready)
@@ -91,12 +99,15 @@ def _driver(
 # at a time.  Lanes are innermost, so each lane's operand is walked
 # sequentially (diagonal by diagonal for the band) and the workspace
 # contiguously.  Lanes >= ``real`` get the identity and a zero right-hand side;
-# band cells past the end of the matrix are zeroed.
+# band cells past the end of the matrix are zeroed.  The gathers return False
+# if a value read was inf or NaN: finiteness is checked in the same pass
+# (x * 0 is 0 only for finite x, so one NaN-propagating sum does it).
 
 
 @njit(cache=True, nogil=True)
 def _gather_band(W, band, offs, sj, st, n, bw, real, L, j0, j1):
     R = (bw + 1) * L
+    probe = 0.0
     for t in range(bw + 1):
         pad = 1.0 if t == 0 else 0.0
         jend = max(j0, min(j1, n - t))
@@ -104,12 +115,15 @@ def _gather_band(W, band, offs, sj, st, n, bw, real, L, j0, j1):
             w = j * R + t * L
             src = j * sj + t * st
             for l in range(real):
-                W[w + l] = band[offs[l] + src]
+                value = band[offs[l] + src]
+                W[w + l] = value
+                probe += value * 0.0
             for l in range(real, L):
                 W[w + l] = pad
         for j in range(jend, j1):
             for l in range(L):
                 W[j * R + t * L + l] = 0.0
+    return probe == 0.0
 
 
 @njit(cache=True, nogil=True)
@@ -125,14 +139,18 @@ def _scatter_band(W, band, offs, sj, st, n, bw, real, L, j0, j1):
 
 @njit(cache=True, nogil=True)
 def _gather_rhs(Y, rhs, offs, sj, sk, nrhs, real, L, j0, j1):
+    probe = 0.0
     for j in range(j0, j1):
         for k in range(nrhs):
             y = (j * nrhs + k) * L
             src = j * sj + k * sk
             for l in range(real):
-                Y[y + l] = rhs[offs[l] + src]
+                value = rhs[offs[l] + src]
+                Y[y + l] = value
+                probe += value * 0.0
             for l in range(real, L):
                 Y[y + l] = 0.0
+    return probe == 0.0
 
 
 @njit(cache=True, nogil=True)
@@ -165,6 +183,7 @@ def _driver_signature(lanes: int, dtype: np.dtype):
         rw, offs, i64, i64, b1,
         ro, offs, i64, i64,
         rw, offs, i64, i64, i64,
+        b1, types.Array(types.int8, 1, "C"),
         types.Array(types.int32, 1, "C"), types.UniTuple(types.int64, lanes),
     )  # fmt: skip
 
@@ -231,16 +250,20 @@ def run(
     store_factor: bool,
     rhs: StridedBatch | None,
     out: StridedBatch | None,
-) -> np.ndarray:
+    check_finite: bool = False,
+) -> tuple[np.ndarray, tuple[bool, bool]]:
     """Factor and/or solve every system described by ``band`` (and ``rhs``).
 
     ``band`` addresses the band as (j, t) -> A[j + t, j] (see
     :meth:`StridedBatch.band_view`).  Returns the int32 ``info`` array, one
-    entry per batch element.
+    entry per batch element, and whether a non-finite value was read from the
+    band and from the right-hand side (always ``False`` unless
+    ``check_finite``; when ``True`` the outputs are meaningless).
     """
     nsys = band.offsets.shape[0]
     n = band.shape[0]
     info = np.zeros(nsys, dtype=np.int32)
+    nonfinite = np.zeros(2, dtype=np.int8)
     if rhs is None:
         rhs = out = StridedBatch.dummy(band.buf.dtype, nsys)
         nrhs = 0
@@ -254,6 +277,6 @@ def run(
         fout.buf, fout.offsets, fout.strides[0], fout.strides[1], store_factor,
         rhs.buf, rhs.offsets, rhs.strides[0], rhs.strides[1],
         out.buf, out.offsets, out.strides[0], out.strides[1], nrhs,
-        info, lane_marker(lanes),
+        check_finite, nonfinite, info, lane_marker(lanes),
     )  # fmt: skip
-    return info
+    return info, (bool(nonfinite[0]), bool(nonfinite[1]))

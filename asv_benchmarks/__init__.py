@@ -1,0 +1,1 @@
+"""airspeed velocity (asv) benchmarks of banded_mnn; configuration in ../asv.conf.json."""
