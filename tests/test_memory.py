@@ -1,6 +1,6 @@
 """Peak memory of a call stays within 1.2 x (inputs + output): no dense intermediate.
 
-Measured in a fresh interpreter with ``ru_maxrss`` (the kernels allocate through
+Measured in a fresh interpreter from the peak RSS (the kernels allocate through
 Numba, which ``tracemalloc`` does not see).  Inputs are built without large
 temporaries and the peak counter is reset before the call, so the increase over
 the current size is what the call itself allocated.
@@ -27,6 +27,12 @@ def rss():
         return int(f.read().split()[1]) * resource.getpagesize()
 
 def peak():
+    # VmHWM (the address space's peak RSS): unlike ru_maxrss it does not keep
+    # peaks of threads that have exited, and clear_refs resets it.
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 rng = np.random.default_rng(0)
