@@ -124,10 +124,17 @@ def _check_unread_cells(ab: np.ndarray, name: str, lower: bool) -> None:
     """Check the band cells outside the matrix, which the kernels never read
     (SciPy rejects non-finite values there too).  A few ``u * u`` cells per
     matrix, plus whole rows when ``u + 1 > M``."""
-    u, m = ab.shape[-2] - 1, ab.shape[-1]
-    corner = ab[..., 1:, max(m - u, 0) :] if lower else ab[..., :u, : min(u, m)]
-    if not np.isfinite(corner).all():
+    if not np.isfinite(ab[_unread_cells(ab.shape, lower)]).all():
         raise ValueError(_NONFINITE.format(name))
+
+
+def _unread_cells(shape: tuple[int, ...], lower: bool) -> tuple[slice, ...]:
+    """Index of a small block containing every band cell outside the matrix
+    (the ``u (u + 1) / 2`` corner cells, and whole rows when ``u + 1 > M``)."""
+    u, m = shape[-2] - 1, shape[-1]
+    if lower:
+        return (Ellipsis, slice(1, None), slice(max(m - u, 0), None))
+    return (Ellipsis, slice(None, u), slice(None, min(u, m)))
 
 
 _NONFINITE = "{} must not contain infs or NaNs"
@@ -155,21 +162,26 @@ def _factor(ab: Any, overwrite_ab: bool, lower: bool, check_finite: bool, backen
     dtype = _result_dtype(ab)
     batch = ab.shape[:-2]
     if overwrite_ab and _can_overwrite(ab, dtype, ab.shape):
-        c = ab
+        c = source = ab  # factor in place
+    elif ab.dtype == dtype:
+        # Read ab, write the factor into a fresh array: no copy pass.  The
+        # band cells outside the matrix are copied as given (LAPACK leaves them).
+        c, source = _empty(ab.shape, dtype=dtype), ab
+        unread = _unread_cells(ab.shape, lower)
+        c[unread] = ab[unread]
     else:
-        # Copying the whole band keeps the unused corner cells as they were,
-        # as LAPACK does.
-        c = np.array(ab, dtype=dtype, order="C")
+        c = source = np.array(ab, dtype=dtype, order="C")  # converted copy, factored in place
     if c.size == 0:
         return c, np.zeros(batch, dtype=np.int32)
-    fused_check = check_finite and c is not ab  # c is ours: check while factoring
+    fused_check = check_finite and c is not ab  # ab stays untouched: check while factoring
     if fused_check:
-        _check_unread_cells(c, "ab", lower)
+        _check_unread_cells(ab, "ab", lower)
     elif check_finite:
         _check_finite(c, "ab", impl)
-    band = StridedBatch.from_array(c, batch).band_view(bw, lower)
+    band = StridedBatch.from_array(source, batch).band_view(bw, lower)
+    out = band if c is source else StridedBatch.from_array(c, batch).band_view(bw, lower)
     info, (bad, _) = impl.run(
-        band, bw, factor=True, store_factor=True, rhs=None, out=None, check_finite=fused_check
+        band, bw, factor=True, factor_out=out, rhs=None, out=None, check_finite=fused_check
     )
     if bad:
         raise ValueError(_NONFINITE.format("ab"))
@@ -220,7 +232,7 @@ def _solve(
         ab_op = np.array(ab_op, order="C")
         own = StridedBatch.from_array(ab_op, ab_op.shape[:-2]).band_view(bw, lower)
         factor_info, (bad_band, _) = impl.run(
-            own, bw, factor=True, store_factor=True, rhs=None, out=None, check_finite=fused_check
+            own, bw, factor=True, factor_out=own, rhs=None, out=None, check_finite=fused_check
         )
         if bad_band:
             raise ValueError(_NONFINITE.format(name_ab))
@@ -230,7 +242,7 @@ def _solve(
         band,
         bw,
         factor=not factored,
-        store_factor=False,
+        factor_out=None,
         rhs=StridedBatch.from_array(b_op, batch),
         out=StridedBatch.from_array(x_core, batch),
         check_finite=fused_check,

@@ -2,7 +2,7 @@
 
 A backend is a module with
 
-* ``run(band, bw, *, factor, store_factor, rhs, out, check_finite) ->
+* ``run(band, bw, *, factor, factor_out, rhs, out, check_finite) ->
   (info, (band_nonfinite, rhs_nonfinite))`` -- factor and/or solve a batch
   described by :class:`banded_mnn._strided.StridedBatch` operands, returning
   the per-system ``info`` (int32, flattened batch) and whether the values read

@@ -247,7 +247,7 @@ def run(
     bw: int,
     *,
     factor: bool,
-    store_factor: bool,
+    factor_out: StridedBatch | None,
     rhs: StridedBatch | None,
     out: StridedBatch | None,
     check_finite: bool = False,
@@ -255,7 +255,8 @@ def run(
     """Factor and/or solve every system described by ``band`` (and ``rhs``).
 
     ``band`` addresses the band as (j, t) -> A[j + t, j] (see
-    :meth:`StridedBatch.band_view`).  Returns the int32 ``info`` array, one
+    :meth:`StridedBatch.band_view`); ``factor_out`` (same addressing, may be
+    ``band`` itself) receives the factor.  Returns the int32 ``info`` array, one
     entry per batch element, and whether a non-finite value was read from the
     band and from the right-hand side (always ``False`` unless
     ``check_finite``; when ``True`` the outputs are meaningless).
@@ -271,7 +272,8 @@ def run(
         nrhs = rhs.shape[1]
     lanes = choose_lanes(nsys)
     driver = _compiled_driver(lanes, band.buf.dtype)
-    fout = band if store_factor else StridedBatch.dummy(band.buf.dtype, nsys)
+    store_factor = factor_out is not None
+    fout = factor_out if store_factor else StridedBatch.dummy(band.buf.dtype, nsys)
     driver(
         band.buf, band.offsets, band.strides[0], band.strides[1], n, bw, factor,
         fout.buf, fout.offsets, fout.strides[0], fout.strides[1], store_factor,
