@@ -102,11 +102,12 @@ def test_lane_counts_agree(rng, monkeypatch):
     ab = random_spd_band((21,), 80, 9, rng=rng)
     b = rng.standard_normal((21, 80, 3))
     results = []
-    for lanes in (1, 8):
+    for lanes in (1, 2, 4, 8):
         monkeypatch.setattr(_numba_cpu, "choose_lanes", lambda nsys, lanes=lanes: lanes)
         results.append((bm.solveh_banded(ab, b), bm.cholesky_banded(ab)))
-    np.testing.assert_array_equal(results[0][0], results[1][0])
-    np.testing.assert_array_equal(results[0][1], results[1][1])
+    for x, c in results[1:]:
+        np.testing.assert_array_equal(x, results[0][0])
+        np.testing.assert_array_equal(c, results[0][1])
 
 
 def test_positional_and_keyword_calls_agree(rng):
@@ -132,3 +133,13 @@ def test_unused_band_cells_copied_like_scipy(rng):
     np.testing.assert_array_equal(c[0, :2], [7.0, 8.0])
     assert c[1, 0] == 9.0
     np.testing.assert_allclose(c, scipy_cholesky(ab, False), rtol=1e-14)
+
+
+def test_lane_choice_keeps_workspaces_small():
+    from banded_mnn._backends import _numba_cpu
+
+    threads = _numba_cpu.numba.get_num_threads()
+    for nsys in (1, 5, 16, 31, 32, 64, 100, 128, 1000):
+        lanes = _numba_cpu.choose_lanes(nsys)
+        assert lanes in _numba_cpu.LANE_COUNTS
+        assert lanes == 1 or threads * lanes <= nsys / 8

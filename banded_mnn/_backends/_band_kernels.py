@@ -83,7 +83,7 @@ lane_mul = _lane_update(lambda builder, d, x, y: builder.fmul(x, y))
 lane_div = _lane_update(lambda builder, d, x, y: builder.fdiv(x, y))
 
 
-@njit(cache=True, nogil=True, fastmath={"contract"})
+@njit(cache=True, nogil=True)
 def factor(W, Y, n, bw, nrhs, info, recip, lanes, j0, j1):
     """Columns ``[j0, j1)`` of the right-looking band Cholesky of every lane.
 
@@ -122,16 +122,8 @@ def factor(W, Y, n, bw, nrhs, info, recip, lanes, j0, j1):
         # A~[j + s + r, j + s] -= L[j + s + r, j] * L[j + s, j],  s >= 1, r >= 0.
         for s in range(1, m + 1):
             q = (j + s) * R
-            if L == 1:
-                # One system: vectorise along the column instead, an axpy with
-                # the multiplier in a register (the same arithmetic, contracted
-                # to FMA like lane_fnmadd).
-                f = W[p + s]
-                for r in range(m - s + 1):
-                    W[q + r] -= W[p + s + r] * f
-            else:
-                for r in range(m - s + 1):
-                    lane_fnmadd(W, q + r * L, W, p + (s + r) * L, W, p + s * L, lanes)
+            for r in range(m - s + 1):
+                lane_fnmadd(W, q + r * L, W, p + (s + r) * L, W, p + s * L, lanes)
         if nrhs > 0:
             _forward_column(W, Y, j, m, bw, nrhs, recip, lanes)
 

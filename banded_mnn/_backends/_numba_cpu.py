@@ -23,9 +23,10 @@ from numba import njit, prange, types
 from .._strided import StridedBatch
 from ._band_kernels import backward, factor, forward, lane_marker
 
-#: Lane counts compiled.  8 fills one AVX-512 register in float64 (two AVX2
-#: registers); 1 is the plain per-system algorithm for small batches.
-LANE_COUNTS = (1, 8)
+#: Lane counts used.  8 fills one AVX-512 register in float64 (two AVX2
+#: registers); 1 is the plain per-system algorithm for small batches.  Each is
+#: compiled on first use.
+LANE_COUNTS = (1, 2, 4, 8)
 
 #: Rows gathered per step: the block of W being filled stays in cache until
 #: it is factored.
@@ -233,13 +234,13 @@ def all_finite(x: StridedBatch) -> bool:
 def choose_lanes(nsys: int) -> int:
     """Lane count for ``nsys`` systems.
 
-    Interleave 8 systems only when the batch is large enough that the
-    per-thread workspaces (``threads * lanes`` systems) stay below 1/8 of the
-    operands and every thread still gets several chunks; otherwise factor one
-    system at a time.
+    The widest of :data:`LANE_COUNTS` such that every thread gets at least 8
+    chunks, which also keeps the per-thread workspaces (``threads * lanes``
+    systems in all) at or below 1/8 of the operands: with 2 threads, 8 lanes
+    from 128 systems, 4 from 64, 2 from 32, else 1.
     """
     threads = numba.get_num_threads()
-    return 8 if nsys >= 8 * threads * 8 else 1
+    return max(lanes for lanes in LANE_COUNTS if lanes == 1 or nsys >= 8 * threads * lanes)
 
 
 def run(
