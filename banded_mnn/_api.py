@@ -14,7 +14,7 @@ import numpy as np
 
 from . import _backends
 from ._errors import NotPositiveDefiniteError
-from ._strided import StridedBatch
+from ._strided import StridedBatch, addressable, drop_broadcast_axes, without_self_overlap
 
 __all__ = [
     "cho_solve_banded",
@@ -104,8 +104,8 @@ def _can_overwrite(x: np.ndarray, dtype: np.dtype, shape: tuple[int, ...]) -> bo
         x.dtype == dtype
         and x.shape == shape
         and x.flags.writeable
-        and x.flags.aligned
-        and not any(s == 0 and n > 1 for s, n in zip(x.strides, x.shape, strict=True))
+        and addressable(x)
+        and without_self_overlap(x)
     )
 
 
@@ -115,8 +115,12 @@ def _check_finite(x: np.ndarray, name: str, backend) -> None:
     Otherwise the kernels check the values they read in the same pass."""
     if x.size == 0:
         return
-    core = _as_batched(x)
-    if not backend.all_finite(StridedBatch.from_array(core, core.shape[:-2])):
+    if x.dtype not in (np.float32, np.float64):  # integers, float16, longdouble
+        finite = x.dtype.kind in "biu" or bool(np.isfinite(x).all())
+    else:
+        core = _as_batched(x)
+        finite = backend.all_finite(StridedBatch.from_array(core, core.shape[:-2]))
+    if not finite:
         raise ValueError(_NONFINITE.format(name))
 
 
@@ -205,12 +209,21 @@ def _solve(
     m, bw = _check_band(ab, name_ab)
     batch, out_shape = _rhs_layout(ab, b, name_ab, "b")
     dtype = _result_dtype(ab, b)
+    # Broadcast (zero-stride) batch axes become length 1, so that conversions
+    # and the factor-once path below touch each distinct matrix once.
+    ab = drop_broadcast_axes(ab, 2)
+    if b.ndim > 1:
+        b = drop_broadcast_axes(b, 2)
     if overwrite_b and _can_overwrite(b, dtype, out_shape) and not np.may_share_memory(b, ab):
         x = b
     else:
         x = _empty(out_shape, dtype=dtype)
     if x.size == 0:
-        # Nothing to solve (SciPy also returns early without factoring).
+        # Nothing to solve (SciPy also returns early without factoring, after
+        # checking the inputs).
+        if check_finite:
+            _check_finite(ab, name_ab, impl)
+            _check_finite(b, "b", impl)
         return x, np.zeros(batch, dtype=np.int32)
     ab_op = ab if ab.dtype == dtype else ab.astype(dtype)
     b_op = b if b.dtype == dtype else b.astype(dtype)
@@ -390,7 +403,7 @@ def cholesky_banded_ex(
     Returns
     -------
     c : numpy.ndarray, shape (..., u + 1, M)
-        The factors.  Every band cell of a system that failed is NaN, so a
+        The factors.  Every band cell inside the matrix of a failed system is NaN, so a
         failed factor cannot be used by mistake.
     info : numpy.ndarray of int32, shape (...)
         0 where the factorisation succeeded; otherwise the 1-based order of

@@ -16,7 +16,6 @@ b*strides[1]]``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,16 +44,19 @@ class StridedBatch:
         """
         if x.ndim < 2:
             raise ValueError("internal: StridedBatch needs at least 2 dimensions")
-        itemsize = x.dtype.itemsize
-        if not x.flags.aligned or any(s % itemsize for s in x.strides):
+        if not addressable(x):
             x = np.array(x, order="C")
+        itemsize = x.dtype.itemsize
         core = x.shape[-2:]
         xb = (
             np.broadcast_to(x, tuple(batch_shape) + core)
             if x.shape[:-2] != tuple(batch_shape)
             else x
         )
-        el_strides = [s // itemsize for s in xb.strides]
+        # The stride of a length-1 axis is never used (and may be anything).
+        el_strides = [
+            s // itemsize if n > 1 else 0 for s, n in zip(xb.strides, xb.shape, strict=True)
+        ]
         # Lowest address: flip every axis whose stride is negative.
         flips = tuple(slice(None, None, -1) if s < 0 else slice(None) for s in el_strides)
         lowest = xb[flips]
@@ -100,5 +102,33 @@ class StridedBatch:
         return cls(np.zeros(1, dtype=dtype), np.zeros(nsys, dtype=np.int64), (0, 0), (0, 0))
 
 
-def batch_size(batch_shape: tuple[int, ...]) -> int:
-    return math.prod(batch_shape)
+def addressable(x: np.ndarray) -> bool:
+    """True when ``x`` can be described without a copy: aligned, and every axis
+    longer than 1 has a stride that is a whole number of elements."""
+    itemsize = x.dtype.itemsize
+    return x.flags.aligned and all(
+        s % itemsize == 0 for s, n in zip(x.strides, x.shape, strict=True) if n > 1
+    )
+
+
+def without_self_overlap(x: np.ndarray) -> bool:
+    """True when no two elements of ``x`` share memory (a sufficient test:
+    sorted by stride, each axis steps over everything the smaller ones span)."""
+    extent = x.dtype.itemsize
+    for stride, n in sorted((abs(s), n) for s, n in zip(x.strides, x.shape, strict=True) if n > 1):
+        if stride < extent:
+            return False
+        extent = stride * (n - 1) + extent
+    return True
+
+
+def drop_broadcast_axes(x: np.ndarray, core_ndim: int) -> np.ndarray:
+    """A view with every zero-stride batch axis shortened to length 1.
+
+    Broadcasting restores them, so the result is equivalent, but copies and
+    conversions then touch each distinct element once.
+    """
+    batch = x.ndim - core_ndim
+    if not any(s == 0 and n > 1 for s, n in zip(x.strides[:batch], x.shape[:batch], strict=True)):
+        return x
+    return x[tuple(slice(0, 1) if s == 0 else slice(None) for s in x.strides[:batch])]

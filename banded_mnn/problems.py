@@ -80,7 +80,7 @@ def lower_to_upper(ab_lower: np.ndarray) -> np.ndarray:
     u = ab_lower.shape[-2] - 1
     m = ab_lower.shape[-1]
     upper = np.zeros_like(ab_lower)
-    for d in range(u + 1):
+    for d in range(min(u, m - 1) + 1):  # diagonals beyond the matrix stay zero
         # a[j + d, j] is at lower[d, j] and at upper[u - d, j + d].
         upper[..., u - d, d:] = ab_lower[..., d, : m - d]
     return upper

@@ -93,6 +93,15 @@ def test_ex_variants_report_status_without_raising(lower, lanes, rng):
     np.testing.assert_allclose(x[good], bm.solveh_banded(ab[good], b[good], lower=lower))
 
 
+def test_infinite_pivot_is_reported():
+    """LAPACK accepts sqrt(inf) and returns a wrong factor; info reports it here."""
+    ab = np.array([[0.0, 1, 1, 1], [4.0, np.inf, 4, 4]])
+    _, info = bm.cholesky_banded_ex(ab, check_finite=False)
+    assert info == 2
+    x, info = bm.solveh_banded_ex(ab, np.ones(4), check_finite=False)
+    assert info == 2 and np.isnan(x).all()
+
+
 def test_zero_pivot_and_nan_pivot_are_not_positive_definite():
     ab = np.array([[0.0, 1.0, 1.0], [1.0, 1.0, 2.0]])  # second minor is exactly 0
     _, info = bm.cholesky_banded_ex(ab)

@@ -218,6 +218,19 @@ def test_overwrite_b_not_used_when_b_overlaps_ab(rng):
     np.testing.assert_allclose(x, expected, **TOL)
 
 
+def test_lower_to_upper_with_bandwidth_beyond_matrix(rng):
+    from banded_mnn.problems import lower_to_upper
+
+    lower = random_spd_band((2,), 3, 5, lower=True, rng=rng)
+    upper = lower_to_upper(lower)
+    np.testing.assert_allclose(
+        scipy_cholesky(lower, True).sum(), scipy_cholesky(upper, False).sum(), rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        bm.solveh_banded(upper, np.ones(3)), bm.solveh_banded(lower, np.ones(3), lower=True)
+    )
+
+
 def test_single_unknown_with_one_off_diagonal():
     """M = 1, u = 1: SciPy's tridiagonal path raises here; we solve it."""
     x = bm.solveh_banded([[0.0], [4.0]], [2.0])
@@ -248,3 +261,58 @@ def test_shared_matrix_is_factored_once(lanes, rng, monkeypatch):
     np.testing.assert_allclose(x[0], scipy_solve(ab[0], b[0], False), **TOL)
     with pytest.raises(bm.NotPositiveDefiniteError, match=r"batch index \(1, 0\)"):
         bm.solveh_banded(ab, b)
+
+
+def test_overwrite_with_odd_strided_arrays_is_honest():
+    """Fields of packed records: NumPy calls them aligned, but their strides are
+    not whole elements.  The result must be right, and `x is b` only if written."""
+    ab = np.array([[0.0, 1, 1, 1], [4.0, 4, 4, 4]])
+    rec = np.zeros(1, dtype=[("ab", "f8", (2, 4)), ("b", "f8", (4, 1)), ("flag", "i1")])
+    rec["ab"][0] = ab
+    rec["b"][0, :, 0] = [5, 6, 6, 5]
+    a, b = rec["ab"], rec["b"]
+    c = bm.cholesky_banded(a, overwrite_ab=True)
+    np.testing.assert_allclose(c[0], scipy.linalg.cholesky_banded(ab))
+    x = bm.solveh_banded(ab, b, overwrite_b=True)
+    np.testing.assert_allclose(x.ravel(), [1, 1, 1, 1])
+    if x is b:
+        np.testing.assert_allclose(b.ravel(), [1, 1, 1, 1])
+
+
+def test_overwrite_b_refused_when_b_overlaps_itself(rng):
+    ab = random_spd_band((), 4, 1, rng=rng)
+    b = np.lib.stride_tricks.as_strided(np.arange(1.0, 8.0), shape=(4, 4, 1), strides=(8, 8, 8))
+    expected = scipy_solve(ab, b.copy(), False)
+    x = bm.solveh_banded(ab, b, overwrite_b=True)
+    assert x is not b
+    np.testing.assert_allclose(x, expected, **TOL)
+
+
+def test_broadcast_matrices_are_not_expanded(monkeypatch, rng):
+    """A broadcast ab is factored once per distinct matrix, not once per copy."""
+    from banded_mnn._backends import _numba_cpu
+
+    sizes = []
+    real_run = _numba_cpu.run
+
+    def recording_run(band, bw, **kwargs):
+        sizes.append((band.offsets.shape[0], kwargs["factor"], band.buf.size))
+        return real_run(band, bw, **kwargs)
+
+    monkeypatch.setattr(_numba_cpu, "run", recording_run)
+    one = random_spd_band((), 50, 3, dtype=np.float32, rng=rng)
+    ab = np.broadcast_to(one, (40, 2, 4, 50))
+    b = rng.standard_normal((40, 2, 50, 1))
+    x = bm.solveh_banded(ab, b)
+    assert sizes[0] == (1, True, one.size)  # one factorisation of one matrix
+    assert sizes[1][:2] == (80, False)
+    np.testing.assert_allclose(x, scipy_solve(one.astype(np.float64), b, False), rtol=1e-5)
+
+
+def test_empty_result_still_checks_finiteness():
+    ab = np.array([[0.0, 1, 1, 1], [4.0, np.nan, 4, 4]])
+    with pytest.raises(ValueError, match="ab must not contain infs or NaNs"):
+        bm.solveh_banded(ab, np.zeros((4, 0)))
+    with pytest.raises(ValueError, match="cb must not contain infs or NaNs"):
+        bm.cho_solve_banded((ab, False), np.zeros((4, 0)))
+    assert bm.solveh_banded(ab, np.zeros((4, 0)), check_finite=False).shape == (4, 0)

@@ -94,7 +94,8 @@ def factor(W, Y, n, bw, nrhs, info, recip, lanes, j0, j1):
     same sweep (column ``j`` of ``L`` is final as soon as it is scaled), which
     saves one pass over the factor.  ``info[l]`` receives the 1-based order of
     the first leading minor of lane ``l`` that is not positive definite
-    (LAPACK's ``info``).  A failed pivot is replaced by 1 so that the lane stays
+    (LAPACK's ``info``; an infinite pivot also fails, which LAPACK would let
+    through to a silently wrong factor).  A failed pivot is replaced by 1 so that the lane stays
     finite and the other lanes proceed; the failed lane's results are
     meaningless.  ``recip`` is scratch for ``L`` reciprocals.
     """
@@ -106,9 +107,9 @@ def factor(W, Y, n, bw, nrhs, info, recip, lanes, j0, j1):
         # Pivot: A[j, j] - sum_k L[j, k]^2 has been accumulated into W[j, 0].
         for l in range(L):
             d = W[p + l]
-            if d > 0.0:
+            if d > 0.0 and d < math.inf:
                 d = math.sqrt(d)
-            else:  # also catches NaN
+            else:  # also catches NaN, and inf (which LAPACK would accept)
                 if info[l] == 0:
                     info[l] = j + 1
                 d = 1.0
