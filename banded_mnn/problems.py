@@ -69,6 +69,17 @@ def _zero_outside(ab: np.ndarray, lower: bool) -> None:
 def lower_to_upper(ab_lower: np.ndarray) -> np.ndarray:
     """Convert band storage from lower form to upper form (same matrices).
 
+    Parameters
+    ----------
+    ab_lower : numpy.ndarray, shape (..., u + 1, M)
+        Symmetric band matrices in lower form (``ab_lower[i - j, j] == a[i, j]``).
+
+    Returns
+    -------
+    numpy.ndarray, shape (..., u + 1, M)
+        The same matrices in upper form (``ab[u + i - j, j] == a[i, j]``); cells
+        outside the matrix are zero.
+
     Examples
     --------
     >>> import numpy as np
@@ -104,6 +115,21 @@ def mnn_normal_band(
     ``J^T J + 1e-3 I`` is SPD and block-tridiagonal with ``block x block``
     blocks: a scalar band with ``M = steps * block`` and ``u = 2 block - 1``
     (the S-MNN layout with ``block = n_dims * n_orders``).
+
+    Parameters
+    ----------
+    batch : tuple of int
+        Batch shape.
+    steps : int
+        Number of time steps ``T`` (at least 1).
+    block : int
+        Block size ``n``.
+    lower : bool, optional
+        Return lower form instead of upper form.
+    dtype : dtype, optional
+        float32 or float64 (built in float64, then rounded).
+    rng : numpy.random.Generator, optional
+        Source of randomness (a fresh default generator if omitted).
 
     Returns
     -------
