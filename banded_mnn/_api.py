@@ -242,7 +242,8 @@ def _solve(
         # Each matrix serves several right-hand-side batches (e.g. one shared
         # left-hand side): factor every distinct matrix once, then only solve.
         # Failed factors are NaN, so their solutions come out NaN.
-        ab_op = np.array(ab_op, order="C")
+        if ab_op is ab:  # a converted ab_op is already ours to factor in place
+            ab_op = np.array(ab, order="C")
         own = StridedBatch.from_array(ab_op, ab_op.shape[:-2]).band_view(bw, lower)
         factor_info, (bad_band, _) = impl.run(
             own, bw, factor=True, factor_out=own, rhs=None, out=None, check_finite=fused_check
