@@ -44,36 +44,8 @@ class StridedBatch:
         """
         if x.ndim < 2:
             raise ValueError("internal: StridedBatch needs at least 2 dimensions")
-        if not addressable(x):
-            x = np.array(x, order="C")
-        itemsize = x.dtype.itemsize
-        core = x.shape[-2:]
-        xb = (
-            np.broadcast_to(x, tuple(batch_shape) + core)
-            if x.shape[:-2] != tuple(batch_shape)
-            else x
-        )
-        # The stride of a length-1 axis is never used (and may be anything).
-        el_strides = [
-            s // itemsize if n > 1 else 0 for s, n in zip(xb.strides, xb.shape, strict=True)
-        ]
-        # Lowest address: flip every axis whose stride is negative.
-        flips = tuple(slice(None, None, -1) if s < 0 else slice(None) for s in el_strides)
-        lowest = xb[flips]
-        low = sum((n - 1) * s for n, s in zip(xb.shape, el_strides, strict=True) if s < 0)
-        high = sum((n - 1) * s for n, s in zip(xb.shape, el_strides, strict=True) if s > 0)
-        span = high - low + 1
-        buf = np.lib.stride_tricks.as_strided(
-            lowest, shape=(span,), strides=(itemsize,), writeable=bool(lowest.flags.writeable)
-        )
-        offsets = np.full(batch_shape, -low, dtype=np.int64)
-        for axis, (n, s) in enumerate(zip(batch_shape, el_strides[:-2], strict=True)):
-            if s != 0 and n > 1:
-                shape = [1] * len(batch_shape)
-                shape[axis] = n
-                offsets = offsets + (np.arange(n, dtype=np.int64) * s).reshape(shape)
-        offsets = np.ascontiguousarray(offsets.reshape(-1))
-        return cls(buf, offsets, (int(core[0]), int(core[1])), (el_strides[-2], el_strides[-1]))
+        buf, offsets, strides = flat_batch(x, batch_shape, 2)
+        return cls(buf, offsets, (int(x.shape[-2]), int(x.shape[-1])), strides)
 
     def band_view(self, bandwidth: int, lower: bool) -> StridedBatch:
         """Re-address a band array ``(u+1, M)`` as ``(j, t) -> A[j + t, j]``.
@@ -132,3 +104,46 @@ def drop_broadcast_axes(x: np.ndarray, core_ndim: int) -> np.ndarray:
     if not any(s == 0 and n > 1 for s, n in zip(x.strides[:batch], x.shape[:batch], strict=True)):
         return x
     return x[tuple(slice(0, 1) if s == 0 else slice(None) for s in x.strides[:batch])]
+
+
+def flat_batch(
+    x: np.ndarray, batch_shape: tuple[int, ...], core_ndim: int
+) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    """Address ``x`` (its last ``core_ndim`` axes are the core) broadcast to
+    ``batch_shape`` as ``(buf, offsets, core_strides)``; ``x`` must be non-empty.
+
+    Element ``idx`` of batch element ``i`` (C order) is
+    ``buf[offsets[i] + sum(idx * core_strides)]``.  Core axes of length 1 get
+    stride 0, so a core axis that broadcasts (for example a time axis of
+    length 1) can be indexed as if it had full length.  Only misaligned or
+    odd-strided arrays are copied.
+    """
+    if not addressable(x):
+        x = np.array(x, order="C")
+    itemsize = x.dtype.itemsize
+    batch_shape = tuple(batch_shape)
+    core = x.shape[x.ndim - core_ndim :]
+    xb = (
+        np.broadcast_to(x, batch_shape + core)
+        if x.shape[: x.ndim - core_ndim] != batch_shape
+        else x
+    )
+    # The stride of a length-1 axis is never used (and may be anything).
+    el_strides = [s // itemsize if n > 1 else 0 for s, n in zip(xb.strides, xb.shape, strict=True)]
+    # Lowest address: flip every axis whose stride is negative.
+    flips = tuple(slice(None, None, -1) if s < 0 else slice(None) for s in el_strides)
+    lowest = xb[flips]
+    low = sum((n - 1) * s for n, s in zip(xb.shape, el_strides, strict=True) if s < 0)
+    high = sum((n - 1) * s for n, s in zip(xb.shape, el_strides, strict=True) if s > 0)
+    span = high - low + 1
+    buf = np.lib.stride_tricks.as_strided(
+        lowest, shape=(span,), strides=(itemsize,), writeable=bool(lowest.flags.writeable)
+    )
+    offsets = np.full(batch_shape, -low, dtype=np.int64)
+    for axis, (n, s) in enumerate(zip(batch_shape, el_strides[: len(batch_shape)], strict=True)):
+        if s != 0 and n > 1:
+            shape = [1] * len(batch_shape)
+            shape[axis] = n
+            offsets = offsets + (np.arange(n, dtype=np.int64) * s).reshape(shape)
+    offsets = np.ascontiguousarray(offsets.reshape(-1))
+    return buf, offsets, tuple(el_strides[len(batch_shape) :])

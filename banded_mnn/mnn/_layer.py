@@ -1,0 +1,821 @@
+"""The MNN layer: S-MNN's ``ode_forward`` on NumPy arrays, with its VJP.
+
+Call path: :func:`ode_forward` validates and canonicalises the four inputs
+(:func:`_prepare`), factors the left-hand side (:meth:`OdeSystem.factor`:
+assembly kernel, then the core band Cholesky), assembles the right-hand side
+and solves against the factor (:meth:`OdeSystem.solve`).  :meth:`OdeSystem.vjp`
+does one more solve against the same factor and differentiates the assembly.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .. import _api
+from .._errors import NotPositiveDefiniteError
+from .._strided import flat_batch
+
+# Core (non-batch) rank of each input, step axis first within the core.
+_CORE_NDIM = {"coefficients": 4, "rhs_equation": 2, "init_vars": 3, "steps": 1}
+
+
+@dataclass(frozen=True)
+class OdeSpec:
+    """The static structure of an MNN least-squares problem.
+
+    Everything but the array values: sizes, weights and options.  Together
+    with the left-hand-side batch shape it fixes the shape of the factor.
+    """
+
+    n_steps: int
+    n_equations: int
+    n_dims: int
+    n_orders: int
+    n_init_var_steps: int
+    n_init_var_orders: int
+    weight_equation: float = 1.0
+    weight_init_var: float = 1.0
+    weight_smooth: float = 1.0
+    enable_central_smoothness: bool = False
+
+    @property
+    def block_size(self) -> int:
+        """Unknowns per step, ``n_dims * n_orders``."""
+        return self.n_dims * self.n_orders
+
+    @property
+    def n_unknowns(self) -> int:
+        """Order of the normal matrix, ``n_steps * n_dims * n_orders``."""
+        return self.n_steps * self.block_size
+
+    @property
+    def bandwidth(self) -> int:
+        """Sub-diagonals of the normal matrix in scalar band storage.
+
+        Blocks of consecutive steps couple ``u[t, d, o]`` only to
+        ``u[t+1, d, o']`` (same dimension), so the band is ``n + O - 1`` wide;
+        central rows couple ``u[t, d, O-2]`` and ``u[t+2, d, O-2]``: ``2n``.
+        """
+        n = self.block_size
+        return 2 * n if self.enable_central_smoothness else n + self.n_orders - 1
+
+    def location(self, index: int) -> tuple[int, int, int]:
+        """``(step, dim, order)`` of unknown ``index`` (0-based)."""
+        step, rest = divmod(index, self.block_size)
+        return (step, *divmod(rest, self.n_orders))
+
+
+class OdeGradients(NamedTuple):
+    """Vector-Jacobian product of :func:`ode_forward`: one array per input, each
+    with that input's shape (``None`` for a frozen left-hand side)."""
+
+    coefficients: np.ndarray | None
+    rhs_equation: np.ndarray
+    init_vars: np.ndarray
+    steps: np.ndarray | None
+
+
+@dataclass
+class _Inputs:
+    """Inputs moved to the canonical layout (batch..., step axis, rest...)."""
+
+    arrays: dict[str, np.ndarray | None]
+    dtypes: dict[str, np.dtype]
+    spec: OdeSpec
+    lhs_batch: tuple[int, ...]
+    batch: tuple[int, ...]
+    dtype: np.dtype
+
+
+def _weight(value: Any, name: str) -> float:
+    if isinstance(value, numbers.Real) or (np.ndim(value) == 0 and np.isrealobj(value)):
+        weight = float(value)
+        if math.isfinite(weight):
+            return weight
+    raise TypeError(f"{name} must be a finite real number; got {value!r}")
+
+
+def _count(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum:
+        return int(value)
+    raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+
+
+def _canonical(x: Any, name: str, step_first: bool) -> np.ndarray:
+    array = _api._as_real_array(x, name)
+    core = _CORE_NDIM[name]
+    if array.ndim < core:
+        raise ValueError(
+            f"{name} must have at least {core} dimensions {_SHAPES[name]}; got shape {array.shape}"
+        )
+    if step_first:
+        array = np.moveaxis(array, 0, array.ndim - core)
+    return array
+
+
+_SHAPES = {
+    "coefficients": "(..., n_steps, n_equations, n_dims, n_orders)",
+    "rhs_equation": "(..., n_steps, n_equations)",
+    "init_vars": "(..., n_init_var_steps, n_dims, n_init_var_orders)",
+    "steps": "(..., n_steps - 1)",
+}
+
+
+def _batch_shape(array: np.ndarray, name: str) -> tuple[int, ...]:
+    return array.shape[: array.ndim - _CORE_NDIM[name]]
+
+
+def _broadcast(shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
+    try:
+        return np.broadcast_shapes(*shapes.values())
+    except ValueError:
+        described = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
+        raise ValueError(f"batch shapes do not broadcast: {described}") from None
+
+
+def _prepare(
+    coefficients: Any,
+    rhs_equation: Any,
+    init_vars: Any,
+    steps: Any,
+    n_steps: int | None,
+    n_init_var_steps: int | None,
+    is_step_dim_first: bool,
+    weights: tuple[Any, Any, Any],
+    central: bool,
+) -> _Inputs:
+    """Validate the inputs of :func:`ode_forward` and bring them to the
+    canonical layout (views; nothing is copied unless a dtype changes)."""
+    raw = {
+        "coefficients": coefficients,
+        "rhs_equation": rhs_equation,
+        "init_vars": init_vars,
+        "steps": steps,
+    }
+    arrays = {
+        name: _canonical(x, name, is_step_dim_first) for name, x in raw.items() if x is not None
+    }
+    c = arrays["coefficients"]
+    n_equations, n_dims, n_orders = c.shape[-3:]
+    if n_dims < 1 or n_orders < 1:
+        raise ValueError(
+            f"coefficients must have n_dims >= 1 and n_orders >= 1; got shape {c.shape}"
+        )
+    if central and n_orders < 2:
+        raise ValueError("enable_central_smoothness needs n_orders >= 2")
+    if n_steps is None:
+        if "steps" not in arrays:
+            raise ValueError("n_steps must be given when steps is not")
+        n_steps = arrays["steps"].shape[-1] + 1
+    n_steps = _count(n_steps, "n_steps", 1)
+
+    def check_axis(name: str, axis: int, allowed: tuple[int, ...], what: str) -> None:
+        size = arrays[name].shape[axis]
+        if size not in allowed:
+            choices = " or ".join(str(a) for a in dict.fromkeys(allowed))
+            raise ValueError(
+                f"{name} must have shape {_SHAPES[name]}: its {what} axis has length {size}, "
+                f"expected {choices}"
+            )
+
+    check_axis("coefficients", -4, (n_steps, 1), "n_steps")
+    if "steps" in arrays:
+        check_axis("steps", -1, (n_steps - 1, 1), "n_steps - 1")
+    if "rhs_equation" in arrays:
+        check_axis("rhs_equation", -2, (n_steps, 1), "n_steps")
+        check_axis("rhs_equation", -1, (n_equations,), "n_equations")
+    if "init_vars" in arrays:
+        v = arrays["init_vars"]
+        if n_init_var_steps is None:
+            n_init_var_steps = v.shape[-3]
+        n_init_var_orders = v.shape[-1]
+        check_axis("init_vars", -2, (n_dims,), "n_dims")
+        check_axis("init_vars", -3, (n_init_var_steps, 1), "n_init_var_steps")
+        if n_init_var_orders > n_orders:
+            raise ValueError(
+                f"init_vars has {n_init_var_orders} orders (last axis); at most n_orders = "
+                f"{n_orders} can be pinned"
+            )
+    else:
+        n_init_var_orders = 0
+        n_init_var_steps = 0 if n_init_var_steps is None else n_init_var_steps
+    n_init_var_steps = _count(n_init_var_steps, "n_init_var_steps", 0)
+    if n_init_var_steps > n_steps:
+        raise ValueError(
+            f"n_init_var_steps ({n_init_var_steps}) must not exceed n_steps ({n_steps})"
+        )
+    spec = OdeSpec(
+        n_steps=n_steps,
+        n_equations=n_equations,
+        n_dims=n_dims,
+        n_orders=n_orders,
+        n_init_var_steps=n_init_var_steps,
+        n_init_var_orders=n_init_var_orders,
+        weight_equation=_weight(weights[0], "weight_equation"),
+        weight_init_var=_weight(weights[1], "weight_init_var"),
+        weight_smooth=_weight(weights[2], "weight_smooth"),
+        enable_central_smoothness=bool(central),
+    )
+    shapes = {name: _batch_shape(a, name) for name, a in arrays.items()}
+    lhs_batch = _broadcast({k: shapes[k] for k in ("coefficients", "steps") if k in shapes})
+    batch = _broadcast(shapes)
+    dtypes = {name: a.dtype for name, a in arrays.items()}
+    dtype = _api._result_dtype(*arrays.values())
+    arrays = {name: np.asarray(a, dtype=dtype) for name, a in arrays.items()}
+    return _Inputs(arrays, dtypes, spec, lhs_batch, batch, dtype)
+
+
+def _flat(x: np.ndarray | None, batch: tuple[int, ...], core_ndim: int, dtype: np.dtype):
+    """Kernel operand for ``x`` broadcast to ``batch``: (buffer, offsets, core strides)."""
+    if x is None or x.size == 0:
+        size = math.prod(batch)
+        return np.zeros(1, dtype=dtype), np.zeros(size, dtype=np.int64), (0,) * core_ndim
+    return flat_batch(x, batch, core_ndim)
+
+
+@functools.lru_cache(maxsize=64)
+def _tables(n_orders: int, central: bool, dtype: np.dtype):
+    from ._kernels import smoothness_tables
+
+    return tuple(t.astype(dtype) for t in smoothness_tables(n_orders, central))
+
+
+def _sum_to(gradient: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Sum ``gradient`` over the axes along which an input of ``shape`` was broadcast."""
+    lead = gradient.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, n in enumerate(shape) if n == 1 and gradient.shape[lead + i] != 1
+    )
+    if axes:
+        gradient = gradient.sum(axis=axes, keepdims=True)
+    return gradient.reshape(shape)
+
+
+def _flag_singular(factor: np.ndarray, diagonal: np.ndarray, info: np.ndarray, bw: int) -> None:
+    """Mark systems whose normal matrix is singular to working precision.
+
+    LAPACK's test (a pivot <= 0) misses most singular normal matrices: the
+    last pivot of a null direction is rounding noise of either sign.  The
+    ratio ``L[j, j]**2 / A[j, j]`` is invariant to scaling the unknowns and is
+    ``1 / (A[j, j] * inv(A[:j+1, :j+1])[j, j])``; for an exactly singular
+    matrix it is a few units of rounding (measured 0.3-0.8 eps), for the
+    worst-conditioned well-posed MNN systems we tried it is > 1000 eps.  A
+    ratio <= (bw + 1) * eps (the rounding of one pivot's bw + 1 terms) sets
+    ``info`` to that unknown's 1-based index, and NaNs the system's factor
+    as for any failed system.
+    """
+    if factor.size == 0:
+        return
+    tol = (bw + 1) * np.finfo(factor.dtype).eps
+    with np.errstate(invalid="ignore", divide="ignore"):
+        singular = factor[..., 0, :] ** 2 <= tol * diagonal
+    singular &= (info == 0)[..., None]
+    failed = singular.any(axis=-1)
+    if failed.any():
+        info[failed] = np.argmax(singular[failed], axis=-1) + 1
+        factor[failed] = np.nan
+
+
+class OdeSystem:
+    """A factored MNN left-hand side: solve for any number of right-hand sides.
+
+    The normal matrix depends only on ``coefficients``, ``steps`` and the
+    :class:`OdeSpec`; this object holds its band Cholesky factor (S-MNN's
+    "frozen left-hand side").  Create it with :meth:`factor`.
+
+    Attributes
+    ----------
+    factor_band : numpy.ndarray
+        Lower-form band Cholesky factor, shape ``lhs_batch + (u + 1, M)`` with
+        ``u = spec.bandwidth`` and ``M = spec.n_unknowns`` (the layout of
+        :func:`banded_mnn.cholesky_banded` with ``lower=True``).
+    info : numpy.ndarray of int32
+        Per-system status, shape ``lhs_batch``: 0, or the 1-based order of the
+        first leading minor that is not positive definite.
+    spec : OdeSpec
+        Sizes, weights and options.
+    lhs_batch_shape : tuple of int
+        Batch shape of the left-hand side (broadcast of ``coefficients`` and
+        ``steps``).
+    is_step_dim_first : bool
+        Layout of the arrays passed to :meth:`solve` and :meth:`vjp`.
+    """
+
+    def __init__(
+        self,
+        factor_band: np.ndarray,
+        info: np.ndarray,
+        spec: OdeSpec,
+        *,
+        is_step_dim_first: bool = False,
+        backend: str | None = None,
+    ) -> None:
+        expected = (spec.bandwidth + 1, spec.n_unknowns)
+        if factor_band.shape[-2:] != expected:
+            raise ValueError(
+                f"factor_band must have shape (..., {expected[0]}, {expected[1]}) for this spec; "
+                f"got {factor_band.shape}"
+            )
+        self.factor_band = factor_band
+        self.info = info
+        self.spec = spec
+        self.lhs_batch_shape = factor_band.shape[:-2]
+        self.is_step_dim_first = is_step_dim_first
+        self.backend = backend
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.factor_band.dtype
+
+    @classmethod
+    def factor(
+        cls,
+        coefficients: Any,
+        steps: Any,
+        *,
+        n_init_var_steps: int,
+        n_init_var_orders: int,
+        n_steps: int | None = None,
+        is_step_dim_first: bool = False,
+        weight_equation: float = 1.0,
+        weight_init_var: float = 1.0,
+        weight_smooth: float = 1.0,
+        enable_central_smoothness: bool = False,
+        check: bool = True,
+        backend: str | None = None,
+    ) -> OdeSystem:
+        """Assemble and factor the normal matrix of the MNN least-squares problem.
+
+        Parameters
+        ----------
+        coefficients : array_like, shape (..., n_steps or 1, n_equations, n_dims, n_orders)
+            ODE coefficients ``c[t, e, d, o]`` (step axis first when
+            ``is_step_dim_first``).
+        steps : array_like, shape (..., n_steps - 1 or 1)
+            Step sizes ``h_t``.  Batch axes broadcast with ``coefficients``.
+        n_init_var_steps, n_init_var_orders : int
+            The leading steps and the lowest orders pinned by initial values
+            (``init_vars`` of shape ``(..., n_init_var_steps, n_dims,
+            n_init_var_orders)``; 0 for none).
+        n_steps : int, optional
+            Number of steps; by default ``steps.shape[-1] + 1``.
+        is_step_dim_first : bool
+            The step axis is the first axis of every array (here and in
+            :meth:`solve` / :meth:`vjp`).
+        weight_equation, weight_init_var, weight_smooth : float
+            Row weights (they enter the normal equations squared).
+        enable_central_smoothness : bool
+            Use the central-difference rows for the highest order instead of
+            the forward/backward ones (needs ``n_orders >= 2``).
+        check : bool
+            Raise :class:`~banded_mnn.NotPositiveDefiniteError` if a system
+            is not positive definite.  With ``False`` the status is left in
+            :attr:`info` and the solutions of failed systems are NaN.
+        backend : str, optional
+            Core backend (default: ``"numba"``).
+
+        Returns
+        -------
+        OdeSystem
+
+        Raises
+        ------
+        NotPositiveDefiniteError
+            With ``check``, when a normal matrix is not positive definite (the
+            least-squares problem does not determine the solution); the
+            message names the batch index and the (step, dim, order) of the
+            unknown where the factorisation broke down.
+        ValueError
+            For shapes that do not fit, or non-finite ``coefficients`` or
+            ``steps`` in a system that failed.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from banded_mnn.mnn import OdeSystem
+        >>> c = np.array([0.0, 1.0]).reshape(1, 1, 1, 2)  # u' = rhs
+        >>> system = OdeSystem.factor(c, np.full(9, 0.1), n_init_var_steps=1,
+        ...                           n_init_var_orders=1)
+        >>> u = system.solve(c, np.ones((1, 1)), np.zeros((1, 1, 1)))
+        >>> np.round(u[-1, 0], 6)  # u(0.9) = 0.9, u' = 1
+        array([0.9, 1. ])
+        """
+        # Shapes of the init_vars / rhs_equation a caller will pass are not
+        # known yet: validate the left-hand side through the same path.
+        inputs = _prepare(
+            coefficients,
+            None,
+            None,
+            steps,
+            n_steps,
+            None,
+            is_step_dim_first,
+            (weight_equation, weight_init_var, weight_smooth),
+            enable_central_smoothness,
+        )
+        spec = inputs.spec
+        n_init_var_steps = _count(n_init_var_steps, "n_init_var_steps", 0)
+        n_init_var_orders = _count(n_init_var_orders, "n_init_var_orders", 0)
+        if n_init_var_steps > spec.n_steps or n_init_var_orders > spec.n_orders:
+            raise ValueError(
+                f"n_init_var_steps ({n_init_var_steps}) and n_init_var_orders "
+                f"({n_init_var_orders}) must not exceed n_steps ({spec.n_steps}) and n_orders "
+                f"({spec.n_orders})"
+            )
+        inputs.spec = spec = OdeSpec(
+            **{
+                **spec.__dict__,
+                "n_init_var_steps": n_init_var_steps,
+                "n_init_var_orders": n_init_var_orders,
+            }
+        )
+        return cls._factor(inputs, is_step_dim_first, check, backend)
+
+    @classmethod
+    def _factor(
+        cls, inputs: _Inputs, is_step_dim_first: bool, check: bool, backend: str | None
+    ) -> OdeSystem:
+        from ._kernels import assemble_lhs
+
+        spec, dtype, lhs_batch = inputs.spec, inputs.dtype, inputs.lhs_batch
+        band = np.empty(lhs_batch + (spec.bandwidth + 1, spec.n_unknowns), dtype=dtype)
+        if band.size:
+            c = _flat(inputs.arrays["coefficients"], lhs_batch, 4, dtype)
+            h = _flat(inputs.arrays["steps"], lhs_batch, 1, dtype)
+            assemble_lhs(
+                c[0], c[1], c[2], h[0], h[1], h[2][0],
+                band.reshape((-1,) + band.shape[-2:]),
+                spec.n_steps, spec.n_equations, spec.n_dims, spec.n_orders,
+                spec.n_init_var_steps, spec.n_init_var_orders,
+                spec.weight_equation**2, spec.weight_init_var**2, spec.weight_smooth**2,
+                spec.enable_central_smoothness,
+                *_tables(spec.n_orders, spec.enable_central_smoothness, dtype),
+            )  # fmt: skip
+        diagonal = band[..., 0, :].copy()
+        band, info = _api._factor(band, True, True, False, backend)
+        _flag_singular(band, diagonal, info, spec.bandwidth)
+        system = cls(band, info, spec, is_step_dim_first=is_step_dim_first, backend=backend)
+        if check and info.any():
+            system._raise_failure(inputs)
+        return system
+
+    def _raise_failure(self, inputs: _Inputs) -> None:
+        error = NotPositiveDefiniteError(self.info, "ode_forward")
+        for name in ("coefficients", "steps"):
+            a = inputs.arrays.get(name)
+            if a is not None and not np.isfinite(a).all():
+                raise ValueError(f"ode_forward: {name} must not contain infs or NaNs") from error
+        step, dim, order = self.spec.location(error.order - 1)
+        error.add_note(
+            f"The normal matrix is singular to working precision at unknown u[step={step}, "
+            f"dim={dim}, order={order}]: the equation, initial-value and smoothness rows up to "
+            "it do not determine it (for example: no initial values, and equations that leave "
+            "a constant free)."
+        )
+        raise error
+
+    # ------------------------------------------------------------------
+    def _inputs(
+        self,
+        coefficients: Any,
+        rhs_equation: Any,
+        init_vars: Any,
+        steps: Any = None,
+    ) -> _Inputs:
+        spec = self.spec
+        inputs = _prepare(
+            coefficients,
+            rhs_equation,
+            init_vars,
+            steps,
+            spec.n_steps,
+            spec.n_init_var_steps,
+            self.is_step_dim_first,
+            (spec.weight_equation, spec.weight_init_var, spec.weight_smooth),
+            spec.enable_central_smoothness,
+        )
+        got = inputs.spec
+        if (got.n_equations, got.n_dims, got.n_orders, got.n_init_var_orders) != (
+            spec.n_equations,
+            spec.n_dims,
+            spec.n_orders,
+            spec.n_init_var_orders,
+        ):
+            raise ValueError(
+                "coefficients/init_vars do not match the factored system: expected "
+                f"n_equations={spec.n_equations}, n_dims={spec.n_dims}, "
+                f"n_orders={spec.n_orders}, n_init_var_orders={spec.n_init_var_orders}; got "
+                f"{got.n_equations}, {got.n_dims}, {got.n_orders}, {got.n_init_var_orders}"
+            )
+        try:
+            inputs.batch = np.broadcast_shapes(inputs.batch, self.lhs_batch_shape)
+        except ValueError:
+            raise ValueError(
+                f"batch shape {inputs.batch} does not broadcast with the factored left-hand "
+                f"side's {self.lhs_batch_shape}"
+            ) from None
+        return inputs
+
+    def _solve_batch(self, b: np.ndarray) -> np.ndarray:
+        """Solve in place for ``b`` of shape ``batch + (M, 1)`` (our own array)."""
+        x, _ = _api._solve(
+            self.factor_band,
+            b,
+            factored=True,
+            overwrite_b=True,
+            lower=True,
+            check_finite=False,
+            backend=self.backend,
+            name_ab="factor_band",
+        )
+        return x
+
+    def solve(self, coefficients: Any, rhs_equation: Any, init_vars: Any) -> np.ndarray:
+        """Solve the factored system for new right-hand sides.
+
+        The right-hand side ``A^T b`` involves the coefficients as well
+        (``sum_e c[t, e] r[t, e]``), so they are passed again; normally they
+        are the ones that were factored.
+
+        Parameters
+        ----------
+        coefficients : array_like, shape (..., n_steps or 1, n_equations, n_dims, n_orders)
+        rhs_equation : array_like, shape (..., n_steps or 1, n_equations)
+        init_vars : array_like, shape (..., n_init_var_steps or 1, n_dims, n_init_var_orders)
+
+        Returns
+        -------
+        u : numpy.ndarray, shape (..., n_steps, n_dims, n_orders)
+            The batch shape broadcasts every input's and the factor's.  Step
+            axis first with ``is_step_dim_first``.
+        """
+        return self._solve_inputs(self._inputs(coefficients, rhs_equation, init_vars))
+
+    def _solve_inputs(self, inputs: _Inputs) -> np.ndarray:
+        from ._kernels import assemble_rhs
+
+        spec, batch, dtype = self.spec, inputs.batch, inputs.dtype
+        if dtype != self.dtype:
+            dtype = np.result_type(dtype, self.dtype)
+            inputs.arrays = {k: np.asarray(a, dtype=dtype) for k, a in inputs.arrays.items()}
+        beta = np.empty(batch + (spec.n_unknowns, 1), dtype=dtype)
+        if beta.size:
+            c = _flat(inputs.arrays["coefficients"], batch, 4, dtype)
+            r = _flat(inputs.arrays["rhs_equation"], batch, 2, dtype)
+            v = _flat(inputs.arrays["init_vars"], batch, 3, dtype)
+            assemble_rhs(
+                c[0], c[1], c[2], r[0], r[1], r[2], v[0], v[1], v[2],
+                beta.reshape(-1, spec.n_unknowns),
+                spec.n_steps, spec.n_equations, spec.n_dims, spec.n_orders,
+                spec.n_init_var_steps, spec.n_init_var_orders,
+                spec.weight_equation**2, spec.weight_init_var**2,
+            )  # fmt: skip
+            beta = self._solve_batch(beta)
+        u = beta.reshape(batch + (spec.n_steps, spec.n_dims, spec.n_orders))
+        return np.moveaxis(u, -3, 0) if self.is_step_dim_first else u
+
+    def vjp(
+        self,
+        grad_u: Any,
+        u: Any,
+        coefficients: Any,
+        rhs_equation: Any,
+        init_vars: Any,
+        steps: Any = None,
+    ) -> OdeGradients:
+        """Vector-Jacobian product of ``u = ode_forward(...)``.
+
+        One more solve against the stored factor, ``lam = A^{-1} grad_u``,
+        then the derivative of the assembly (see :mod:`._kernels`).
+
+        Parameters
+        ----------
+        grad_u : array_like, shape of ``u`` (or broadcastable to it)
+            Upstream gradient ``dL/du``.
+        u : array_like, shape (..., n_steps, n_dims, n_orders)
+            The solution returned for these inputs.
+        coefficients, rhs_equation, init_vars : array_like
+            The inputs of the forward call.
+        steps : array_like, optional
+            The step sizes of the forward call.  Without them (a frozen left-hand
+            side) no gradient is computed for ``coefficients`` and ``steps``.
+
+        Returns
+        -------
+        OdeGradients
+            ``dL/d(input)`` with each input's shape (summed over the axes it
+            was broadcast along) and floating dtype; ``coefficients`` and
+            ``steps`` are ``None`` when ``steps`` is not given.
+        """
+        from ._kernels import assemble_vjp
+
+        lhs = steps is not None
+        inputs = self._inputs(coefficients, rhs_equation, init_vars, steps)
+        spec, batch = self.spec, inputs.batch
+        dtype = np.result_type(inputs.dtype, self.dtype)
+        a = {k: np.asarray(x, dtype=dtype) for k, x in inputs.arrays.items()}
+        T, E, D, O = spec.n_steps, spec.n_equations, spec.n_dims, spec.n_orders
+        out_shape = batch + (T, D, O)
+        grad_u = _api._as_real_array(grad_u, "grad_u")
+        u = _api._as_real_array(u, "u")
+        if self.is_step_dim_first:
+            grad_u = np.moveaxis(grad_u, 0, -3) if grad_u.ndim >= 3 else grad_u
+            u = np.moveaxis(u, 0, -3)
+        if u.shape != out_shape:
+            raise ValueError(f"u must have shape {out_shape} (the solution); got {u.shape}")
+        try:
+            lam = np.array(np.broadcast_to(grad_u, out_shape), dtype=dtype, order="C")
+        except ValueError:
+            raise ValueError(
+                f"grad_u must broadcast to the solution's shape {out_shape}; got {grad_u.shape}"
+            ) from None
+        nsys = math.prod(batch)
+        grads_full = {
+            "rhs_equation": np.zeros(batch + (T, E), dtype=dtype),
+            "coefficients": np.zeros(batch + (T, E, D, O) if lhs else (0,), dtype=dtype),
+            "steps": np.zeros(batch + (T - 1,) if lhs else (0,), dtype=dtype),
+        }
+        if lam.size:
+            lam = self._solve_batch(lam.reshape(batch + (spec.n_unknowns, 1)))
+            x = np.ascontiguousarray(u, dtype=dtype).reshape(nsys, spec.n_unknowns)
+            c = _flat(a["coefficients"], batch, 4, dtype)
+            r = _flat(a["rhs_equation"], batch, 2, dtype)
+            h = _flat(a.get("steps"), batch, 1, dtype)
+            gc = grads_full["coefficients"]
+            gh = grads_full["steps"]
+            assemble_vjp(
+                c[0], c[1], c[2], r[0], r[1], r[2], h[0], h[1], h[2][0],
+                x, lam.reshape(nsys, spec.n_unknowns),
+                gc.reshape((nsys, T, E, D, O) if lhs else (0, 0, 0, 0, 0)),
+                grads_full["rhs_equation"].reshape(nsys, T, E),
+                gh.reshape((nsys, T - 1) if lhs else (0, 0)),
+                T, E, D, O, spec.weight_equation**2, spec.weight_smooth**2,
+                spec.enable_central_smoothness,
+                *_tables(O, spec.enable_central_smoothness, dtype),
+                lhs,
+            )  # fmt: skip
+        lam = lam.reshape(out_shape)
+        S, I = spec.n_init_var_steps, spec.n_init_var_orders
+        grads_full["init_vars"] = spec.weight_init_var**2 * lam[..., :S, :, :I]
+
+        def finish(name: str) -> np.ndarray | None:
+            if name not in inputs.arrays or (not lhs and name in ("coefficients", "steps")):
+                return None
+            g = _sum_to(grads_full[name], inputs.arrays[name].shape)
+            if inputs.dtypes[name].kind == "f":
+                g = g.astype(inputs.dtypes[name], copy=False)
+            if self.is_step_dim_first:
+                g = np.moveaxis(g, g.ndim - _CORE_NDIM[name], 0)
+            return g
+
+        return OdeGradients(
+            finish("coefficients"), finish("rhs_equation"), finish("init_vars"), finish("steps")
+        )
+
+
+#: S-MNN's frozen left-hand sides: version -> factored system.
+_FROZEN: dict[int, OdeSystem] = {}
+
+
+def clear_frozen_lhs_cache() -> None:
+    """Forget every left-hand side frozen with ``frozen_lhs_cache_version``."""
+    _FROZEN.clear()
+
+
+def ode_forward(
+    coefficients: Any,
+    rhs_equation: Any,
+    init_vars: Any,
+    steps: Any,
+    n_steps: int | None = None,
+    n_init_var_steps: int | None = None,
+    is_step_dim_first: bool = False,
+    weight_equation: float = 1.0,
+    weight_init_var: float = 1.0,
+    weight_smooth: float = 1.0,
+    enable_central_smoothness: bool = False,
+    prefer_cuda_graph: bool = True,
+    frozen_lhs_cache_version: int = 0,
+    *,
+    backend: str | None = None,
+) -> np.ndarray:
+    """Solve the MNN least-squares problem: S-MNN's ``ode_forward`` on NumPy arrays.
+
+    For every step ``t``, the ODE ``sum_{d,o} c[t,e,d,o] u[t,d,o] = r[t,e]``
+    (``u[t,d,o]`` is the ``o``-th derivative of dimension ``d``), initial
+    values ``u[t,d,o] = v[t,d,o]`` for ``t < n_init_var_steps``, ``o <
+    n_init_var_orders``, and Taylor smoothness rows between neighbouring steps
+    are fitted in the least-squares sense (``docs/mnn.md`` has the rows).  The
+    normal equations are banded, so time and memory are linear in ``n_steps``.
+
+    Parameters
+    ----------
+    coefficients : array_like, shape (..., n_steps or 1, n_equations, n_dims, n_orders)
+    rhs_equation : array_like, shape (..., n_steps or 1, n_equations)
+    init_vars : array_like, shape (..., n_init_var_steps or 1, n_dims, n_init_var_orders)
+        ``n_init_var_orders`` (possibly 0) is the number of pinned orders.
+    steps : array_like, shape (..., n_steps - 1 or 1)
+        Step sizes.  Axes marked "or 1" broadcast; leading batch axes
+        broadcast among all four inputs.
+    n_steps : int, optional
+        Defaults to ``steps.shape[-1] + 1``.
+    n_init_var_steps : int, optional
+        Defaults to the length of the step axis of ``init_vars``.
+    is_step_dim_first : bool
+        The step axis is the first axis of every input and of the output.
+    weight_equation, weight_init_var, weight_smooth : float
+        Row weights (squared in the normal equations).
+    enable_central_smoothness : bool
+        Replace the highest order's forward/backward rows by central rows.
+    prefer_cuda_graph : bool
+        Accepted for drop-in compatibility; these kernels need no CUDA graph.
+    frozen_lhs_cache_version : int
+        If > 0, the first call with this version factors the left-hand side
+        and caches it; later calls with the same version reuse the factor and
+        ignore ``steps`` (and the coefficients' contribution to the normal
+        matrix), as in S-MNN.  :func:`clear_frozen_lhs_cache` empties the cache.
+    backend : str, optional
+        Core backend (default ``"numba"``).
+
+    Returns
+    -------
+    u : numpy.ndarray, shape (..., n_steps, n_dims, n_orders)
+        float32 if every input fits in float32, else float64.
+
+    Raises
+    ------
+    NotPositiveDefiniteError
+        When the least-squares problem of a system does not determine its
+        solution (the normal matrix is not positive definite); see
+        :meth:`OdeSystem.factor`.
+    ValueError, TypeError
+        For inputs whose shapes or dtypes do not fit, naming the argument.
+
+    Examples
+    --------
+    The harmonic oscillator ``u'' + u = 0``, ``u(0) = 0``, ``u'(0) = 1``:
+
+    >>> import numpy as np
+    >>> from banded_mnn.mnn import ode_forward
+    >>> c = np.array([1.0, 0.0, 1.0]).reshape(1, 1, 1, 3)  # u + u'' = 0
+    >>> u = ode_forward(c, np.zeros((1, 1)), np.array([[[0.0, 1.0]]]), np.full(999, 0.01))
+    >>> u.shape
+    (1000, 1, 3)
+    >>> bool(abs(u[-1, 0, 0] - np.sin(9.99)) < 1e-3)
+    True
+    """
+    del prefer_cuda_graph  # no CUDA graphs: a solve is a few kernel calls
+    inputs = _prepare(
+        coefficients,
+        rhs_equation,
+        init_vars,
+        steps,
+        n_steps,
+        n_init_var_steps,
+        is_step_dim_first,
+        (weight_equation, weight_init_var, weight_smooth),
+        enable_central_smoothness,
+    )
+    version = _count(frozen_lhs_cache_version, "frozen_lhs_cache_version", 0)
+    system = _FROZEN.get(version) if version else None
+    if system is None:
+        system = OdeSystem._factor(inputs, is_step_dim_first, True, backend)
+        if version:
+            _FROZEN[version] = system
+    else:
+        system = _frozen_compatible(system, inputs, version, is_step_dim_first)
+        inputs.batch = np.broadcast_shapes(inputs.batch, system.lhs_batch_shape)
+    return system._solve_inputs(inputs)
+
+
+def _frozen_compatible(
+    system: OdeSystem, inputs: _Inputs, version: int, is_step_dim_first: bool
+) -> OdeSystem:
+    if system.spec != inputs.spec or system.dtype != inputs.dtype:
+        raise ValueError(
+            f"frozen_lhs_cache_version={version} holds a left-hand side of a different problem "
+            f"({system.spec}, {system.dtype}) than this call ({inputs.spec}, {inputs.dtype}); "
+            "use a new version or clear_frozen_lhs_cache()"
+        )
+    try:
+        np.broadcast_shapes(inputs.batch, system.lhs_batch_shape)
+    except ValueError:
+        raise ValueError(
+            f"frozen_lhs_cache_version={version}: batch shape {inputs.batch} does not broadcast "
+            f"with the cached left-hand side's {system.lhs_batch_shape}"
+        ) from None
+    if system.is_step_dim_first != is_step_dim_first:
+        system = OdeSystem(
+            system.factor_band,
+            system.info,
+            system.spec,
+            is_step_dim_first=is_step_dim_first,
+            backend=system.backend,
+        )
+    return system
