@@ -10,6 +10,7 @@ import pytest
 import scipy.linalg
 
 import banded_mnn._api as api
+import banded_mnn.mnn._layer as mnn_layer
 from banded_mnn._backends import _numba_cpu
 
 
@@ -33,6 +34,7 @@ def poisoned_outputs(monkeypatch):
         return np.full(shape, np.nan, dtype=dtype)
 
     monkeypatch.setattr(api, "_empty", empty)
+    monkeypatch.setattr(mnn_layer, "_empty", empty)
 
 
 @pytest.fixture(params=[1, 2, 4, 8], ids=["lanes1", "lanes2", "lanes4", "lanes8"])

@@ -21,6 +21,9 @@ from .. import _api
 from .._errors import NotPositiveDefiniteError
 from .._strided import flat_batch
 
+#: Allocator of kernel outputs (tests fill it with NaN to catch unwritten cells).
+_empty = np.empty
+
 # Core (non-batch) rank of each input, step axis first within the core.
 _CORE_NDIM = {"coefficients": 4, "rhs_equation": 2, "init_vars": 3, "steps": 1}
 
@@ -234,9 +237,14 @@ def _prepare(
 def _flat(x: np.ndarray | None, batch: tuple[int, ...], core_ndim: int, dtype: np.dtype):
     """Kernel operand for ``x`` broadcast to ``batch``: (buffer, offsets, core strides)."""
     if x is None or x.size == 0:
-        size = math.prod(batch)
-        return np.zeros(1, dtype=dtype), np.zeros(size, dtype=np.int64), (0,) * core_ndim
-    return flat_batch(x, batch, core_ndim)
+        buf, offsets = np.zeros(1, dtype), np.zeros(math.prod(batch), np.int64)
+        strides = (0,) * core_ndim
+    else:
+        buf, offsets, strides = flat_batch(x, batch, core_ndim)
+    # Always read-only, so that each kernel compiles once per dtype.
+    buf = buf.view()
+    buf.flags.writeable = False
+    return buf, offsets, strides
 
 
 @functools.lru_cache(maxsize=64)
@@ -444,7 +452,7 @@ class OdeSystem:
         from ._kernels import assemble_lhs
 
         spec, dtype, lhs_batch = inputs.spec, inputs.dtype, inputs.lhs_batch
-        band = np.empty(lhs_batch + (spec.bandwidth + 1, spec.n_unknowns), dtype=dtype)
+        band = _empty(lhs_batch + (spec.bandwidth + 1, spec.n_unknowns), dtype=dtype)
         if band.size:
             c = _flat(inputs.arrays["coefficients"], lhs_batch, 4, dtype)
             h = _flat(inputs.arrays["steps"], lhs_batch, 1, dtype)
@@ -564,7 +572,7 @@ class OdeSystem:
         if dtype != self.dtype:
             dtype = np.result_type(dtype, self.dtype)
             inputs.arrays = {k: np.asarray(a, dtype=dtype) for k, a in inputs.arrays.items()}
-        beta = np.empty(batch + (spec.n_unknowns, 1), dtype=dtype)
+        beta = _empty(batch + (spec.n_unknowns, 1), dtype=dtype)
         if beta.size:
             c = _flat(inputs.arrays["coefficients"], batch, 4, dtype)
             r = _flat(inputs.arrays["rhs_equation"], batch, 2, dtype)

@@ -1,0 +1,405 @@
+"""The MNN layer against the independent dense oracle, closed-form ODE
+solutions and finite differences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mnn_oracle import dense_rows, oracle_forward
+
+from banded_mnn import NotPositiveDefiniteError
+from banded_mnn.mnn import OdeSystem, clear_frozen_lhs_cache, ode_forward
+
+
+def random_problem(rng, batch=(2,), T=5, E=2, D=2, O=3, S=1, I=2, dtype=np.float64, **b):
+    """Random, well-posed inputs; ``b`` maps an input name to True to give
+    its [b] axis length 1."""
+    t_c = 1 if b.get("coefficients") else T
+    t_r = 1 if b.get("rhs_equation") else T
+    s_v = 1 if b.get("init_vars") else S
+    t_h = 1 if b.get("steps") else T - 1
+    coefficients = rng.standard_normal(batch + (t_c, E, D, O))
+    rhs_equation = rng.standard_normal(batch + (t_r, E))
+    init_vars = rng.standard_normal(batch + (s_v, D, I))
+    steps = rng.uniform(0.2, 0.6, batch + (t_h,))
+    return [x.astype(dtype) for x in (coefficients, rhs_equation, init_vars, steps)]
+
+
+def assert_matches_oracle(u, inputs, *, n_steps=None, n_init_var_steps=None, weights=(1, 1, 1),
+                          central=False, scale=1.0):  # fmt: skip
+    ref, cond = oracle_forward(
+        *[np.asarray(x, np.float64) for x in inputs],
+        n_steps=n_steps,
+        n_init_var_steps=n_init_var_steps,
+        weights=weights,
+        central=central,
+        return_condition=True,
+    )
+    assert u.shape == ref.shape
+    assert np.isfinite(u).all()
+    # Normal equations: relative error ~ eps * cond(A)^2.
+    tol = 50 * np.finfo(u.dtype).eps * cond**2 * scale
+    err = np.linalg.norm(u - ref) / np.linalg.norm(ref)
+    assert err <= tol, (err, tol, cond)
+
+
+_SIZES = [  # T, E, D, O, S, I
+    (5, 2, 2, 3, 1, 2),
+    (6, 1, 1, 3, 1, 1),  # Lorenz-like 1-D
+    (4, 3, 3, 2, 2, 1),
+    (7, 2, 1, 4, 1, 4),
+    (3, 1, 2, 5, 3, 2),
+    (2, 2, 2, 3, 1, 3),  # one pair of steps
+    (1, 3, 2, 2, 1, 1),  # one step: no smoothness rows
+]
+
+
+@pytest.mark.parametrize(
+    "central,T,E,D,O,S,I",
+    [(False, *size) for size in _SIZES] + [(True, *size) for size in _SIZES if size[0] >= 3],
+)
+def test_matches_dense_oracle(rng, central, T, E, D, O, S, I):
+    inputs = random_problem(rng, (3,), T, E, D, O, S, I)
+    u = ode_forward(*inputs, enable_central_smoothness=central)
+    assert u.dtype == np.float64
+    assert_matches_oracle(u, inputs, central=central)
+
+
+def test_short_sequences_central(rng):
+    for T in (1, 2):
+        inputs = random_problem(rng, (2,), T, 2, 2, 3, 1, 3)
+        u = ode_forward(*inputs, n_steps=T, enable_central_smoothness=True)
+        assert_matches_oracle(u, inputs, n_steps=T, central=True)
+
+
+def test_orders_one_and_two(rng):
+    inputs = random_problem(rng, (2,), 6, 1, 2, 1, 1, 1)
+    assert_matches_oracle(ode_forward(*inputs), inputs)
+    inputs = random_problem(rng, (2,), 6, 2, 2, 2, 1, 1)
+    for central in (False, True):
+        u = ode_forward(*inputs, enable_central_smoothness=central)
+        assert_matches_oracle(u, inputs, central=central)
+
+
+@pytest.mark.parametrize("central", [False, True])
+def test_weights(rng, central):
+    inputs = random_problem(rng, (2,), 6, 2, 2, 3, 2, 2)
+    weights = (0.7, 3.0, 1.9)
+    u = ode_forward(
+        *inputs,
+        weight_equation=weights[0],
+        weight_init_var=weights[1],
+        weight_smooth=weights[2],
+        enable_central_smoothness=central,
+    )
+    assert_matches_oracle(u, inputs, weights=weights, central=central)
+
+
+@pytest.mark.parametrize("axis", ["coefficients", "rhs_equation", "init_vars", "steps"])
+def test_broadcast_b_axes(rng, axis):
+    inputs = random_problem(rng, (2,), 6, 2, 2, 3, 2, 2, **{axis: True})
+    u = ode_forward(*inputs, n_steps=6, n_init_var_steps=2)
+    assert_matches_oracle(u, inputs, n_steps=6, n_init_var_steps=2)
+
+
+def test_batch_broadcasting_and_shared_lhs(rng):
+    c, r, v, h = random_problem(rng, (4, 3), 6, 2, 2, 3, 1, 2)
+    # Left-hand side batch (1, 3) / (4, 1): broadcast; right-hand side (5, 4, 3).
+    c, h = c[:1], h[:, :1]
+    r = np.broadcast_to(r, (5, 4, 3) + r.shape[-2:]) + rng.standard_normal((5, 4, 3, 6, 2))
+    inputs = [c, r, v, h]
+    u = ode_forward(*inputs)
+    assert u.shape == (5, 4, 3, 6, 2, 3)
+    assert_matches_oracle(u, inputs)
+    # One system shared by many right-hand sides (Lorenz discovery).
+    c1, h1 = c[0, :1], h[:1, 0]
+    inputs = [c1, r, v, h1]
+    u = ode_forward(*inputs)
+    assert_matches_oracle(u, inputs)
+
+
+def test_step_dim_first(rng):
+    inputs = random_problem(rng, (2, 3), 6, 2, 2, 3, 2, 2)
+    u = ode_forward(*inputs)
+    first = [np.moveaxis(x, x.ndim - k, 0) for x, k in zip(inputs, (4, 2, 3, 1), strict=True)]
+    u_first = ode_forward(*first, is_step_dim_first=True)
+    assert u_first.shape == (6, 2, 3, 2, 3)
+    np.testing.assert_array_equal(np.moveaxis(u_first, 0, -3), u)
+
+
+def test_strided_and_expanded_inputs(rng):
+    c, r, v, h = random_problem(rng, (3,), 6, 2, 2, 3, 1, 2)
+    # Fortran order, reversed, and an expanded (zero-stride) equation axis.
+    cf = np.asfortranarray(c)
+    rr = np.broadcast_to(r[..., :1], r.shape)
+    hv = np.ascontiguousarray(h[:, ::-1])[:, ::-1]
+    u = ode_forward(cf, rr, v, hv)
+    assert_matches_oracle(u, [cf, rr, v, hv])
+
+
+def test_float32(rng):
+    inputs = random_problem(rng, (3,), 6, 2, 2, 3, 1, 2, dtype=np.float32)
+    u = ode_forward(*inputs)
+    assert u.dtype == np.float32
+    assert_matches_oracle(u, inputs)
+    # Mixed: any float64 input makes the result float64 (SciPy's rule).
+    mixed = inputs[:3] + [inputs[3].astype(np.float64)]
+    assert ode_forward(*mixed).dtype == np.float64
+
+
+def test_no_initial_values(rng):
+    # Sine example shapes: init_vars (1, 1, 0, 1, 0); the equations pin u itself.
+    c = rng.standard_normal((1, 1, 20, 1, 1, 3))
+    c[..., 0] += 3.0
+    r = np.ones((1, 1, 20, 1))
+    v = np.zeros((1, 1, 0, 1, 0))
+    h = rng.uniform(0.05, 0.15, (1, 1, 19))
+    u = ode_forward(c, r, v, h)
+    assert_matches_oracle(u, [c, r, v, h])
+
+
+def test_empty_batch(rng):
+    c, r, v, h = random_problem(rng, (0,), 5, 2, 2, 3, 1, 2)
+    u = ode_forward(c, r, v, h)
+    assert u.shape == (0, 5, 2, 3)
+
+
+def test_factor_once_solve_many(rng):
+    c, r, v, h = random_problem(rng, (2,), 8, 2, 2, 3, 1, 2)
+    system = OdeSystem.factor(c, h, n_init_var_steps=1, n_init_var_orders=2)
+    assert system.factor_band.shape == (2, system.spec.bandwidth + 1, 8 * 6)
+    for _ in range(3):
+        r2 = rng.standard_normal((4, 2, 8, 2))
+        v2 = rng.standard_normal((4, 2, 1, 2, 2))
+        np.testing.assert_allclose(
+            system.solve(c, r2, v2), ode_forward(c, r2, v2, h), rtol=1e-12, atol=1e-12
+        )
+
+
+def test_frozen_lhs_cache(rng):
+    clear_frozen_lhs_cache()
+    try:
+        c, r, v, h = random_problem(rng, (2,), 6, 1, 1, 3, 1, 1)
+        u = ode_forward(c, r, v, h, frozen_lhs_cache_version=7)
+        # Later calls reuse the cached factor: new steps are ignored, as in S-MNN.
+        u_again = ode_forward(c, r, v, h * 2, frozen_lhs_cache_version=7)
+        np.testing.assert_allclose(u_again, u, rtol=1e-13)
+        r2 = rng.standard_normal((5, 2, 6, 1))
+        np.testing.assert_allclose(
+            ode_forward(c, r2, v, h, frozen_lhs_cache_version=7), ode_forward(c, r2, v, h)
+        )
+        # A different problem under the same version is refused, not silently stale.
+        c4, r4, v4, h4 = random_problem(rng, (2,), 7, 1, 1, 3, 1, 1)
+        with pytest.raises(ValueError, match="frozen_lhs_cache_version=7"):
+            ode_forward(c4, r4, v4, h4, frozen_lhs_cache_version=7)
+    finally:
+        clear_frozen_lhs_cache()
+
+
+# --------------------------------------------------------------------------
+# Closed-form ODE solutions: the error shrinks with the step size.
+# --------------------------------------------------------------------------
+
+
+def _closed_form_cases():
+    t = np.linspace  # noqa: F841  (documentation of the variable below)
+    return {
+        # name: (coefficients over orders 0..2, rhs, init values (u, u'), exact u(t))
+        "rc": ([0.7, 1.0, 0.0], 0.0, [10.0], lambda t: 10 * np.exp(-0.7 * t)),
+        "population": ([-0.23, 1.0, 0.0], 0.0, [4.78], lambda t: 4.78 * np.exp(0.23 * t)),
+        "harmonic": ([2.1, 0.0, 1.0], 0.0, [0.4, -0.03], lambda t: (
+            0.4 * np.cos(np.sqrt(2.1) * t) - 0.03 / np.sqrt(2.1) * np.sin(np.sqrt(2.1) * t)
+        )),
+        "damped": ([4.5, 0.43, 1.0], 0.0, [0.12, 0.043], None),
+    }  # fmt: skip
+
+
+def _damped_exact(t, k=4.5, c=0.43, u0=0.12, v0=0.043):
+    a = -c / 2
+    w = np.sqrt(k - a * a)
+    return np.exp(a * t) * (u0 * np.cos(w * t) + (v0 - a * u0) / w * np.sin(w * t))
+
+
+@pytest.mark.parametrize("central", [False, True], ids=["default", "central"])
+@pytest.mark.parametrize("name", ["rc", "population", "harmonic", "damped"])
+def test_closed_form_convergence(name, central):
+    coeffs, rhs, init, exact = _closed_form_cases()[name]
+    exact = exact or _damped_exact
+    errors = []
+    for h in (0.04, 0.02, 0.01):
+        T = int(round(4.0 / h)) + 1
+        c = np.array(coeffs).reshape(1, 1, 1, 3)
+        u = ode_forward(
+            c, np.full((1, 1), rhs), np.array(init).reshape(1, 1, -1), np.full(T - 1, h),
+            enable_central_smoothness=central,
+        )  # fmt: skip
+        t = h * np.arange(T)
+        errors.append(np.abs(u[:, 0, 0] - exact(t)).max() / np.abs(exact(t)).max())
+    assert errors[-1] < 2e-3, errors
+    assert errors[2] < errors[1] < errors[0], errors
+
+
+def test_third_order_linear_system():
+    # x''' = -x' - x'' (the custom system 99 of S-MNN's standalone notebook:
+    # x0' = x1, x1' = x2, x2' = -x1 - x2), x(0) = 0, x'(0) = -1, x''(0) = 1.
+    def exact(t):
+        # Characteristic roots 0, -1/2 +- i sqrt(3)/2: x = A + e^{-t/2}(B cos wt + C sin wt).
+        w = np.sqrt(3) / 2
+        m = np.array([[1, 1, 0], [0, -0.5, w], [0, 0.25 - w * w, -w]])
+        a, b, c = np.linalg.solve(m, [0.0, -1.0, 1.0])
+        return a + np.exp(-t / 2) * (b * np.cos(w * t) + c * np.sin(w * t))
+
+    errors = []
+    for h in (0.04, 0.02, 0.01):
+        T = int(round(5.0 / h)) + 1
+        c = np.array([0.0, 1.0, 1.0, 1.0]).reshape(1, 1, 1, 4)
+        u = ode_forward(c, np.zeros((1, 1)), np.array([[[0.0, -1.0, 1.0]]]), np.full(T - 1, h))
+        t = h * np.arange(T)
+        errors.append(np.abs(u[:, 0, 0] - exact(t)).max())
+    assert errors[-1] < 1e-3, errors
+    assert errors[2] < errors[1] < errors[0], errors
+
+
+# --------------------------------------------------------------------------
+# Vector-Jacobian product against finite differences (float64).
+# --------------------------------------------------------------------------
+
+
+def _directional_check(rng, inputs, kwargs, lhs=True):
+    names = ["coefficients", "rhs_equation", "init_vars", "steps"]
+    u = ode_forward(*inputs, **kwargs)
+    g = rng.standard_normal(u.shape)
+    system = OdeSystem.factor(
+        inputs[0],
+        inputs[3],
+        n_init_var_steps=kwargs.get("n_init_var_steps", inputs[2].shape[-3]),
+        n_init_var_orders=inputs[2].shape[-1],
+        n_steps=kwargs.get("n_steps"),
+        enable_central_smoothness=kwargs.get("enable_central_smoothness", False),
+        weight_equation=kwargs.get("weight_equation", 1.0),
+        weight_init_var=kwargs.get("weight_init_var", 1.0),
+        weight_smooth=kwargs.get("weight_smooth", 1.0),
+    )
+    grads = system.vjp(g, u, inputs[0], inputs[1], inputs[2], inputs[3] if lhs else None)
+    for i, name in enumerate(names):
+        grad = getattr(grads, name)
+        if not lhs and name in ("coefficients", "steps"):
+            assert grad is None
+            continue
+        assert grad.shape == inputs[i].shape, name
+        direction = rng.standard_normal(inputs[i].shape)
+        eps = 1e-5
+        plus = [x + eps * direction if j == i else x for j, x in enumerate(inputs)]
+        minus = [x - eps * direction if j == i else x for j, x in enumerate(inputs)]
+        numeric = np.sum(g * (ode_forward(*plus, **kwargs) - ode_forward(*minus, **kwargs))) / (
+            2 * eps
+        )
+        analytic = np.sum(grad * direction)
+        assert abs(numeric - analytic) <= 1e-6 * max(1.0, abs(numeric)), (name, numeric, analytic)
+
+
+@pytest.mark.parametrize("central", [False, True], ids=["default", "central"])
+@pytest.mark.parametrize("O", [2, 3, 4])
+def test_vjp_finite_differences(rng, central, O):
+    inputs = random_problem(rng, (2,), 6, 2, 2, O, 2, min(O, 2))
+    kwargs = {"enable_central_smoothness": central, "weight_equation": 1.3,
+              "weight_init_var": 0.8, "weight_smooth": 1.7}  # fmt: skip
+    _directional_check(rng, inputs, kwargs)
+
+
+def test_vjp_broadcasting(rng):
+    # Every [b] axis of length 1, and a left-hand side shared by 3 right-hand sides.
+    c, r, v, h = random_problem(
+        rng, (1,), 6, 2, 2, 3, 2, 2, coefficients=True, init_vars=True, steps=True
+    )
+    r = rng.standard_normal((3, 6, 2))
+    _directional_check(rng, [c, r, v, h], {"n_steps": 6, "n_init_var_steps": 2})
+
+
+def test_vjp_frozen_lhs(rng):
+    inputs = random_problem(rng, (2,), 6, 2, 2, 3, 1, 2)
+    _directional_check(rng, inputs, {}, lhs=False)
+
+
+def test_vjp_matches_dense_normal_equations(rng):
+    # dL/d(rhs) and dL/d(init) from the dense oracle's rows: A^T W b is linear in b.
+    c, r, v, h = random_problem(rng, (), 5, 2, 2, 3, 1, 2)
+    u = ode_forward(c, r, v, h)
+    g = rng.standard_normal(u.shape)
+    a, _ = dense_rows(c, r, v, h, 1)
+    lam = np.linalg.solve(a.T @ a, g.reshape(-1))
+    system = OdeSystem.factor(c, h, n_init_var_steps=1, n_init_var_orders=2)
+    grads = system.vjp(g, u, c, r, v, h)
+    expected_r = np.einsum("ted,td->te", c.reshape(5, 2, 6), lam.reshape(5, 6))
+    np.testing.assert_allclose(grads.rhs_equation, expected_r, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(grads.init_vars, lam.reshape(5, 2, 3)[:1, :, :2], rtol=1e-9)
+
+
+# --------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------
+
+
+def test_singular_problem_is_reported():
+    # u' = 1 with no initial value: the constant is free.
+    c = np.array([0.0, 1.0, 0.0]).reshape(1, 1, 1, 3)
+    # System 0 (u + u' = 1) is well posed, system 1 (u' = 1) is not.
+    batch = np.array([[1.0, 1.0, 0.0], [0.0, 1.0, 0.0]]).reshape(2, 1, 1, 1, 3)
+    with pytest.raises(NotPositiveDefiniteError, match="batch index") as excinfo:
+        ode_forward(batch, np.ones((2, 1, 1)), np.zeros((2, 0, 1, 0)), np.full((2, 9), 0.1))
+    assert excinfo.value.batch_index == (1,)
+    assert excinfo.value.info[0] == 0
+    assert "singular to working precision" in "".join(excinfo.value.__notes__)
+    system = OdeSystem.factor(c, np.full(9, 0.1), n_init_var_steps=0, n_init_var_orders=0,
+                              check=False)  # fmt: skip
+    assert system.info > 0
+    assert np.isnan(system.solve(c, np.ones((1, 1)), np.zeros((0, 1, 0)))).all()
+
+
+def test_nonfinite_lhs_is_named(rng):
+    c, r, v, h = random_problem(rng, (2,), 5, 2, 2, 3, 1, 2)
+    c[1, 2, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="coefficients must not contain"):
+        ode_forward(c, r, v, h)
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (lambda c, r, v, h: (c[..., :1, :, :, :][..., :0, :, :, :], r, v, h), "n_steps axis"),
+        (lambda c, r, v, h: (c, r[..., :1], v, h), "n_equations axis"),
+        (lambda c, r, v, h: (c, r, v[..., :1, :], h), "n_dims axis"),
+        (lambda c, r, v, h: (c, r, np.zeros(v.shape[:-1] + (4,)), h), "at most n_orders"),
+        (lambda c, r, v, h: (c, r, v, h[..., :3]), "n_steps axis"),
+        (lambda c, r, v, h: (c[0, 0], r, v, h), "at least 4 dimensions"),
+        (lambda c, r, v, h: (c, r, v, np.zeros((3, 4))), "batch shapes do not broadcast"),
+        (lambda c, r, v, h: (c, np.zeros((3, 5, 2)), v, h), "batch shapes do not broadcast"),
+        (lambda c, r, v, h: (c.astype(complex), r, v, h), "coefficients must be real"),
+    ],
+)
+def test_bad_shapes_name_the_argument(rng, change, match):
+    inputs = random_problem(rng, (2,), 5, 2, 2, 3, 1, 2)
+    with pytest.raises((ValueError, TypeError), match=match):
+        ode_forward(*change(*inputs))
+
+
+def test_bad_options(rng):
+    c, r, v, h = random_problem(rng, (2,), 5, 2, 2, 1, 1, 1)
+    with pytest.raises(ValueError, match="n_orders >= 2"):
+        ode_forward(c, r, v, h, enable_central_smoothness=True)
+    with pytest.raises(TypeError, match="weight_smooth"):
+        ode_forward(c, r, v, h, weight_smooth=np.ones(3))
+    with pytest.raises(ValueError, match="n_init_var_steps"):
+        ode_forward(c, r, v, h, n_init_var_steps=9)
+
+
+def test_inputs_are_not_written(rng):
+    inputs = random_problem(rng, (2,), 5, 2, 2, 3, 1, 2)
+    copies = [x.copy() for x in inputs]
+    for x in inputs:
+        x.flags.writeable = False
+    u = ode_forward(*inputs)
+    system = OdeSystem.factor(inputs[0], inputs[3], n_init_var_steps=1, n_init_var_orders=2)
+    system.vjp(np.ones_like(u), u, *inputs)
+    for x, y in zip(inputs, copies, strict=True):
+        np.testing.assert_array_equal(x, y)
