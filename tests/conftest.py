@@ -40,7 +40,7 @@ def poisoned_outputs(monkeypatch):
 @pytest.fixture(params=[1, 2, 4, 8], ids=["lanes1", "lanes2", "lanes4", "lanes8"])
 def lanes(request, monkeypatch):
     """Run the CPU backend with a forced lane count (both code paths, any batch size)."""
-    monkeypatch.setattr(_numba_cpu, "choose_lanes", lambda nsys: request.param)
+    monkeypatch.setattr(_numba_cpu, "choose_lanes", lambda nsys, **_: request.param)
     return request.param
 
 

@@ -403,3 +403,36 @@ def test_inputs_are_not_written(rng):
     system.vjp(np.ones_like(u), u, *inputs)
     for x, y in zip(inputs, copies, strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+# --------------------------------------------------------------------------
+# The benchmark baselines compute the same thing (else their timings mean nothing).
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("central", [False, True], ids=["default", "central"])
+def test_baselines_agree(rng, central):
+    from banded_mnn.mnn.baselines import blockwise_forward, blockwise_vjp, dense_forward
+
+    c, r, v, h = random_problem(rng, (3,), 7, 2, 2, 3, 1, 2)
+    u = ode_forward(c, r, v, h, enable_central_smoothness=central)
+    ub, fac = blockwise_forward(c, r, v, h, central=central)
+    np.testing.assert_allclose(ub, u, rtol=1e-9, atol=1e-9 * np.abs(u).max())
+    ud = dense_forward(c, r, v, h, central=central)
+    np.testing.assert_allclose(ud, u, rtol=1e-9, atol=1e-9 * np.abs(u).max())
+    g = rng.standard_normal(u.shape)
+    system = OdeSystem.factor(c, h, n_init_var_steps=1, n_init_var_orders=2,
+                              enable_central_smoothness=central)  # fmt: skip
+    grads = system.vjp(g, u, c, r, v, h)
+    g_c, g_r, g_v, _ = blockwise_vjp(fac, u, g, c, r, n_init=1, n_init_orders=2)
+    for ours, theirs in (
+        (grads.coefficients, g_c),
+        (grads.rhs_equation, g_r),
+        (grads.init_vars, g_v),
+    ):
+        np.testing.assert_allclose(theirs, ours, rtol=1e-8, atol=1e-8 * np.abs(ours).max())
+    # Shared left-hand side (Lorenz): batch-1 coefficients and steps.
+    r5 = rng.standard_normal((5, 7, 2))
+    ub, _ = blockwise_forward(c[:1], r5, v[:1], h[:1], central=central)
+    u = ode_forward(c[:1], r5, v[:1], h[:1], enable_central_smoothness=central)
+    np.testing.assert_allclose(ub, u, rtol=1e-9, atol=1e-9 * np.abs(u).max())

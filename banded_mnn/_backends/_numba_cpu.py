@@ -231,16 +231,21 @@ def all_finite(x: StridedBatch) -> bool:
     return bool(check(x.buf, x.offsets, x.shape[0], x.shape[1], x.strides[0], x.strides[1]))
 
 
-def choose_lanes(nsys: int) -> int:
+def choose_lanes(nsys: int, spare_memory: bool = False) -> int:
     """Lane count for ``nsys`` systems.
 
     The widest of :data:`LANE_COUNTS` such that every thread gets at least 8
     chunks, which also keeps the per-thread workspaces (``threads * lanes``
     systems in all) at or below 1/8 of the operands: with 2 threads, 8 lanes
     from 128 systems, 4 from 64, 2 from 32, else 1.
+
+    With ``spare_memory`` (callers whose operands are their own temporaries,
+    such as the MNN layer) one chunk per thread suffices: the workspaces may
+    then be as large as the operands, and small batches still get vectorised.
     """
     threads = numba.get_num_threads()
-    return max(lanes for lanes in LANE_COUNTS if lanes == 1 or nsys >= 8 * threads * lanes)
+    chunks = 1 if spare_memory else 8
+    return max(lanes for lanes in LANE_COUNTS if lanes == 1 or nsys >= chunks * threads * lanes)
 
 
 def run(
@@ -252,6 +257,7 @@ def run(
     rhs: StridedBatch | None,
     out: StridedBatch | None,
     check_finite: bool = False,
+    spare_memory: bool = False,
 ) -> tuple[np.ndarray, tuple[bool, bool]]:
     """Factor and/or solve every system described by ``band`` (and ``rhs``).
 
@@ -271,7 +277,7 @@ def run(
         nrhs = 0
     else:
         nrhs = rhs.shape[1]
-    lanes = choose_lanes(nsys)
+    lanes = choose_lanes(nsys, spare_memory=spare_memory)
     driver = _compiled_driver(lanes, band.buf.dtype)
     store_factor = factor_out is not None
     fout = factor_out if store_factor else StridedBatch.dummy(band.buf.dtype, nsys)

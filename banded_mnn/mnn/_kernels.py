@@ -91,7 +91,7 @@ def _central_powers(steps_buf, steps_off, steps_st, s, n_orders):
 def _lhs_step(
     coef, coef_off, cs0, cs1, cs2, cs3,
     steps_buf, steps_off, steps_st,
-    ab, t, T, E, D, O, S, I, weq2, wiv2, ws2, central, p0, p1, q, hp,
+    ab, t, T, E, D, O, S, I, weq2, wiv2, ws2, central, p0, p1, q, hp, row,
 ):  # fmt: skip
     """Write band columns t*n .. t*n+n-1 of one system (``ab`` is its (u+1, M) band)."""
     n = D * O
@@ -99,17 +99,18 @@ def _lhs_step(
     for r in range(ab.shape[0]):
         for j in range(n):
             ab[r, col0 + j] = 0
-    # Equation rows: block [t, t] += w^2 * sum_e c[t, e]^T c[t, e].
+    # Equation rows: block [t, t] += w^2 * sum_e c[t, e]^T c[t, e], from a
+    # contiguous copy of c[t] (strided index arithmetic would dominate).
+    for e in range(E):
+        base = coef_off + t * cs0 + e * cs1
+        for d in range(D):
+            for o in range(O):
+                row[e, d * O + o] = coef[base + d * cs2 + o * cs3]
     for jq in range(n):
-        dq = jq // O
-        oq = jq - dq * O
         for jp in range(jq, n):
-            dp = jp // O
-            op = jp - dp * O
             acc = 0.0
             for e in range(E):
-                base = coef_off + t * cs0 + e * cs1
-                acc += coef[base + dp * cs2 + op * cs3] * coef[base + dq * cs2 + oq * cs3]
+                acc += row[e, jp] * row[e, jq]
             ab[jp - jq, col0 + jq] = weq2 * acc
     # Initial-value rows: identity on the pinned unknowns.
     if t < S:
@@ -168,10 +169,11 @@ def assemble_lhs(
         i = job // chunks
         t0 = (job - i * chunks) * STEP_CHUNK
         hp = np.empty(2 * O, dtype=ab.dtype)
+        row = np.empty((E, D * O), dtype=ab.dtype)
         for t in range(t0, min(T, t0 + STEP_CHUNK)):
             _lhs_step(
                 coef, coef_off[i], cs0, cs1, cs2, cs3, steps_buf, steps_off[i], steps_st,
-                ab[i], t, T, E, D, O, S, I, weq2, wiv2, ws2, central, p0, p1, q, hp,
+                ab[i], t, T, E, D, O, S, I, weq2, wiv2, ws2, central, p0, p1, q, hp, row,
             )  # fmt: skip
 
 

@@ -17,9 +17,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .. import _api
+from .. import _api, _backends
 from .._errors import NotPositiveDefiniteError
-from .._strided import flat_batch
+from .._strided import StridedBatch, flat_batch
 
 #: Allocator of kernel outputs (tests fill it with NaN to catch unwritten cells).
 _empty = np.empty
@@ -265,7 +265,9 @@ def _sum_to(gradient: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return gradient.reshape(shape)
 
 
-def _flag_singular(factor: np.ndarray, diagonal: np.ndarray, info: np.ndarray, bw: int) -> None:
+def _flag_singular(
+    factor: np.ndarray, diagonal: np.ndarray, info: np.ndarray, bw: int
+) -> np.ndarray | None:
     """Mark systems whose normal matrix is singular to working precision.
 
     LAPACK's test (a pivot <= 0) misses most singular normal matrices: the
@@ -276,18 +278,74 @@ def _flag_singular(factor: np.ndarray, diagonal: np.ndarray, info: np.ndarray, b
     worst-conditioned well-posed MNN systems we tried it is > 1000 eps.  A
     ratio <= (bw + 1) * eps (the rounding of one pivot's bw + 1 terms) sets
     ``info`` to that unknown's 1-based index, and NaNs the system's factor
-    as for any failed system.
+    as for any failed system.  Returns the mask of newly failed systems
+    (``None`` if there are none).
     """
-    if factor.size == 0:
-        return
     tol = (bw + 1) * np.finfo(factor.dtype).eps
     with np.errstate(invalid="ignore", divide="ignore"):
         singular = factor[..., 0, :] ** 2 <= tol * diagonal
     singular &= (info == 0)[..., None]
     failed = singular.any(axis=-1)
-    if failed.any():
-        info[failed] = np.argmax(singular[failed], axis=-1) + 1
-        factor[failed] = np.nan
+    if not failed.any():
+        return None
+    info[failed] = np.argmax(singular[failed], axis=-1) + 1
+    factor[failed] = np.nan
+    return failed
+
+
+def _run_core(
+    backend: str | None,
+    band: np.ndarray,
+    batch: tuple[int, ...],
+    *,
+    factor: bool,
+    rhs: np.ndarray | None = None,
+) -> np.ndarray:
+    """Factor ``band`` in place and/or solve in place for ``rhs``, with the
+    core backend.  ``band``: (lhs_batch..., u+1, M), lower form, broadcast to
+    ``batch`` (equal to it when factoring); ``rhs``: (batch..., M, 1).  Both
+    are the layer's own temporaries, so the backend may use workspaces as
+    large as they are.  Returns ``info`` with shape ``batch``."""
+    impl = _backends.get(backend)
+    bw = band.shape[-2] - 1
+    view = StridedBatch.from_array(band, batch).band_view(bw, lower=True)
+    described = None if rhs is None else StridedBatch.from_array(rhs, batch)
+    info, _ = impl.run(
+        view,
+        bw,
+        factor=factor,
+        factor_out=view if factor else None,
+        rhs=described,
+        out=described,
+        spare_memory=True,
+    )
+    return info.reshape(batch)
+
+
+def _assemble_rhs(inputs: _Inputs) -> np.ndarray:
+    """Right-hand sides of the normal equations, (batch..., M, 1)."""
+    from ._kernels import assemble_rhs
+
+    spec, batch, dtype = inputs.spec, inputs.batch, inputs.dtype
+    beta = _empty(batch + (spec.n_unknowns, 1), dtype=dtype)
+    if beta.size:
+        c = _flat(inputs.arrays["coefficients"], batch, 4, dtype)
+        r = _flat(inputs.arrays["rhs_equation"], batch, 2, dtype)
+        v = _flat(inputs.arrays["init_vars"], batch, 3, dtype)
+        assemble_rhs(
+            c[0], c[1], c[2], r[0], r[1], r[2], v[0], v[1], v[2],
+            beta.reshape(-1, spec.n_unknowns),
+            spec.n_steps, spec.n_equations, spec.n_dims, spec.n_orders,
+            spec.n_init_var_steps, spec.n_init_var_orders,
+            spec.weight_equation**2, spec.weight_init_var**2,
+        )  # fmt: skip
+    return beta
+
+
+def _solution(x: np.ndarray, inputs: _Inputs, step_first: bool) -> np.ndarray:
+    spec = inputs.spec
+    u = x.reshape(inputs.batch + (spec.n_steps, spec.n_dims, spec.n_orders))
+    return np.moveaxis(u, -3, 0) if step_first else u
 
 
 class OdeSystem:
@@ -447,12 +505,20 @@ class OdeSystem:
 
     @classmethod
     def _factor(
-        cls, inputs: _Inputs, is_step_dim_first: bool, check: bool, backend: str | None
+        cls,
+        inputs: _Inputs,
+        is_step_dim_first: bool,
+        check: bool,
+        backend: str | None,
+        beta: np.ndarray | None = None,
     ) -> OdeSystem:
+        """Assemble and factor the left-hand side; with ``beta`` (right-hand
+        sides of the same batch, our own array) also solve, in the same pass."""
         from ._kernels import assemble_lhs
 
         spec, dtype, lhs_batch = inputs.spec, inputs.dtype, inputs.lhs_batch
         band = _empty(lhs_batch + (spec.bandwidth + 1, spec.n_unknowns), dtype=dtype)
+        info = np.zeros(lhs_batch, dtype=np.int32)
         if band.size:
             c = _flat(inputs.arrays["coefficients"], lhs_batch, 4, dtype)
             h = _flat(inputs.arrays["steps"], lhs_batch, 1, dtype)
@@ -465,9 +531,11 @@ class OdeSystem:
                 spec.enable_central_smoothness,
                 *_tables(spec.n_orders, spec.enable_central_smoothness, dtype),
             )  # fmt: skip
-        diagonal = band[..., 0, :].copy()
-        band, info = _api._factor(band, True, True, False, backend)
-        _flag_singular(band, diagonal, info, spec.bandwidth)
+            diagonal = band[..., 0, :].copy()
+            info = _run_core(backend, band, lhs_batch, factor=True, rhs=beta)
+            failed = _flag_singular(band, diagonal, info, spec.bandwidth)
+            if beta is not None and failed is not None:
+                beta[failed] = np.nan
         system = cls(band, info, spec, is_step_dim_first=is_step_dim_first, backend=backend)
         if check and info.any():
             system._raise_failure(inputs)
@@ -532,17 +600,11 @@ class OdeSystem:
 
     def _solve_batch(self, b: np.ndarray) -> np.ndarray:
         """Solve in place for ``b`` of shape ``batch + (M, 1)`` (our own array)."""
-        x, _ = _api._solve(
-            self.factor_band,
-            b,
-            factored=True,
-            overwrite_b=True,
-            lower=True,
-            check_finite=False,
-            backend=self.backend,
-            name_ab="factor_band",
-        )
-        return x
+        factor = self.factor_band
+        if factor.dtype != b.dtype:
+            factor = factor.astype(b.dtype)
+        _run_core(self.backend, factor, b.shape[:-2], factor=False, rhs=b)
+        return b
 
     def solve(self, coefficients: Any, rhs_equation: Any, init_vars: Any) -> np.ndarray:
         """Solve the factored system for new right-hand sides.
@@ -566,27 +628,14 @@ class OdeSystem:
         return self._solve_inputs(self._inputs(coefficients, rhs_equation, init_vars))
 
     def _solve_inputs(self, inputs: _Inputs) -> np.ndarray:
-        from ._kernels import assemble_rhs
-
-        spec, batch, dtype = self.spec, inputs.batch, inputs.dtype
-        if dtype != self.dtype:
-            dtype = np.result_type(dtype, self.dtype)
+        if inputs.dtype != self.dtype:
+            dtype = np.result_type(inputs.dtype, self.dtype)
             inputs.arrays = {k: np.asarray(a, dtype=dtype) for k, a in inputs.arrays.items()}
-        beta = _empty(batch + (spec.n_unknowns, 1), dtype=dtype)
+            inputs.dtype = dtype
+        beta = _assemble_rhs(inputs)
         if beta.size:
-            c = _flat(inputs.arrays["coefficients"], batch, 4, dtype)
-            r = _flat(inputs.arrays["rhs_equation"], batch, 2, dtype)
-            v = _flat(inputs.arrays["init_vars"], batch, 3, dtype)
-            assemble_rhs(
-                c[0], c[1], c[2], r[0], r[1], r[2], v[0], v[1], v[2],
-                beta.reshape(-1, spec.n_unknowns),
-                spec.n_steps, spec.n_equations, spec.n_dims, spec.n_orders,
-                spec.n_init_var_steps, spec.n_init_var_orders,
-                spec.weight_equation**2, spec.weight_init_var**2,
-            )  # fmt: skip
-            beta = self._solve_batch(beta)
-        u = beta.reshape(batch + (spec.n_steps, spec.n_dims, spec.n_orders))
-        return np.moveaxis(u, -3, 0) if self.is_step_dim_first else u
+            self._solve_batch(beta)
+        return _solution(beta, inputs, self.is_step_dim_first)
 
     def vjp(
         self,
@@ -792,6 +841,13 @@ def ode_forward(
     )
     version = _count(frozen_lhs_cache_version, "frozen_lhs_cache_version", 0)
     system = _FROZEN.get(version) if version else None
+    if system is None and inputs.batch == inputs.lhs_batch:
+        # One left-hand side per right-hand side: factor and solve in one pass.
+        beta = _assemble_rhs(inputs)
+        system = OdeSystem._factor(inputs, is_step_dim_first, True, backend, beta=beta)
+        if version:
+            _FROZEN[version] = system
+        return _solution(beta, inputs, is_step_dim_first)
     if system is None:
         system = OdeSystem._factor(inputs, is_step_dim_first, True, backend)
         if version:
