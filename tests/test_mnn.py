@@ -58,7 +58,7 @@ _SIZES = [  # T, E, D, O, S, I
     "central,T,E,D,O,S,I",
     [(False, *size) for size in _SIZES] + [(True, *size) for size in _SIZES if size[0] >= 3],
 )
-def test_matches_dense_oracle(rng, central, T, E, D, O, S, I):
+def test_matches_dense_oracle(rng, lanes, central, T, E, D, O, S, I):
     inputs = random_problem(rng, (3,), T, E, D, O, S, I)
     u = ode_forward(*inputs, enable_central_smoothness=central)
     assert u.dtype == np.float64
@@ -82,7 +82,7 @@ def test_orders_one_and_two(rng):
 
 
 @pytest.mark.parametrize("central", [False, True])
-def test_weights(rng, central):
+def test_weights(rng, lanes, central):
     inputs = random_problem(rng, (2,), 6, 2, 2, 3, 2, 2)
     weights = (0.7, 3.0, 1.9)
     u = ode_forward(
@@ -102,7 +102,7 @@ def test_broadcast_b_axes(rng, axis):
     assert_matches_oracle(u, inputs, n_steps=6, n_init_var_steps=2)
 
 
-def test_batch_broadcasting_and_shared_lhs(rng):
+def test_batch_broadcasting_and_shared_lhs(rng, lanes):
     c, r, v, h = random_problem(rng, (4, 3), 6, 2, 2, 3, 1, 2)
     # Left-hand side batch (1, 3) / (4, 1): broadcast; right-hand side (5, 4, 3).
     c, h = c[:1], h[:, :1]
@@ -164,7 +164,7 @@ def test_empty_batch(rng):
     assert u.shape == (0, 5, 2, 3)
 
 
-def test_factor_once_solve_many(rng):
+def test_factor_once_solve_many(rng, lanes):
     c, r, v, h = random_problem(rng, (2,), 8, 2, 2, 3, 1, 2)
     system = OdeSystem.factor(c, h, n_init_var_steps=1, n_init_var_orders=2)
     assert system.factor_band.shape == (2, system.spec.bandwidth + 1, 8 * 6)
@@ -300,7 +300,7 @@ def _directional_check(rng, inputs, kwargs, lhs=True):
 
 @pytest.mark.parametrize("central", [False, True], ids=["default", "central"])
 @pytest.mark.parametrize("O", [2, 3, 4])
-def test_vjp_finite_differences(rng, central, O):
+def test_vjp_finite_differences(rng, lanes, central, O):
     inputs = random_problem(rng, (2,), 6, 2, 2, O, 2, min(O, 2))
     kwargs = {"enable_central_smoothness": central, "weight_equation": 1.3,
               "weight_init_var": 0.8, "weight_smooth": 1.7}  # fmt: skip
@@ -340,7 +340,7 @@ def test_vjp_matches_dense_normal_equations(rng):
 # --------------------------------------------------------------------------
 
 
-def test_singular_problem_is_reported():
+def test_singular_problem_is_reported(lanes):
     # u' = 1 with no initial value: the constant is free.
     c = np.array([0.0, 1.0, 0.0]).reshape(1, 1, 1, 3)
     # System 0 (u + u' = 1) is well posed, system 1 (u' = 1) is not.

@@ -61,7 +61,7 @@ def smoothness_tables(n_orders: int, central: bool) -> tuple[np.ndarray, np.ndar
     return p0, p1, q
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _powers(h, out, count):
     """out[m] = h**m for m < count."""
     value = 1.0
@@ -70,7 +70,7 @@ def _powers(h, out, count):
         value *= h
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _power_derivatives(h, out, count):
     """out[m] = d(h**m)/dh = m * h**(m-1) for m < count."""
     out[0] = 0
@@ -80,101 +80,117 @@ def _power_derivatives(h, out, count):
         value *= h
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _central_powers(steps_buf, steps_off, steps_st, s, n_orders):
     """(H^(O-3), H^(O-2)) for the central row centred on step s+1, H = h_s + h_(s+1)."""
     span = steps_buf[steps_off + s * steps_st] + steps_buf[steps_off + (s + 1) * steps_st]
     return span ** (n_orders - 3), span ** (n_orders - 2)
 
 
-@njit(cache=True)
-def _lhs_step(
+@njit(cache=True, nogil=True)
+def lhs_steps(
     coef, coef_off, cs0, cs1, cs2, cs3,
     steps_buf, steps_off, steps_st,
-    ab, t, T, E, D, O, S, I, weq2, wiv2, ws2, central, p0, p1, q, hp, row,
+    out, base, sj, sr, bw, diag,
+    t0, t1, T, E, D, O, S, I, weq2, wiv2, ws2, central, p0, p1, q, hp, row, blk,
 ):  # fmt: skip
-    """Write band columns t*n .. t*n+n-1 of one system (``ab`` is its (u+1, M) band)."""
-    n = D * O
-    col0 = t * n
-    for r in range(ab.shape[0]):
-        for j in range(n):
-            ab[r, col0 + j] = 0
-    # Equation rows: block [t, t] += w^2 * sum_e c[t, e]^T c[t, e], from a
-    # contiguous copy of c[t] (strided index arithmetic would dominate).
-    for e in range(E):
-        base = coef_off + t * cs0 + e * cs1
+    """Write band columns ``j = t*n .. t*n+n-1``, ``t0 <= t < t1``, of one
+    system's normal matrix:
+    ``A[j + r, j]`` (0 <= r <= bw, zero where no row contributes or past the
+    matrix) goes to ``out[base + j*sj + r*sr]``, and ``A[j, j]`` to
+    ``diag[j]``.  The layout parameters cover LAPACK's lower band form and
+    the lane-interleaved workspace of the band kernels alike.  Scratch:
+    ``hp`` (2*O), ``row`` (E, n) and ``blk`` (n*(bw+1)), where the columns
+    are accumulated before one store each."""
+    for t in range(t0, t1):
+        n = D * O
+        col0 = t * n
+        w = bw + 1
+        for k in range(n * w):
+            blk[k] = 0.0
+        # Equation rows: block [t, t] += w^2 * sum_e c[t, e]^T c[t, e], from a
+        # contiguous copy of c[t] (strided index arithmetic would dominate).
+        for e in range(E):
+            cbase = coef_off + t * cs0 + e * cs1
+            for d in range(D):
+                for o in range(O):
+                    row[e, d * O + o] = coef[cbase + d * cs2 + o * cs3]
+        for jq in range(n):
+            for jp in range(jq, n):
+                acc = 0.0
+                for e in range(E):
+                    acc += row[e, jp] * row[e, jq]
+                blk[jq * w + jp - jq] = weq2 * acc
+        # Initial-value rows: identity on the pinned unknowns.
+        if t < S:
+            for d in range(D):
+                for o in range(I):
+                    blk[(d * O + o) * w] += wiv2
+        # Smoothness rows of the pair (t-1, t): its [t+1, t+1] part lands on [t, t].
+        if t >= 1:
+            _powers(steps_buf[steps_off + (t - 1) * steps_st], hp, 2 * O - 1)
+            for d in range(D):
+                for o2 in range(O):
+                    j = (d * O + o2) * w
+                    for o1 in range(o2, O):
+                        blk[j + o1 - o2] += ws2 * hp[o1 + o2] * p1[o1, o2]
+        # ... and of the pair (t, t+1): blocks [t, t] and [t+1, t].
+        if t + 1 < T:
+            _powers(steps_buf[steps_off + t * steps_st], hp, 2 * O - 1)
+            for d in range(D):
+                for o2 in range(O):
+                    j = (d * O + o2) * w
+                    for o1 in range(o2, O):
+                        blk[j + o1 - o2] += ws2 * hp[o1 + o2] * p0[o1, o2]
+                    for o1 in range(O):
+                        blk[j + n + o1 - o2] = ws2 * hp[o1 + o2] * q[o1, o2]
+        if central:
+            # Row a*u[s, O-2] + b*u[s+1, O-1] - a*u[s+2, O-2] = 0 for s = t-2, t-1, t,
+            # a = H^(O-3), b = H^(O-2); its entries in columns of step t.
+            for d in range(D):
+                lo = (d * O + O - 2) * w
+                hi = (d * O + O - 1) * w
+                if t + 2 < T:  # s = t: u[t] is the first unknown
+                    a, b = _central_powers(steps_buf, steps_off, steps_st, t, O)
+                    blk[lo] += ws2 * a * a
+                    blk[lo + n + 1] += ws2 * a * b  # A[(t+1, O-1), (t, O-2)]
+                    blk[lo + 2 * n] -= ws2 * a * a  # A[(t+2, O-2), (t, O-2)]
+                if t >= 1 and t + 1 < T:  # s = t-1: u[t] is the middle unknown
+                    a, b = _central_powers(steps_buf, steps_off, steps_st, t - 1, O)
+                    blk[hi] += ws2 * b * b
+                    blk[hi + n - 1] -= ws2 * a * b  # A[(t+1, O-2), (t, O-1)]
+                if t >= 2:  # s = t-2: u[t] is the last unknown
+                    a, b = _central_powers(steps_buf, steps_off, steps_st, t - 2, O)
+                    blk[lo] += ws2 * a * a
+        # Cells past the end of the matrix stay zero (LAPACK never reads them).
+        for k in range(n):
+            diag[col0 + k] = blk[k * w]
+            j = base + (col0 + k) * sj
+            for r in range(w):
+                out[j + r * sr] = blk[k * w + r]
+
+
+@njit(cache=True, nogil=True)
+def rhs_steps(
+    coef, coef_off, cs0, cs1, cs2, cs3, rhs, rhs_off, rs0, rs1, init, init_off, vs0, vs1, vs2,
+    out, base, stride, t0, t1, E, D, O, S, I, weq2, wiv2,
+):  # fmt: skip
+    """Entries ``t*n .. t*n+n-1``, ``t0 <= t < t1``, of the right-hand side ``A^T W b`` of one
+    system (``w_eq^2 sum_e c[t, e, d, o] r[t, e]``, plus ``w_iv^2 v[t, d, o]``
+    where pinned), written to ``out[base + index*stride]``."""
+    for t in range(t0, t1):
         for d in range(D):
             for o in range(O):
-                row[e, d * O + o] = coef[base + d * cs2 + o * cs3]
-    for jq in range(n):
-        for jp in range(jq, n):
-            acc = 0.0
-            for e in range(E):
-                acc += row[e, jp] * row[e, jq]
-            ab[jp - jq, col0 + jq] = weq2 * acc
-    # Initial-value rows: identity on the pinned unknowns.
-    if t < S:
-        for d in range(D):
-            for o in range(I):
-                ab[0, col0 + d * O + o] += wiv2
-    # Smoothness rows of the pair (t-1, t): its [t+1, t+1] part lands on [t, t].
-    if t >= 1:
-        _powers(steps_buf[steps_off + (t - 1) * steps_st], hp, 2 * O - 1)
-        for d in range(D):
-            for o2 in range(O):
-                for o1 in range(o2, O):
-                    ab[o1 - o2, col0 + d * O + o2] += ws2 * hp[o1 + o2] * p1[o1, o2]
-    # ... and of the pair (t, t+1): blocks [t, t] and [t+1, t].
-    if t + 1 < T:
-        _powers(steps_buf[steps_off + t * steps_st], hp, 2 * O - 1)
-        for d in range(D):
-            for o2 in range(O):
-                for o1 in range(o2, O):
-                    ab[o1 - o2, col0 + d * O + o2] += ws2 * hp[o1 + o2] * p0[o1, o2]
-                for o1 in range(O):
-                    ab[n + o1 - o2, col0 + d * O + o2] = ws2 * hp[o1 + o2] * q[o1, o2]
-    if central:
-        # Row a*u[s, O-2] + b*u[s+1, O-1] - a*u[s+2, O-2] = 0 for s = t-2, t-1, t,
-        # a = H^(O-3), b = H^(O-2); its entries in columns of step t.
-        lo = O - 2
-        hi = O - 1
-        for d in range(D):
-            base = col0 + d * O
-            if t + 2 < T:  # s = t: u[t] is the first unknown
-                a, b = _central_powers(steps_buf, steps_off, steps_st, t, O)
-                ab[0, base + lo] += ws2 * a * a
-                ab[n + 1, base + lo] += ws2 * a * b  # A[(t+1, O-1), (t, O-2)]
-                ab[2 * n, base + lo] -= ws2 * a * a  # A[(t+2, O-2), (t, O-2)]
-            if t >= 1 and t + 1 < T:  # s = t-1: u[t] is the middle unknown
-                a, b = _central_powers(steps_buf, steps_off, steps_st, t - 1, O)
-                ab[0, base + hi] += ws2 * b * b
-                ab[n - 1, base + hi] -= ws2 * a * b  # A[(t+1, O-2), (t, O-1)]
-            if t >= 2:  # s = t-2: u[t] is the last unknown
-                a, b = _central_powers(steps_buf, steps_off, steps_st, t - 2, O)
-                ab[0, base + lo] += ws2 * a * a
-
-
-@njit(parallel=True, cache=True)
-def assemble_lhs(
-    coef, coef_off, coef_st, steps_buf, steps_off, steps_st,
-    ab, T, E, D, O, S, I, weq2, wiv2, ws2, central, p0, p1, q,
-):  # fmt: skip
-    """Normal matrices (lower band form) of ``len(coef_off)`` systems into ``ab``
-    (shape (systems, u+1, T*D*O), C order).  ``coef_st`` holds the element
-    strides of the (T, E, D, O) coefficient core."""
-    nsys = coef_off.shape[0]
-    chunks = (T + STEP_CHUNK - 1) // STEP_CHUNK
-    cs0, cs1, cs2, cs3 = coef_st
-    for job in prange(nsys * chunks):
-        i = job // chunks
-        t0 = (job - i * chunks) * STEP_CHUNK
-        hp = np.empty(2 * O, dtype=ab.dtype)
-        row = np.empty((E, D * O), dtype=ab.dtype)
-        for t in range(t0, min(T, t0 + STEP_CHUNK)):
-            _lhs_step(
-                coef, coef_off[i], cs0, cs1, cs2, cs3, steps_buf, steps_off[i], steps_st,
-                ab[i], t, T, E, D, O, S, I, weq2, wiv2, ws2, central, p0, p1, q, hp, row,
-            )  # fmt: skip
+                acc = 0.0
+                for e in range(E):
+                    acc += (
+                        coef[coef_off + t * cs0 + e * cs1 + d * cs2 + o * cs3]
+                        * rhs[rhs_off + t * rs0 + e * rs1]
+                    )
+                value = weq2 * acc
+                if t < S and o < I:
+                    value += wiv2 * init[init_off + t * vs0 + d * vs1 + o * vs2]
+                out[base + (t * D * O + d * O + o) * stride] = value
 
 
 @njit(parallel=True, cache=True)
@@ -182,10 +198,10 @@ def assemble_rhs(
     coef, coef_off, coef_st, rhs, rhs_off, rhs_st, init, init_off, init_st,
     beta, T, E, D, O, S, I, weq2, wiv2,
 ):  # fmt: skip
-    """Right-hand sides ``beta[i, t*n + d*O + o]`` of the normal equations:
-    ``w_eq^2 sum_e c[t, e, d, o] r[t, e]`` plus ``w_iv^2 v[t, d, o]`` where pinned."""
+    """Right-hand sides ``beta`` (systems, M) of the normal equations."""
     nsys = beta.shape[0]
-    n = D * O
+    M = beta.shape[1]
+    flat = beta.reshape(-1)
     chunks = (T + STEP_CHUNK - 1) // STEP_CHUNK
     cs0, cs1, cs2, cs3 = coef_st
     rs0, rs1 = rhs_st
@@ -193,19 +209,10 @@ def assemble_rhs(
     for job in prange(nsys * chunks):
         i = job // chunks
         t0 = (job - i * chunks) * STEP_CHUNK
-        for t in range(t0, min(T, t0 + STEP_CHUNK)):
-            for d in range(D):
-                for o in range(O):
-                    acc = 0.0
-                    for e in range(E):
-                        acc += (
-                            coef[coef_off[i] + t * cs0 + e * cs1 + d * cs2 + o * cs3]
-                            * rhs[rhs_off[i] + t * rs0 + e * rs1]
-                        )
-                    value = weq2 * acc
-                    if t < S and o < I:
-                        value += wiv2 * init[init_off[i] + t * vs0 + d * vs1 + o * vs2]
-                    beta[i, t * n + d * O + o] = value
+        rhs_steps(
+            coef, coef_off[i], cs0, cs1, cs2, cs3, rhs, rhs_off[i], rs0, rs1, init, init_off[i],
+            vs0, vs1, vs2, flat, i * M, 1, t0, min(T, t0 + STEP_CHUNK), E, D, O, S, I, weq2, wiv2,
+        )  # fmt: skip
 
 
 @njit(cache=True)

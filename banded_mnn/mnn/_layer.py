@@ -266,10 +266,11 @@ def _sum_to(gradient: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _flag_singular(
-    factor: np.ndarray, diagonal: np.ndarray, info: np.ndarray, bw: int
-) -> np.ndarray | None:
+    pivots: np.ndarray, diagonal: np.ndarray, info: np.ndarray, bw: int
+) -> np.ndarray:
     """Mark systems whose normal matrix is singular to working precision.
 
+    ``pivots`` and ``diagonal`` (systems, M) hold ``L[j, j]`` and ``A[j, j]``.
     LAPACK's test (a pivot <= 0) misses most singular normal matrices: the
     last pivot of a null direction is rounding noise of either sign.  The
     ratio ``L[j, j]**2 / A[j, j]`` is invariant to scaling the unknowns and is
@@ -277,19 +278,16 @@ def _flag_singular(
     matrix it is a few units of rounding (measured 0.3-0.8 eps), for the
     worst-conditioned well-posed MNN systems we tried it is > 1000 eps.  A
     ratio <= (bw + 1) * eps (the rounding of one pivot's bw + 1 terms) sets
-    ``info`` to that unknown's 1-based index, and NaNs the system's factor
-    as for any failed system.  Returns the mask of newly failed systems
-    (``None`` if there are none).
+    ``info`` to that unknown's 1-based index.  Returns the mask of newly
+    failed systems.
     """
-    tol = (bw + 1) * np.finfo(factor.dtype).eps
-    with np.errstate(invalid="ignore", divide="ignore"):
-        singular = factor[..., 0, :] ** 2 <= tol * diagonal
-    singular &= (info == 0)[..., None]
+    tol = (bw + 1) * np.finfo(pivots.dtype).eps
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        singular = pivots**2 <= tol * diagonal
+    singular &= (info == 0)[:, None]
     failed = singular.any(axis=-1)
-    if not failed.any():
-        return None
-    info[failed] = np.argmax(singular[failed], axis=-1) + 1
-    factor[failed] = np.nan
+    if failed.any():
+        info[failed] = np.argmax(singular[failed], axis=-1) + 1
     return failed
 
 
@@ -320,6 +318,19 @@ def _run_core(
         spare_memory=True,
     )
     return info.reshape(batch)
+
+
+def _choose_lanes(nsys: int) -> int:
+    from .._backends._numba_cpu import choose_lanes
+
+    # The layer's workspaces are its own temporaries: see choose_lanes.
+    return choose_lanes(nsys, spare_memory=True)
+
+
+def _lane_marker(lanes: int) -> tuple[int, ...]:
+    from .._backends._band_kernels import lane_marker
+
+    return lane_marker(lanes)
 
 
 def _assemble_rhs(inputs: _Inputs) -> np.ndarray:
@@ -357,13 +368,10 @@ class OdeSystem:
 
     Attributes
     ----------
-    factor_band : numpy.ndarray
-        Lower-form band Cholesky factor, shape ``lhs_batch + (u + 1, M)`` with
-        ``u = spec.bandwidth`` and ``M = spec.n_unknowns`` (the layout of
-        :func:`banded_mnn.cholesky_banded` with ``lower=True``).
     info : numpy.ndarray of int32
         Per-system status, shape ``lhs_batch``: 0, or the 1-based order of the
-        first leading minor that is not positive definite.
+        first leading minor that is not positive definite (or, for a matrix
+        singular to working precision, of the unknown where that shows).
     spec : OdeSpec
         Sizes, weights and options.
     lhs_batch_shape : tuple of int
@@ -371,33 +379,52 @@ class OdeSystem:
         ``steps``).
     is_step_dim_first : bool
         Layout of the arrays passed to :meth:`solve` and :meth:`vjp`.
+    workspace : numpy.ndarray
+        The factor as the CPU kernels keep it: ``(chunks, M*(u+1)*L)``, the
+        lane-interleaved layout of :mod:`banded_mnn._backends._band_kernels`,
+        system ``i`` in lane ``i % L`` of chunk ``i // L``.
     """
 
     def __init__(
         self,
-        factor_band: np.ndarray,
+        workspace: np.ndarray,
         info: np.ndarray,
         spec: OdeSpec,
         *,
         is_step_dim_first: bool = False,
         backend: str | None = None,
     ) -> None:
-        expected = (spec.bandwidth + 1, spec.n_unknowns)
-        if factor_band.shape[-2:] != expected:
+        per_lane = spec.n_unknowns * (spec.bandwidth + 1)
+        if workspace.ndim != 2 or workspace.shape[1] % per_lane:
             raise ValueError(
-                f"factor_band must have shape (..., {expected[0]}, {expected[1]}) for this spec; "
-                f"got {factor_band.shape}"
+                f"workspace must have shape (chunks, lanes * {per_lane}) for this spec; got "
+                f"{workspace.shape}"
             )
-        self.factor_band = factor_band
+        self.workspace = workspace
+        self.lanes = workspace.shape[1] // per_lane
         self.info = info
         self.spec = spec
-        self.lhs_batch_shape = factor_band.shape[:-2]
+        self.lhs_batch_shape = info.shape
         self.is_step_dim_first = is_step_dim_first
         self.backend = backend
+        self._band: np.ndarray | None = None
 
     @property
     def dtype(self) -> np.dtype:
-        return self.factor_band.dtype
+        return self.workspace.dtype
+
+    @property
+    def factor_band(self) -> np.ndarray:
+        """The factor in LAPACK's lower band form, shape ``lhs_batch + (u + 1, M)``
+        (``u = spec.bandwidth``, ``M = spec.n_unknowns``), as
+        :func:`banded_mnn.cholesky_banded` with ``lower=True`` returns it.
+        Built on first access (a copy of the workspace)."""
+        if self._band is None:
+            u1, m = self.spec.bandwidth + 1, self.spec.n_unknowns
+            lanes = self.workspace.reshape(-1, m, u1, self.lanes)
+            band = lanes.transpose(0, 3, 2, 1).reshape(-1, u1, m)[: self.info.size]
+            self._band = np.ascontiguousarray(band).reshape(self.lhs_batch_shape + (u1, m))
+        return self._band
 
     @classmethod
     def factor(
@@ -501,7 +528,7 @@ class OdeSystem:
                 "n_init_var_orders": n_init_var_orders,
             }
         )
-        return cls._factor(inputs, is_step_dim_first, check, backend)
+        return cls._factor(inputs, is_step_dim_first, check, backend)[0]
 
     @classmethod
     def _factor(
@@ -510,36 +537,51 @@ class OdeSystem:
         is_step_dim_first: bool,
         check: bool,
         backend: str | None,
-        beta: np.ndarray | None = None,
-    ) -> OdeSystem:
-        """Assemble and factor the left-hand side; with ``beta`` (right-hand
-        sides of the same batch, our own array) also solve, in the same pass."""
-        from ._kernels import assemble_lhs
+        solve: bool = False,
+    ) -> tuple[OdeSystem, np.ndarray | None]:
+        """Assemble and factor the left-hand side; with ``solve`` (the
+        right-hand sides have the left-hand side's batch) also assemble the
+        right-hand sides and solve, in the same pass.  Returns the system and
+        the solution (systems, M) or ``None``."""
+        from ._cpu import factor_lanes
 
+        _backends.get(backend)  # validates the name; the layer runs on the CPU kernels
         spec, dtype, lhs_batch = inputs.spec, inputs.dtype, inputs.lhs_batch
-        band = _empty(lhs_batch + (spec.bandwidth + 1, spec.n_unknowns), dtype=dtype)
-        info = np.zeros(lhs_batch, dtype=np.int32)
-        if band.size:
-            c = _flat(inputs.arrays["coefficients"], lhs_batch, 4, dtype)
-            h = _flat(inputs.arrays["steps"], lhs_batch, 1, dtype)
-            assemble_lhs(
-                c[0], c[1], c[2], h[0], h[1], h[2][0],
-                band.reshape((-1,) + band.shape[-2:]),
+        nsys, m, bw = math.prod(lhs_batch), spec.n_unknowns, spec.bandwidth
+        lanes = _choose_lanes(nsys)
+        chunks = -(-nsys // lanes)
+        workspace = _empty((chunks, m * (bw + 1) * lanes), dtype=dtype)
+        info = np.zeros(nsys, dtype=np.int32)
+        x = _empty((nsys, m) if solve else (0, 0), dtype=dtype)
+        if nsys:
+            diagonal = np.empty((nsys, m), dtype=dtype)
+            batch = lhs_batch
+            c = _flat(inputs.arrays["coefficients"], batch, 4, dtype)
+            h = _flat(inputs.arrays["steps"], batch, 1, dtype)
+            r = _flat(inputs.arrays.get("rhs_equation") if solve else None, batch, 2, dtype)
+            v = _flat(inputs.arrays.get("init_vars") if solve else None, batch, 3, dtype)
+            factor_lanes(
+                c[0], c[1], c[2], h[0], h[1], h[2][0], r[0], r[1], r[2], v[0], v[1], v[2],
+                workspace, x, diagonal, info, bw, solve,
                 spec.n_steps, spec.n_equations, spec.n_dims, spec.n_orders,
                 spec.n_init_var_steps, spec.n_init_var_orders,
                 spec.weight_equation**2, spec.weight_init_var**2, spec.weight_smooth**2,
                 spec.enable_central_smoothness,
                 *_tables(spec.n_orders, spec.enable_central_smoothness, dtype),
+                _lane_marker(lanes),
             )  # fmt: skip
-            diagonal = band[..., 0, :].copy()
-            info = _run_core(backend, band, lhs_batch, factor=True, rhs=beta)
-            failed = _flag_singular(band, diagonal, info, spec.bandwidth)
-            if beta is not None and failed is not None:
-                beta[failed] = np.nan
-        system = cls(band, info, spec, is_step_dim_first=is_step_dim_first, backend=backend)
+            per_lane = workspace.reshape(chunks, m, bw + 1, lanes)
+            pivots = per_lane[:, :, 0, :].transpose(0, 2, 1).reshape(-1, m)[:nsys]
+            _flag_singular(pivots, diagonal, info, bw)
+            for i in np.flatnonzero(info):  # failed systems solve to NaN
+                per_lane[i // lanes, :, :, i % lanes] = np.nan
+                if solve:
+                    x[i] = np.nan
+        info = info.reshape(lhs_batch)
+        system = cls(workspace, info, spec, is_step_dim_first=is_step_dim_first, backend=backend)
         if check and info.any():
             system._raise_failure(inputs)
-        return system
+        return system, (x if solve else None)
 
     def _raise_failure(self, inputs: _Inputs) -> None:
         error = NotPositiveDefiniteError(self.info, "ode_forward")
@@ -600,10 +642,21 @@ class OdeSystem:
 
     def _solve_batch(self, b: np.ndarray) -> np.ndarray:
         """Solve in place for ``b`` of shape ``batch + (M, 1)`` (our own array)."""
+        batch = b.shape[:-2]
+        if batch == self.lhs_batch_shape and b.dtype == self.dtype:
+            # One factor per right-hand side: solve with the workspace directly.
+            from ._cpu import solve_lanes
+
+            if b.size:
+                solve_lanes(
+                    self.workspace, b.reshape(-1, self.spec.n_unknowns), self.spec.bandwidth,
+                    _lane_marker(self.lanes),
+                )  # fmt: skip
+            return b
         factor = self.factor_band
         if factor.dtype != b.dtype:
             factor = factor.astype(b.dtype)
-        _run_core(self.backend, factor, b.shape[:-2], factor=False, rhs=b)
+        _run_core(self.backend, factor, batch, factor=False, rhs=b)
         return b
 
     def solve(self, coefficients: Any, rhs_equation: Any, init_vars: Any) -> np.ndarray:
@@ -843,13 +896,12 @@ def ode_forward(
     system = _FROZEN.get(version) if version else None
     if system is None and inputs.batch == inputs.lhs_batch:
         # One left-hand side per right-hand side: factor and solve in one pass.
-        beta = _assemble_rhs(inputs)
-        system = OdeSystem._factor(inputs, is_step_dim_first, True, backend, beta=beta)
+        system, x = OdeSystem._factor(inputs, is_step_dim_first, True, backend, solve=True)
         if version:
             _FROZEN[version] = system
-        return _solution(beta, inputs, is_step_dim_first)
+        return _solution(x, inputs, is_step_dim_first)
     if system is None:
-        system = OdeSystem._factor(inputs, is_step_dim_first, True, backend)
+        system, _ = OdeSystem._factor(inputs, is_step_dim_first, True, backend)
         if version:
             _FROZEN[version] = system
     else:
@@ -876,7 +928,7 @@ def _frozen_compatible(
         ) from None
     if system.is_step_dim_first != is_step_dim_first:
         system = OdeSystem(
-            system.factor_band,
+            system.workspace,
             system.info,
             system.spec,
             is_step_dim_first=is_step_dim_first,

@@ -1,0 +1,111 @@
+"""CPU drivers of the MNN layer: assembly fused with the band Cholesky.
+
+The core routines gather a caller's band into a lane-interleaved workspace,
+factor it there and scatter it back.  The layer owns its normal matrices, so
+it skips both copies: :func:`factor_lanes` assembles each block of rows
+straight into the workspace layout of :mod:`banded_mnn._backends._band_kernels`
+(``W[(j*(bw+1) + r)*L + l] = A_l[j + r, j]``), factors it while it is in cache
+(forward substitution fused, when a right-hand side is given) and keeps the
+workspace as the stored factor: ``W_all`` of shape ``(chunks, M*(bw+1)*L)``,
+system ``i`` in chunk ``i // L``, lane ``i % L``.  :func:`solve_lanes` solves
+more right-hand sides with it.  Lanes past the batch hold the identity.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .._backends._band_kernels import backward, factor, forward
+from ._kernels import lhs_steps, rhs_steps
+
+#: Steps assembled before the factorisation catches up (rows stay in cache).
+STEP_BLOCK = 32
+
+
+@njit(parallel=True, cache=True)
+def factor_lanes(
+    coef, coef_off, coef_st, steps_buf, steps_off, steps_st,
+    rhs, rhs_off, rhs_st, init, init_off, init_st,
+    W_all, x_out, diag, info, bw, solve,
+    T, E, D, O, S, I, weq2, wiv2, ws2, central, p0, p1, q, lanes,
+):  # fmt: skip
+    """Assemble and factor every system; with ``solve``, also assemble the
+    right-hand side ``A^T W b`` and write the solution to ``x_out`` (systems, M).
+
+    ``diag`` (systems, M) receives the diagonal of each normal matrix and
+    ``info`` the per-system status; failed systems' solutions are NaN.
+    """
+    L = len(lanes)
+    nsys = coef_off.shape[0]
+    n = D * O
+    M = T * n
+    R = (bw + 1) * L
+    cs0, cs1, cs2, cs3 = coef_st
+    rs0, rs1 = rhs_st
+    vs0, vs1, vs2 = init_st
+    nrhs = 1 if solve else 0
+    for c in prange(W_all.shape[0]):
+        first = c * L
+        real = min(L, nsys - first)
+        W = W_all[c]
+        Y = np.zeros(M * L if solve else 0, dtype=W_all.dtype)
+        hp = np.empty(2 * O, dtype=W_all.dtype)
+        row = np.empty((E, n), dtype=W_all.dtype)
+        blk = np.empty(n * (bw + 1), dtype=W_all.dtype)
+        linfo = np.zeros(L, dtype=np.int32)
+        recip = np.empty(L, dtype=W_all.dtype)
+        done = 0
+        for t0 in range(0, T, STEP_BLOCK):
+            t1 = min(T, t0 + STEP_BLOCK)
+            for l in range(L):
+                i = first + l
+                if l < real:
+                    lhs_steps(
+                        coef, coef_off[i], cs0, cs1, cs2, cs3, steps_buf, steps_off[i],
+                        steps_st, W, l, R, L, bw, diag[i], t0, t1, T, E, D, O, S, I,
+                        weq2, wiv2, ws2, central, p0, p1, q, hp, row, blk,
+                    )  # fmt: skip
+                    if solve:
+                        rhs_steps(
+                            coef, coef_off[i], cs0, cs1, cs2, cs3, rhs, rhs_off[i], rs0, rs1,
+                            init, init_off[i], vs0, vs1, vs2, Y, l, L, t0, t1,
+                            E, D, O, S, I, weq2, wiv2,
+                        )  # fmt: skip
+                else:  # identity (Y is already zero)
+                    for j in range(t0 * n, t1 * n):
+                        for r in range(bw + 1):
+                            W[j * R + r * L + l] = 1.0 if r == 0 else 0.0
+            ready = M if t1 == T else max(done, t1 * n - bw)
+            factor(W, Y, M, bw, nrhs, linfo, recip, lanes, done, ready)
+            done = ready
+        if solve:
+            backward(W, Y, M, bw, 1, lanes)
+        for l in range(real):
+            info[first + l] = linfo[l]
+            if solve:
+                value = np.nan if linfo[l] != 0 else 0.0
+                for j in range(M):
+                    x_out[first + l, j] = Y[j * L + l] + value
+
+
+@njit(parallel=True, cache=True)
+def solve_lanes(W_all, b, bw, lanes):
+    """Solve in place for ``b`` (systems, M), system ``i`` with the factor in
+    lane ``i % L`` of chunk ``i // L`` of ``W_all``."""
+    L = len(lanes)
+    nsys, M = b.shape
+    for c in prange(W_all.shape[0]):
+        first = c * L
+        real = min(L, nsys - first)
+        W = W_all[c]
+        Y = np.zeros(M * L, dtype=W_all.dtype)
+        recip = np.empty(L, dtype=W_all.dtype)
+        for l in range(real):
+            for j in range(M):
+                Y[j * L + l] = b[first + l, j]
+        forward(W, Y, M, bw, 1, recip, lanes, 0, M)
+        backward(W, Y, M, bw, 1, lanes)
+        for l in range(real):
+            for j in range(M):
+                b[first + l, j] = Y[j * L + l]
