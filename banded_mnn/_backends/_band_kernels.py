@@ -77,6 +77,12 @@ lane_fnmadd = _lane_update(
         d, builder.fmul(x, y, flags=("contract",)), flags=("contract",)
     )
 )
+#: dst += a * b (one fused multiply-add where the CPU has FMA).
+lane_fmadd = _lane_update(
+    lambda builder, d, x, y: builder.fadd(
+        d, builder.fmul(x, y, flags=("contract",)), flags=("contract",)
+    )
+)
 #: dst = a * b.
 lane_mul = _lane_update(lambda builder, d, x, y: builder.fmul(x, y))
 #: dst = a / b.

@@ -28,19 +28,20 @@ def factor_lanes(
     coef, coef_off, coef_st, steps_buf, steps_off, steps_st,
     rhs, rhs_off, rhs_st, init, init_off, init_st,
     W_all, x_out, diag, info, bw, solve,
-    T, E, D, O, S, I, weq2, wiv2, ws2, central, p0, p1, q, lanes,
+    T, E, D, O, S, I, weq2, wiv2, ws2, central, tab0, tab1, tabq, lanes,
 ):  # fmt: skip
     """Assemble and factor every system; with ``solve``, also assemble the
     right-hand side ``A^T W b`` and write the solution to ``x_out`` (systems, M).
 
     ``diag`` (systems, M) receives the diagonal of each normal matrix and
     ``info`` the per-system status; failed systems' solutions are NaN.
+    ``tab*``: see :func:`._kernels.lhs_steps`.
     """
     L = len(lanes)
     nsys = coef_off.shape[0]
     n = D * O
     M = T * n
-    R = (bw + 1) * L
+    w = bw + 1
     cs0, cs1, cs2, cs3 = coef_st
     rs0, rs1 = rhs_st
     vs0, vs1, vs2 = init_st
@@ -50,32 +51,26 @@ def factor_lanes(
         real = min(L, nsys - first)
         W = W_all[c]
         Y = np.zeros(M * L if solve else 0, dtype=W_all.dtype)
-        hp = np.empty(2 * O, dtype=W_all.dtype)
-        row = np.empty((E, n), dtype=W_all.dtype)
-        blk = np.empty(n * (bw + 1), dtype=W_all.dtype)
+        scratch = np.empty((E * n + 2 * O + 2) * L, dtype=W_all.dtype)
         linfo = np.zeros(L, dtype=np.int32)
         recip = np.empty(L, dtype=W_all.dtype)
         done = 0
         for t0 in range(0, T, STEP_BLOCK):
             t1 = min(T, t0 + STEP_BLOCK)
-            for l in range(L):
-                i = first + l
-                if l < real:
-                    lhs_steps(
-                        coef, coef_off[i], cs0, cs1, cs2, cs3, steps_buf, steps_off[i],
-                        steps_st, W, l, R, L, bw, diag[i], t0, t1, T, E, D, O, S, I,
-                        weq2, wiv2, ws2, central, p0, p1, q, hp, row, blk,
-                    )  # fmt: skip
-                    if solve:
-                        rhs_steps(
-                            coef, coef_off[i], cs0, cs1, cs2, cs3, rhs, rhs_off[i], rs0, rs1,
-                            init, init_off[i], vs0, vs1, vs2, Y, l, L, t0, t1,
-                            E, D, O, S, I, weq2, wiv2,
-                        )  # fmt: skip
-                else:  # identity (Y is already zero)
-                    for j in range(t0 * n, t1 * n):
-                        for r in range(bw + 1):
-                            W[j * R + r * L + l] = 1.0 if r == 0 else 0.0
+            lhs_steps(
+                coef, coef_off, cs0, cs1, cs2, cs3, steps_buf, steps_off, steps_st,
+                W, first, real, bw, t0, t1, T, E, D, O, S, I, weq2, wiv2, ws2, central,
+                tab0, tab1, tabq, scratch, lanes,
+            )  # fmt: skip
+            for l in range(real):
+                for j in range(t0 * n, t1 * n):
+                    diag[first + l, j] = W[j * w * L + l]
+            if solve:
+                rhs_steps(
+                    coef, coef_off, cs0, cs1, cs2, cs3, rhs, rhs_off, rs0, rs1,
+                    init, init_off, vs0, vs1, vs2, Y, first, real, t0, t1,
+                    E, D, O, S, I, weq2, wiv2, scratch, lanes,
+                )  # fmt: skip
             ready = M if t1 == T else max(done, t1 * n - bw)
             factor(W, Y, M, bw, nrhs, linfo, recip, lanes, done, ready)
             done = ready

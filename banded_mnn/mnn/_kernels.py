@@ -28,6 +28,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .._backends._band_kernels import lane_fmadd, lane_mul
+
 #: Steps handled by one parallel job.
 STEP_CHUNK = 256
 
@@ -81,6 +83,16 @@ def _power_derivatives(h, out, count):
 
 
 @njit(cache=True, nogil=True)
+def _scaled_table(h, ws2, table, hp, out):
+    """out[o1*O + o2] = ws2 * h**(o1+o2) * table[o1, o2] (hp is scratch)."""
+    O = table.shape[0]
+    _powers(h, hp, 2 * O - 1)
+    for o1 in range(O):
+        for o2 in range(O):
+            out[o1 * O + o2] = ws2 * hp[o1 + o2] * table[o1, o2]
+
+
+@njit(cache=True, nogil=True)
 def _central_powers(steps_buf, steps_off, steps_st, s, n_orders):
     """(H^(O-3), H^(O-2)) for the central row centred on step s+1, H = h_s + h_(s+1)."""
     span = steps_buf[steps_off + s * steps_st] + steps_buf[steps_off + (s + 1) * steps_st]
@@ -88,120 +100,166 @@ def _central_powers(steps_buf, steps_off, steps_st, s, n_orders):
 
 
 @njit(cache=True, nogil=True)
+def _load_lanes(buf, offs, first, real, base, dst, di, lanes):
+    """dst[di + l] = buf[offs[first + l] + base] for the real lanes (lane 0's
+    value for the padding lanes, which only need finite numbers)."""
+    for l in range(len(lanes)):
+        dst[di + l] = buf[offs[first + (l if l < real else 0)] + base]
+
+
+@njit(cache=True, nogil=True)
 def lhs_steps(
-    coef, coef_off, cs0, cs1, cs2, cs3,
-    steps_buf, steps_off, steps_st,
-    out, base, sj, sr, bw, diag,
-    t0, t1, T, E, D, O, S, I, weq2, wiv2, ws2, central, p0, p1, q, hp, row, blk,
+    coef, coef_off, cs0, cs1, cs2, cs3, steps_buf, steps_off, steps_st,
+    W, first, real, bw, t0, t1, T, E, D, O, S, I, weq2, wiv2, ws2, central,
+    tab0, tab1, tabq, scratch, lanes,
 ):  # fmt: skip
-    """Write band columns ``j = t*n .. t*n+n-1``, ``t0 <= t < t1``, of one
-    system's normal matrix:
-    ``A[j + r, j]`` (0 <= r <= bw, zero where no row contributes or past the
-    matrix) goes to ``out[base + j*sj + r*sr]``, and ``A[j, j]`` to
-    ``diag[j]``.  The layout parameters cover LAPACK's lower band form and
-    the lane-interleaved workspace of the band kernels alike.  Scratch:
-    ``hp`` (2*O), ``row`` (E, n) and ``blk`` (n*(bw+1)), where the columns
-    are accumulated before one store each."""
+    """Band columns ``j = t*n .. t*n+n-1`` (``t0 <= t < t1``) of the normal
+    matrices of ``L`` systems (``first .. first+real-1``; the others get the
+    identity), written to the lane-interleaved workspace of the band kernels:
+    ``W[(j*(bw+1) + r)*L + l] = A_l[j + r, j]``, zero where no row
+    contributes or past the matrix.  Every entry is accumulated with L-wide
+    vector operations, lanes innermost.
+
+    ``tab0``, ``tab1``, ``tabq`` are ``ws^2`` times the smoothness tables,
+    each entry repeated over the lanes ((O*O*L), see
+    :func:`smoothness_tables`); ``scratch`` holds at least
+    ``(E*n + 3*O + 2)*L`` elements.
+    """
+    L = len(lanes)
+    n = D * O
+    w = bw + 1
+    row = 0  # coefficients c[t, e, :] of every lane: (E*n, L)
+    hp = E * n * L  # powers h^m, m < 2*O - 1: (2*O - 1, L)
+    sm = hp + (2 * O - 1) * L  # one smoothness value: (L,)
+    weq = sm + L  # w_eq^2 repeated: (L,)
+    for l in range(L):
+        scratch[weq + l] = weq2
     for t in range(t0, t1):
-        n = D * O
         col0 = t * n
-        w = bw + 1
-        for k in range(n * w):
-            blk[k] = 0.0
-        # Equation rows: block [t, t] += w^2 * sum_e c[t, e]^T c[t, e], from a
-        # contiguous copy of c[t] (strided index arithmetic would dominate).
+        for k in range(col0 * w * L, (col0 + n) * w * L):
+            W[k] = 0.0
+        # Equation rows: block [t, t] += w_eq^2 sum_e c[t, e]^T c[t, e].
         for e in range(E):
-            cbase = coef_off + t * cs0 + e * cs1
             for d in range(D):
                 for o in range(O):
-                    row[e, d * O + o] = coef[cbase + d * cs2 + o * cs3]
-        for jq in range(n):
-            for jp in range(jq, n):
-                acc = 0.0
-                for e in range(E):
-                    acc += row[e, jp] * row[e, jq]
-                blk[jq * w + jp - jq] = weq2 * acc
+                    _load_lanes(
+                        coef, coef_off, first, real, t * cs0 + e * cs1 + d * cs2 + o * cs3,
+                        scratch, row + (e * n + d * O + o) * L, lanes,
+                    )  # fmt: skip
+        for e in range(E):
+            for jq in range(n):
+                lane_mul(scratch, sm, scratch, weq, scratch, row + (e * n + jq) * L, lanes)
+                for jp in range(jq, n):
+                    lane_fmadd(
+                        W, ((col0 + jq) * w + jp - jq) * L,
+                        scratch, sm, scratch, row + (e * n + jp) * L, lanes,
+                    )  # fmt: skip
         # Initial-value rows: identity on the pinned unknowns.
         if t < S:
             for d in range(D):
                 for o in range(I):
-                    blk[(d * O + o) * w] += wiv2
-        # Smoothness rows of the pair (t-1, t): its [t+1, t+1] part lands on [t, t].
-        if t >= 1:
-            _powers(steps_buf[steps_off + (t - 1) * steps_st], hp, 2 * O - 1)
+                    for l in range(L):
+                        W[(col0 + d * O + o) * w * L + l] += wiv2
+        # Smoothness rows: entries ws^2 h^(o1+o2) table[o1, o2], the same for
+        # every dimension d.  Pair (t-1, t) contributes tab1 to block [t, t];
+        # pair (t, t+1) contributes tab0 to [t, t] and tabq to [t+1, t].
+        for pair in range(2):
+            s = t - 1 + pair
+            if s < 0 or s + 1 >= T:
+                continue
+            for l in range(L):
+                scratch[hp + l] = 1.0
+            _load_lanes(steps_buf, steps_off, first, real, s * steps_st, scratch, sm, lanes)
+            for m in range(1, 2 * O - 1):
+                lane_mul(scratch, hp + m * L, scratch, hp + (m - 1) * L, scratch, sm, lanes)
             for d in range(D):
                 for o2 in range(O):
-                    j = (d * O + o2) * w
+                    j = (col0 + d * O + o2) * w - o2
                     for o1 in range(o2, O):
-                        blk[j + o1 - o2] += ws2 * hp[o1 + o2] * p1[o1, o2]
-        # ... and of the pair (t, t+1): blocks [t, t] and [t+1, t].
-        if t + 1 < T:
-            _powers(steps_buf[steps_off + t * steps_st], hp, 2 * O - 1)
-            for d in range(D):
-                for o2 in range(O):
-                    j = (d * O + o2) * w
-                    for o1 in range(o2, O):
-                        blk[j + o1 - o2] += ws2 * hp[o1 + o2] * p0[o1, o2]
-                    for o1 in range(O):
-                        blk[j + n + o1 - o2] = ws2 * hp[o1 + o2] * q[o1, o2]
+                        tab = tab1 if pair == 0 else tab0
+                        lane_fmadd(
+                            W, (j + o1) * L, tab, (o1 * O + o2) * L,
+                            scratch, hp + (o1 + o2) * L, lanes,
+                        )  # fmt: skip
+                    if pair == 1:
+                        for o1 in range(O):
+                            lane_fmadd(
+                                W, (j + n + o1) * L, tabq, (o1 * O + o2) * L,
+                                scratch, hp + (o1 + o2) * L, lanes,
+                            )  # fmt: skip
         if central:
-            # Row a*u[s, O-2] + b*u[s+1, O-1] - a*u[s+2, O-2] = 0 for s = t-2, t-1, t,
-            # a = H^(O-3), b = H^(O-2); its entries in columns of step t.
-            for d in range(D):
-                lo = (d * O + O - 2) * w
-                hi = (d * O + O - 1) * w
-                if t + 2 < T:  # s = t: u[t] is the first unknown
-                    a, b = _central_powers(steps_buf, steps_off, steps_st, t, O)
-                    blk[lo] += ws2 * a * a
-                    blk[lo + n + 1] += ws2 * a * b  # A[(t+1, O-1), (t, O-2)]
-                    blk[lo + 2 * n] -= ws2 * a * a  # A[(t+2, O-2), (t, O-2)]
-                if t >= 1 and t + 1 < T:  # s = t-1: u[t] is the middle unknown
-                    a, b = _central_powers(steps_buf, steps_off, steps_st, t - 1, O)
-                    blk[hi] += ws2 * b * b
-                    blk[hi + n - 1] -= ws2 * a * b  # A[(t+1, O-2), (t, O-1)]
-                if t >= 2:  # s = t-2: u[t] is the last unknown
-                    a, b = _central_powers(steps_buf, steps_off, steps_st, t - 2, O)
-                    blk[lo] += ws2 * a * a
-        # Cells past the end of the matrix stay zero (LAPACK never reads them).
-        for k in range(n):
-            diag[col0 + k] = blk[k * w]
-            j = base + (col0 + k) * sj
-            for r in range(w):
-                out[j + r * sr] = blk[k * w + r]
+            for l in range(real):
+                off = steps_off[first + l]
+                for d in range(D):
+                    lo = ((col0 + d * O + O - 2) * w) * L + l
+                    hi = ((col0 + d * O + O - 1) * w) * L + l
+                    # Row a*u[s, O-2] + b*u[s+1, O-1] - a*u[s+2, O-2] = 0, a = H^(O-3),
+                    # b = H^(O-2), H = h_s + h_(s+1), for s = t, t-1, t-2.
+                    if t + 2 < T:  # u[t] is the first unknown
+                        a, b = _central_powers(steps_buf, off, steps_st, t, O)
+                        W[lo] += ws2 * a * a
+                        W[lo + (n + 1) * L] += ws2 * a * b  # A[(t+1, O-1), (t, O-2)]
+                        W[lo + 2 * n * L] -= ws2 * a * a  # A[(t+2, O-2), (t, O-2)]
+                    if t >= 1 and t + 1 < T:  # the middle unknown
+                        a, b = _central_powers(steps_buf, off, steps_st, t - 1, O)
+                        W[hi] += ws2 * b * b
+                        W[hi + (n - 1) * L] -= ws2 * a * b  # A[(t+1, O-2), (t, O-1)]
+                    if t >= 2:  # the last unknown
+                        a, b = _central_powers(steps_buf, off, steps_st, t - 2, O)
+                        W[lo] += ws2 * a * a
+        for l in range(real, L):  # padding lanes: the identity
+            for j in range(col0, col0 + n):
+                for r in range(w):
+                    W[(j * w + r) * L + l] = 1.0 if r == 0 else 0.0
 
 
 @njit(cache=True, nogil=True)
 def rhs_steps(
     coef, coef_off, cs0, cs1, cs2, cs3, rhs, rhs_off, rs0, rs1, init, init_off, vs0, vs1, vs2,
-    out, base, stride, t0, t1, E, D, O, S, I, weq2, wiv2,
+    Y, first, real, t0, t1, E, D, O, S, I, weq2, wiv2, scratch, lanes,
 ):  # fmt: skip
-    """Entries ``t*n .. t*n+n-1``, ``t0 <= t < t1``, of the right-hand side ``A^T W b`` of one
-    system (``w_eq^2 sum_e c[t, e, d, o] r[t, e]``, plus ``w_iv^2 v[t, d, o]``
-    where pinned), written to ``out[base + index*stride]``."""
+    """Entries ``t*n .. t*n+n-1`` (``t0 <= t < t1``) of the right-hand sides
+    ``A^T W b`` of ``L`` systems -- ``w_eq^2 sum_e c[t, e, d, o] r[t, e]``,
+    plus ``w_iv^2 v[t, d, o]`` where pinned -- into ``Y[j*L + l]`` (zero for
+    the padding lanes).  ``scratch`` holds at least ``2*L`` elements."""
+    L = len(lanes)
+    n = D * O
+    coef_l = 0
+    factor_l = L
     for t in range(t0, t1):
-        for d in range(D):
-            for o in range(O):
-                acc = 0.0
-                for e in range(E):
-                    acc += (
-                        coef[coef_off + t * cs0 + e * cs1 + d * cs2 + o * cs3]
-                        * rhs[rhs_off + t * rs0 + e * rs1]
-                    )
-                value = weq2 * acc
-                if t < S and o < I:
-                    value += wiv2 * init[init_off + t * vs0 + d * vs1 + o * vs2]
-                out[base + (t * D * O + d * O + o) * stride] = value
+        for j in range(t * n * L, (t + 1) * n * L):
+            Y[j] = 0.0
+        for e in range(E):
+            _load_lanes(rhs, rhs_off, first, real, t * rs0 + e * rs1, scratch, factor_l, lanes)
+            for l in range(L):
+                scratch[factor_l + l] *= weq2
+            for d in range(D):
+                for o in range(O):
+                    _load_lanes(
+                        coef, coef_off, first, real, t * cs0 + e * cs1 + d * cs2 + o * cs3,
+                        scratch, coef_l, lanes,
+                    )  # fmt: skip
+                    lane_fmadd(Y, (t * n + d * O + o) * L, scratch, coef_l, scratch, factor_l,
+                               lanes)  # fmt: skip
+        if t < S:
+            for l in range(real):
+                base = init_off[first + l] + t * vs0
+                for d in range(D):
+                    for o in range(I):
+                        Y[(t * n + d * O + o) * L + l] += wiv2 * init[base + d * vs1 + o * vs2]
+        for l in range(real, L):
+            for j in range(t * n, (t + 1) * n):
+                Y[j * L + l] = 0.0
 
 
 @njit(parallel=True, cache=True)
 def assemble_rhs(
     coef, coef_off, coef_st, rhs, rhs_off, rhs_st, init, init_off, init_st,
-    beta, T, E, D, O, S, I, weq2, wiv2,
+    beta, T, E, D, O, S, I, weq2, wiv2, one_lane,
 ):  # fmt: skip
-    """Right-hand sides ``beta`` (systems, M) of the normal equations."""
+    """Right-hand sides ``beta`` (systems, M) of the normal equations
+    (``one_lane``: the marker of the 1-lane specialisation)."""
     nsys = beta.shape[0]
-    M = beta.shape[1]
-    flat = beta.reshape(-1)
     chunks = (T + STEP_CHUNK - 1) // STEP_CHUNK
     cs0, cs1, cs2, cs3 = coef_st
     rs0, rs1 = rhs_st
@@ -209,9 +267,11 @@ def assemble_rhs(
     for job in prange(nsys * chunks):
         i = job // chunks
         t0 = (job - i * chunks) * STEP_CHUNK
+        scratch = np.empty(2, dtype=beta.dtype)
         rhs_steps(
-            coef, coef_off[i], cs0, cs1, cs2, cs3, rhs, rhs_off[i], rs0, rs1, init, init_off[i],
-            vs0, vs1, vs2, flat, i * M, 1, t0, min(T, t0 + STEP_CHUNK), E, D, O, S, I, weq2, wiv2,
+            coef, coef_off, cs0, cs1, cs2, cs3, rhs, rhs_off, rs0, rs1, init, init_off,
+            vs0, vs1, vs2, beta[i], i, 1, t0, min(T, t0 + STEP_CHUNK), E, D, O, S, I,
+            weq2, wiv2, scratch, one_lane,
         )  # fmt: skip
 
 

@@ -348,7 +348,7 @@ def _assemble_rhs(inputs: _Inputs) -> np.ndarray:
             beta.reshape(-1, spec.n_unknowns),
             spec.n_steps, spec.n_equations, spec.n_dims, spec.n_orders,
             spec.n_init_var_steps, spec.n_init_var_orders,
-            spec.weight_equation**2, spec.weight_init_var**2,
+            spec.weight_equation**2, spec.weight_init_var**2, _lane_marker(1),
         )  # fmt: skip
     return beta
 
@@ -554,6 +554,7 @@ class OdeSystem:
         info = np.zeros(nsys, dtype=np.int32)
         x = _empty((nsys, m) if solve else (0, 0), dtype=dtype)
         if nsys:
+            tables = _tables(spec.n_orders, spec.enable_central_smoothness, dtype)
             diagonal = np.empty((nsys, m), dtype=dtype)
             batch = lhs_batch
             c = _flat(inputs.arrays["coefficients"], batch, 4, dtype)
@@ -567,7 +568,7 @@ class OdeSystem:
                 spec.n_init_var_steps, spec.n_init_var_orders,
                 spec.weight_equation**2, spec.weight_init_var**2, spec.weight_smooth**2,
                 spec.enable_central_smoothness,
-                *_tables(spec.n_orders, spec.enable_central_smoothness, dtype),
+                *(np.repeat(spec.weight_smooth**2 * t.reshape(-1), lanes) for t in tables),
                 _lane_marker(lanes),
             )  # fmt: skip
             per_lane = workspace.reshape(chunks, m, bw + 1, lanes)
