@@ -748,9 +748,10 @@ class OdeSystem:
             ) from None
         nsys = math.prod(batch)
         grads_full = {
-            "rhs_equation": np.zeros(batch + (T, E), dtype=dtype),
-            "coefficients": np.zeros(batch + (T, E, D, O) if lhs else (0,), dtype=dtype),
-            "steps": np.zeros(batch + (T - 1,) if lhs else (0,), dtype=dtype),
+            # Written in full by the kernel.
+            "rhs_equation": _empty(batch + (T, E), dtype=dtype),
+            "coefficients": _empty(batch + (T, E, D, O) if lhs else (0,), dtype=dtype),
+            "steps": _empty(batch + (T - 1,) if lhs else (0,), dtype=dtype),
         }
         if lam.size:
             lam = self._solve_batch(lam.reshape(batch + (spec.n_unknowns, 1)))
