@@ -1,4 +1,4 @@
-"""The ``banded-mnn`` command: ``info`` and ``demo``."""
+"""The ``banded-mnn`` command: ``info``, ``demo``, ``bench`` and ``bench-mnn``."""
 
 from __future__ import annotations
 
@@ -208,6 +208,76 @@ def bench(
     return rows
 
 
+def bench_mnn(
+    repeat: int = 7, dense: bool = True, out: Callable[[str], None] = print
+) -> list[dict]:
+    """Time ``ode_forward`` (forward, and forward + VJP) against S-MNN's
+    per-step algorithm in batched NumPy and a dense solve, side by side.
+
+    Same timing discipline as :func:`bench`.  The dense solve is skipped
+    where its matrices would not fit in memory.  Prints a markdown table and
+    returns its rows (seconds).
+    """
+    from .mnn import ode_forward
+    from .mnn.baselines import (
+        BENCH_CASES,
+        bench_inputs,
+        blockwise_forward,
+        blockwise_vjp,
+        dense_forward,
+    )
+
+    rows = []
+    out(
+        "| case | ode_forward [ms] | per-step blocks [ms] | speed-up | dense [ms] | speed-up "
+        "| fwd+VJP [ms] | per-step fwd+VJP [ms] | speed-up |"
+    )
+    out("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, (batch, steps, equations, dims, orders, shared) in BENCH_CASES.items():
+        rng = np.random.default_rng(0)
+        c, r, v, h = bench_inputs(batch, steps, equations, dims, orders, shared, rng)
+        # The baselines take full-length arrays (no broadcasting along steps).
+        c_full = np.broadcast_to(c, c.shape[:1] + (steps,) + c.shape[2:])
+        grad = rng.standard_normal((batch, steps, dims, orders))
+
+        def ours_vjp(c=c, r=r, v=v, h=h, grad=grad):
+            u, system = ode_forward(c, r, v, h, return_system=True)
+            return system.vjp(grad, u, c, r, v, h)
+
+        def blockwise_vjp_call(c=c_full, r=r, v=v, h=h, grad=grad):
+            u, fac = blockwise_forward(c, r, v, h)
+            return blockwise_vjp(fac, u, grad, c, r)
+
+        n = steps * dims * orders
+        dense_bytes = 8 * n * n * batch  # one dense matrix per instance, as MNN solves it
+        timed = {
+            "ours": lambda c=c, r=r, v=v, h=h: ode_forward(c, r, v, h),
+            "blockwise": lambda c=c_full, r=r, v=v, h=h: blockwise_forward(c, r, v, h),
+            "ours_vjp": ours_vjp,
+            "blockwise_vjp": blockwise_vjp_call,
+        }
+        if dense and dense_bytes < 4e9:
+            timed["dense"] = lambda c=c_full, r=r, v=v, h=h: dense_forward(c, r, v, h)
+        times = {}
+        for key, function in timed.items():
+            function()
+            times[key] = _median_time(function, repeat)
+        d = times.get("dense")
+        dense_cells = (
+            f"{d * 1e3:.1f} | {d / times['ours']:.0f}x"
+            if d is not None
+            else f"not run ({dense_bytes / 1e9:.0f} GB) | -"
+        )
+        out(
+            f"| {name} | {times['ours'] * 1e3:.2f} | {times['blockwise'] * 1e3:.1f} "
+            f"| {times['blockwise'] / times['ours']:.1f}x | {dense_cells} "
+            f"| {times['ours_vjp'] * 1e3:.2f} | {times['blockwise_vjp'] * 1e3:.1f} "
+            f"| {times['blockwise_vjp'] / times['ours_vjp']:.1f}x |"
+        )
+        rows.append({"case": name, **times})
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``banded-mnn`` command."""
     parser = argparse.ArgumentParser(
@@ -228,7 +298,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     bench_parser.add_argument("--dtype", choices=("float32", "float64"), default="float64")
     bench_parser.add_argument("--repeat", type=int, default=7, help="timed repetitions")
+    mnn_parser = commands.add_parser(
+        "bench-mnn", help="time ode_forward against S-MNN's per-step algorithm and a dense solve"
+    )
+    mnn_parser.add_argument("--repeat", type=int, default=7, help="timed repetitions")
     args = parser.parse_args(argv)
+    if args.command == "bench-mnn":
+        bench_mnn(repeat=args.repeat)
+        return 0
     if args.command == "info":
         info()
         return 0

@@ -815,8 +815,9 @@ def ode_forward(
     prefer_cuda_graph: bool = True,
     frozen_lhs_cache_version: int = 0,
     *,
+    return_system: bool = False,
     backend: str | None = None,
-) -> np.ndarray:
+) -> np.ndarray | tuple[np.ndarray, OdeSystem]:
     """Solve the MNN least-squares problem: S-MNN's ``ode_forward`` on NumPy arrays.
 
     For every step ``t``, the ODE ``sum_{d,o} c[t,e,d,o] u[t,d,o] = r[t,e]``
@@ -852,6 +853,9 @@ def ode_forward(
         and caches it; later calls with the same version reuse the factor and
         ignore ``steps`` (and the coefficients' contribution to the normal
         matrix), as in S-MNN.  :func:`clear_frozen_lhs_cache` empties the cache.
+    return_system : bool
+        Also return the factored :class:`OdeSystem` (for :meth:`OdeSystem.vjp`,
+        or to solve more right-hand sides).  It comes from the same pass.
     backend : str, optional
         Core backend (default ``"numba"``).
 
@@ -859,6 +863,8 @@ def ode_forward(
     -------
     u : numpy.ndarray, shape (..., n_steps, n_dims, n_orders)
         float32 if every input fits in float32, else float64.
+    system : OdeSystem
+        Only with ``return_system``.
 
     Raises
     ------
@@ -901,7 +907,8 @@ def ode_forward(
         system, x = OdeSystem._factor(inputs, is_step_dim_first, True, backend, solve=True)
         if version:
             _FROZEN[version] = system
-        return _solution(x, inputs, is_step_dim_first)
+        u = _solution(x, inputs, is_step_dim_first)
+        return (u, system) if return_system else u
     if system is None:
         system, _ = OdeSystem._factor(inputs, is_step_dim_first, True, backend)
         if version:
@@ -909,7 +916,8 @@ def ode_forward(
     else:
         system = _frozen_compatible(system, inputs, version, is_step_dim_first)
         inputs.batch = np.broadcast_shapes(inputs.batch, system.lhs_batch_shape)
-    return system._solve_inputs(inputs)
+    u = system._solve_inputs(inputs)
+    return (u, system) if return_system else u
 
 
 def _frozen_compatible(

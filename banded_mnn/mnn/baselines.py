@@ -182,3 +182,28 @@ def dense_forward(coefficients, rhs_equation, init_vars, steps, weights=(1.0, 1.
     x = np.linalg.solve(dense.reshape(B, T * n, T * n), beta.reshape(-1, T * n, 1))
     D, O = coefficients.shape[-2:]
     return x.reshape(x.shape[0], T, D, O)
+
+
+#: Benchmark sizes, name -> (B, T, E, D, O, shared left-hand side): a long
+#: multi-dimensional batch, and Lorenz discovery (1536 one-dimensional ODEs
+#: u' = rhs with one shared left-hand side, as in S-MNN's notebook).
+BENCH_CASES = {
+    "B=16 T=2048 D=3 O=3 E=3": (16, 2048, 3, 3, 3, False),
+    "Lorenz: B=1536 T=50 D=1 O=3, shared LHS": (1536, 50, 1, 1, 3, True),
+}
+
+
+def bench_inputs(batch, steps, equations, dims, orders, shared, rng):
+    """Inputs of one benchmark case, float64: ``(coefficients, rhs_equation,
+    init_vars, steps)`` in the canonical layout.  With ``shared`` the
+    coefficients are (0, 1, 0, ...) (u' = rhs) and, with the steps, have batch 1."""
+    if shared:
+        coefficients = np.zeros((1, 1, equations, dims, orders))
+        coefficients[..., 1] = 1.0
+        h = np.full((1, steps - 1), 0.01)
+    else:
+        coefficients = rng.standard_normal((batch, steps, equations, dims, orders))
+        h = rng.uniform(0.01, 0.05, (batch, steps - 1))
+    rhs = rng.standard_normal((batch, steps, equations))
+    init = rng.standard_normal((batch, 1, dims, 1))
+    return coefficients, rhs, init, h
