@@ -209,14 +209,18 @@ def bench(
 
 
 def bench_mnn(
-    repeat: int = 7, dense: bool = True, out: Callable[[str], None] = print
+    cases: dict | None = None,
+    repeat: int = 7,
+    dense: bool = True,
+    out: Callable[[str], None] = print,
 ) -> list[dict]:
     """Time ``ode_forward`` (forward, and forward + VJP) against S-MNN's
     per-step algorithm in batched NumPy and a dense solve, side by side.
 
     Same timing discipline as :func:`bench`.  The dense solve is skipped
     where its matrices would not fit in memory.  Prints a markdown table and
-    returns its rows (seconds).
+    returns its rows (seconds).  ``cases`` maps a name to ``(B, T, E, D, O,
+    shared left-hand side)`` (default: the sizes ``docs/performance.md`` reports).
     """
     from .mnn import ode_forward
     from .mnn.baselines import (
@@ -233,7 +237,7 @@ def bench_mnn(
         "| fwd+VJP [ms] | per-step fwd+VJP [ms] | speed-up |"
     )
     out("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, (batch, steps, equations, dims, orders, shared) in BENCH_CASES.items():
+    for name, (batch, steps, equations, dims, orders, shared) in (cases or BENCH_CASES).items():
         rng = np.random.default_rng(0)
         c, r, v, h = bench_inputs(batch, steps, equations, dims, orders, shared, rng)
         # The baselines take full-length arrays (no broadcasting along steps).

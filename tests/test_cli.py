@@ -45,3 +45,12 @@ def test_bench_prints_a_table(capsys):
     assert out.count("| 8 | 40 | 3 |") == 3 and "speed-up" in out
     assert {r["routine"] for r in rows} == {"solveh_banded", "cholesky_banded", "cho_solve_banded"}
     assert all(r["time_banded_mnn"] > 0 and r["time_scipy"] > 0 for r in rows)
+
+
+def test_bench_mnn_prints_a_table(capsys):
+    cases = {"small": (3, 12, 2, 2, 3, False), "shared": (5, 10, 1, 1, 3, True)}
+    rows = _cli.bench_mnn(cases=cases, repeat=1)
+    out = capsys.readouterr().out
+    assert "| small |" in out and "| shared |" in out and "speed-up" in out
+    assert all(r["ours"] > 0 and r["blockwise"] > 0 and r["dense"] > 0 for r in rows)
+    assert all(r["ours_vjp"] > 0 and r["blockwise_vjp"] > 0 for r in rows)

@@ -27,15 +27,18 @@ STEP_BLOCK = 32
 def factor_lanes(
     coef, coef_off, coef_st, steps_buf, steps_off, steps_st,
     rhs, rhs_off, rhs_st, init, init_off, init_st,
-    W_all, x_out, diag, info, bw, solve,
+    W_all, x_out, info, bw, solve, singular_tol,
     T, E, D, O, S, I, weq2, wiv2, ws2, central, tab0, tab1, tabq, lanes,
 ):  # fmt: skip
     """Assemble and factor every system; with ``solve``, also assemble the
     right-hand side ``A^T W b`` and write the solution to ``x_out`` (systems, M).
 
-    ``diag`` (systems, M) receives the diagonal of each normal matrix and
-    ``info`` the per-system status; failed systems' solutions are NaN.
-    ``tab*``: see :func:`._kernels.lhs_steps`.
+    ``info`` receives the per-system status: LAPACK's (a pivot <= 0, or not
+    finite), or else the first ``j`` with ``L[j, j]^2 <= singular_tol *
+    A[j, j]`` -- a normal matrix singular to working precision, whose pivots
+    LAPACK's test misses because the last pivot of a null direction is
+    rounding noise of either sign (see ``docs/mnn.md``).  Failed systems'
+    factors and solutions are NaN.  ``tab*``: see :func:`._kernels.lhs_steps`.
     """
     L = len(lanes)
     nsys = coef_off.shape[0]
@@ -54,6 +57,7 @@ def factor_lanes(
         scratch = np.empty((E * n + 2 * O + 2) * L, dtype=W_all.dtype)
         linfo = np.zeros(L, dtype=np.int32)
         recip = np.empty(L, dtype=W_all.dtype)
+        diag = np.empty(M * L, dtype=W_all.dtype)  # A[j, j] of every lane
         done = 0
         for t0 in range(0, T, STEP_BLOCK):
             t1 = min(T, t0 + STEP_BLOCK)
@@ -62,9 +66,8 @@ def factor_lanes(
                 W, first, real, bw, t0, t1, T, E, D, O, S, I, weq2, wiv2, ws2, central,
                 tab0, tab1, tabq, scratch, lanes,
             )  # fmt: skip
-            for l in range(real):
-                for j in range(t0 * n, t1 * n):
-                    diag[first + l, j] = W[j * w * L + l]
+            for j in range(t0 * n * L, t1 * n * L):
+                diag[j] = W[(j // L) * w * L + j % L]
             if solve:
                 rhs_steps(
                     coef, coef_off, cs0, cs1, cs2, cs3, rhs, rhs_off, rs0, rs1,
@@ -73,13 +76,22 @@ def factor_lanes(
                 )  # fmt: skip
             ready = M if t1 == T else max(done, t1 * n - bw)
             factor(W, Y, M, bw, nrhs, linfo, recip, lanes, done, ready)
+            for j in range(done, ready):  # the singularity test, while in cache
+                for l in range(real):
+                    pivot = W[j * w * L + l]
+                    if linfo[l] == 0 and pivot * pivot <= singular_tol * diag[j * L + l]:
+                        linfo[l] = j + 1
             done = ready
         if solve:
             backward(W, Y, M, bw, 1, lanes)
         for l in range(real):
             info[first + l] = linfo[l]
+            failed = linfo[l] != 0
+            if failed:
+                for k in range(M * w):
+                    W[k * L + l] = np.nan
             if solve:
-                value = np.nan if linfo[l] != 0 else 0.0
+                value = np.nan if failed else 0.0
                 for j in range(M):
                     x_out[first + l, j] = Y[j * L + l] + value
 

@@ -265,30 +265,14 @@ def _sum_to(gradient: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return gradient.reshape(shape)
 
 
-def _flag_singular(
-    pivots: np.ndarray, diagonal: np.ndarray, info: np.ndarray, bw: int
-) -> np.ndarray:
-    """Mark systems whose normal matrix is singular to working precision.
-
-    ``pivots`` and ``diagonal`` (systems, M) hold ``L[j, j]`` and ``A[j, j]``.
-    LAPACK's test (a pivot <= 0) misses most singular normal matrices: the
-    last pivot of a null direction is rounding noise of either sign.  The
-    ratio ``L[j, j]**2 / A[j, j]`` is invariant to scaling the unknowns and is
-    ``1 / (A[j, j] * inv(A[:j+1, :j+1])[j, j])``; for an exactly singular
-    matrix it is a few units of rounding (measured 0.3-0.8 eps), for the
-    worst-conditioned well-posed MNN systems we tried it is > 1000 eps.  A
-    ratio <= (bw + 1) * eps (the rounding of one pivot's bw + 1 terms) sets
-    ``info`` to that unknown's 1-based index.  Returns the mask of newly
-    failed systems.
-    """
-    tol = (bw + 1) * np.finfo(pivots.dtype).eps
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        singular = pivots**2 <= tol * diagonal
-    singular &= (info == 0)[:, None]
-    failed = singular.any(axis=-1)
-    if failed.any():
-        info[failed] = np.argmax(singular[failed], axis=-1) + 1
-    return failed
+def _singular_tolerance(bw: int, dtype: np.dtype) -> float:
+    """Pivots with ``L[j, j]^2 <= tol * A[j, j]`` mark a normal matrix singular
+    to working precision.  The ratio is invariant to scaling the unknowns and
+    equals ``1 / (A[j, j] * inv(A[:j+1, :j+1])[j, j])``; for an exactly
+    singular matrix it is a few units of rounding (measured 0.3-0.8 eps), for
+    the worst-conditioned well-posed MNN systems we tried it is > 1000 eps.
+    ``(bw + 1) * eps`` is the rounding of one pivot's ``bw + 1`` terms."""
+    return float((bw + 1) * np.finfo(dtype).eps)
 
 
 def _run_core(
@@ -555,7 +539,6 @@ class OdeSystem:
         x = _empty((nsys, m) if solve else (0, 0), dtype=dtype)
         if nsys:
             tables = _tables(spec.n_orders, spec.enable_central_smoothness, dtype)
-            diagonal = np.empty((nsys, m), dtype=dtype)
             batch = lhs_batch
             c = _flat(inputs.arrays["coefficients"], batch, 4, dtype)
             h = _flat(inputs.arrays["steps"], batch, 1, dtype)
@@ -563,7 +546,7 @@ class OdeSystem:
             v = _flat(inputs.arrays.get("init_vars") if solve else None, batch, 3, dtype)
             factor_lanes(
                 c[0], c[1], c[2], h[0], h[1], h[2][0], r[0], r[1], r[2], v[0], v[1], v[2],
-                workspace, x, diagonal, info, bw, solve,
+                workspace, x, info, bw, solve, _singular_tolerance(bw, dtype),
                 spec.n_steps, spec.n_equations, spec.n_dims, spec.n_orders,
                 spec.n_init_var_steps, spec.n_init_var_orders,
                 spec.weight_equation**2, spec.weight_init_var**2, spec.weight_smooth**2,
@@ -571,13 +554,6 @@ class OdeSystem:
                 *(np.repeat(spec.weight_smooth**2 * t.reshape(-1), lanes) for t in tables),
                 _lane_marker(lanes),
             )  # fmt: skip
-            per_lane = workspace.reshape(chunks, m, bw + 1, lanes)
-            pivots = per_lane[:, :, 0, :].transpose(0, 2, 1).reshape(-1, m)[:nsys]
-            _flag_singular(pivots, diagonal, info, bw)
-            for i in np.flatnonzero(info):  # failed systems solve to NaN
-                per_lane[i // lanes, :, :, i % lanes] = np.nan
-                if solve:
-                    x[i] = np.nan
         info = info.reshape(lhs_batch)
         system = cls(workspace, info, spec, is_step_dim_first=is_step_dim_first, backend=backend)
         if check and info.any():
