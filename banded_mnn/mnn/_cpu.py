@@ -52,6 +52,8 @@ def factor_lanes(
     for c in prange(W_all.shape[0]):
         first = c * L
         real = min(L, nsys - first)
+        if real <= 0:  # room left for other lane counts (see _lane_slots)
+            continue
         W = W_all[c]
         Y = np.zeros(M * L if solve else 0, dtype=W_all.dtype)
         scratch = np.empty((E * n + 2 * O + 2) * L, dtype=W_all.dtype)
@@ -105,6 +107,8 @@ def solve_lanes(W_all, b, bw, lanes):
     for c in prange(W_all.shape[0]):
         first = c * L
         real = min(L, nsys - first)
+        if real <= 0:
+            continue
         W = W_all[c]
         Y = np.zeros(M * L, dtype=W_all.dtype)
         recip = np.empty(L, dtype=W_all.dtype)

@@ -304,6 +304,19 @@ def _run_core(
     return info.reshape(batch)
 
 
+def _lane_slots(nsys: int) -> int:
+    """Systems' room in the factor workspace: ``nsys`` rounded up to a
+    multiple of 8 (the widest lane count) from 8 systems on.  It does not
+    depend on the lane count chosen, so the factor's size is a function of the
+    problem's shape alone (what the adapters' shape functions need)."""
+    return nsys if nsys < 8 else -(-nsys // 8) * 8
+
+
+def factor_size(spec: OdeSpec, lhs_batch: tuple[int, ...]) -> int:
+    """Number of elements of :attr:`OdeSystem.workspace` for this problem."""
+    return _lane_slots(math.prod(lhs_batch)) * spec.n_unknowns * (spec.bandwidth + 1)
+
+
 def _choose_lanes(nsys: int) -> int:
     from .._backends._numba_cpu import choose_lanes
 
@@ -532,8 +545,11 @@ class OdeSystem:
         _backends.get(backend)  # validates the name; the layer runs on the CPU kernels
         spec, dtype, lhs_batch = inputs.spec, inputs.dtype, inputs.lhs_batch
         nsys, m, bw = math.prod(lhs_batch), spec.n_unknowns, spec.bandwidth
+        slots = _lane_slots(nsys)
         lanes = _choose_lanes(nsys)
-        chunks = -(-nsys // lanes)
+        while slots % lanes:
+            lanes //= 2
+        chunks = slots // lanes
         workspace = _empty((chunks, m * (bw + 1) * lanes), dtype=dtype)
         info = np.zeros(nsys, dtype=np.int32)
         x = _empty((nsys, m) if solve else (0, 0), dtype=dtype)

@@ -1,0 +1,156 @@
+"""Vector-Jacobian products of the banded routines, framework-agnostic (NumPy).
+
+The adapters (:mod:`banded_mnn.torch`, :mod:`banded_mnn.jax`) differentiate
+``cholesky_banded``, ``cho_solve_banded`` and ``solveh_banded`` with these.
+Gradients are with respect to the *stored* band entries: LAPACK reads one
+triangle, so ``ab[r, j]`` (lower form) stands for ``A[j + r, j]`` and, for
+``r > 0``, also for ``A[j, j + r]``.  Cells outside the matrix get zero.
+
+All functions take batched arrays with equal batch shapes (the adapters sum
+over broadcast axes themselves).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+
+def _band_index(u: int, lower: bool, r: int, m: int) -> tuple[slice, slice]:
+    """Where the ``r``-th sub-diagonal (``A[j + r, j]``, ``j < m - r``) is stored."""
+    return (slice(r, r + 1), slice(0, m - r)) if lower else (slice(u - r, u - r + 1), slice(r, m))
+
+
+def solve_gradient(lam: np.ndarray, x: np.ndarray, u: int, lower: bool) -> np.ndarray:
+    """``dL/d(ab)`` for ``x = A^{-1} b`` given ``lam = A^{-1} dL/dx``.
+
+    ``dL/dA = -lam x^T``; a stored off-diagonal entry stands for ``A[i, j]``
+    and ``A[j, i]``, so it gets ``-(lam_i x_j + lam_j x_i)``, a diagonal one
+    ``-lam_i x_i``.  ``lam`` and ``x`` are ``(..., M, K)``; the result is
+    ``(..., u + 1, M)``.
+    """
+    m = x.shape[-2]
+    g = np.zeros(x.shape[:-2] + (u + 1, m), dtype=x.dtype)
+    for r in range(min(u, m - 1) + 1):
+        v = np.einsum("...ik,...ik->...i", lam[..., r:, :], x[..., : m - r, :])
+        if r:
+            v = v + np.einsum("...ik,...ik->...i", lam[..., : m - r, :], x[..., r:, :])
+        rows, cols = _band_index(u, lower, r, m)
+        g[..., rows, cols] = -v[..., None, :]
+    return g
+
+
+def _lower_t_matvec(c: np.ndarray, v: np.ndarray, u: int, lower: bool) -> np.ndarray:
+    """``L^T v`` for the band factor ``c`` (``(..., u+1, M)``) and ``v`` (``(..., M, K)``)."""
+    m = v.shape[-2]
+    out = np.zeros(np.broadcast_shapes(c.shape[:-2], v.shape[:-2]) + v.shape[-2:], dtype=v.dtype)
+    for r in range(min(u, m - 1) + 1):
+        rows, cols = _band_index(u, lower, r, m)
+        band = c[..., rows, cols][..., 0, :, None]  # L[j + r, j], j < m - r
+        out[..., : m - r, :] += band * v[..., r:, :]
+    return out
+
+
+def cho_solve_gradient(c: np.ndarray, lam: np.ndarray, x: np.ndarray, lower: bool) -> np.ndarray:
+    """``dL/d(cb)`` for ``x = (L L^T)^{-1} b`` given ``lam = (L L^T)^{-1} dL/dx``.
+
+    ``dL/dL = -(lam x^T + x lam^T) L`` restricted to the band:
+    ``-(lam_i (L^T x)_j + x_i (L^T lam)_j)`` for the stored ``L[i, j]``
+    (upper form stores ``U = L^T``, the same numbers transposed).
+    """
+    u = c.shape[-2] - 1
+    m = x.shape[-2]
+    y = _lower_t_matvec(c, x, u, lower)
+    z = _lower_t_matvec(c, lam, u, lower)
+    g = np.zeros(x.shape[:-2] + (u + 1, m), dtype=x.dtype)
+    for r in range(min(u, m - 1) + 1):
+        v = np.einsum("...ik,...ik->...i", lam[..., r:, :], y[..., : m - r, :])
+        v = v + np.einsum("...ik,...ik->...i", x[..., r:, :], z[..., : m - r, :])
+        rows, cols = _band_index(u, lower, r, m)
+        g[..., rows, cols] = -v[..., None, :]
+    return g
+
+
+@functools.cache
+def _cholesky_reverse():
+    from numba import njit, prange
+
+    @njit(parallel=True, cache=True)
+    def reverse(c, g, u):
+        """In place: ``g`` holds dL/dL (lower band, ``L[j + r, j]`` at
+        ``[., r, j]``) and becomes dL/dA for the lower-triangle entries the
+        factorisation reads (LAPACK reads only the stored triangle).
+
+        The unblocked reverse-mode Cholesky (I. Murray, "Differentiation of
+        the Cholesky decomposition", 2016, level-2 algorithm), with every
+        range cut to the band: O(M u^2) per system.
+        """
+        nsys, _, m = c.shape
+        for s in prange(nsys):
+            L = c[s]
+            G = g[s]
+            for j in range(m - 1, -1, -1):
+                jmax = min(u, m - 1 - j)
+                d = L[0, j]
+                acc = 0.0
+                for r in range(1, jmax + 1):
+                    acc += L[r, j] * G[r, j]
+                G[0, j] -= acc / d
+                for r in range(jmax + 1):
+                    G[r, j] /= d
+                # Row j of the factor, L[j, k] for k in [j - u, j): update
+                # G[j, k] -= sum_{i >= j} G[i, j] L[i, k]  and
+                # G[i, k] -= G[i, j] L[j, k] for i > j.
+                for k in range(max(0, j - u), j):
+                    t = j - k  # L[j, k] is at [t, k]
+                    acc = 0.0
+                    for r in range(jmax + 1):
+                        if t + r <= u:
+                            acc += G[r, j] * L[t + r, k]
+                    G[t, k] -= acc
+                    ljk = L[t, k]
+                    for r in range(1, jmax + 1):
+                        if t + r <= u:
+                            G[t + r, k] -= G[r, j] * ljk
+                G[0, j] *= 0.5
+
+    return reverse
+
+
+def cholesky_gradient(c: np.ndarray, cbar: np.ndarray, lower: bool) -> np.ndarray:
+    """``dL/d(ab)`` for ``c = cholesky_banded(ab, lower=lower)`` given ``dL/dc``.
+
+    ``c`` and ``cbar`` are ``(..., u + 1, M)`` in the same form.
+    """
+    u, m = c.shape[-2] - 1, c.shape[-1]
+    dtype = np.result_type(c.dtype, cbar.dtype)
+    lo_c, lo_g = (c, cbar) if lower else (_upper_to_lower(c), _upper_to_lower(cbar))
+    batch = c.shape[:-2]
+    lc = np.ascontiguousarray(lo_c, dtype=dtype).reshape((-1, u + 1, m))
+    g = np.array(lo_g, dtype=dtype, order="C").reshape((-1, u + 1, m))
+    # Cells outside the matrix carry no gradient.
+    for r in range(1, u + 1):
+        g[:, r, max(m - r, 0) :] = 0.0
+    if g.size:
+        _cholesky_reverse()(lc, g, u)
+    g = g.reshape(batch + (u + 1, m))
+    return g if lower else _lower_to_upper(g)
+
+
+def _upper_to_lower(ab: np.ndarray) -> np.ndarray:
+    """Upper-form band to lower form: ``lo[r, j] = up[u - r, j + r]``; cells outside are 0."""
+    u, m = ab.shape[-2] - 1, ab.shape[-1]
+    lo = np.zeros(ab.shape, dtype=ab.dtype)
+    for r in range(min(u, m - 1) + 1):
+        lo[..., r, : m - r] = ab[..., u - r, r:]
+    return lo
+
+
+def _lower_to_upper(lo: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_upper_to_lower`."""
+    u, m = lo.shape[-2] - 1, lo.shape[-1]
+    up = np.zeros(lo.shape, dtype=lo.dtype)
+    for r in range(min(u, m - 1) + 1):
+        up[..., u - r, r:] = lo[..., r, : m - r]
+    return up
