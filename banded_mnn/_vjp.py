@@ -135,7 +135,13 @@ def cholesky_gradient(c: np.ndarray, cbar: np.ndarray, lower: bool) -> np.ndarra
     if g.size:
         _cholesky_reverse()(lc, g, u)
     g = g.reshape(batch + (u + 1, m))
-    return g if lower else _lower_to_upper(g)
+    g = g if lower else _lower_to_upper(g)
+    # Cells outside the matrix are copied from ab to c unchanged (as LAPACK
+    # leaves them), so their gradient passes through.
+    for r in range(1, u + 1):
+        cells = (..., r, slice(max(m - r, 0), None)) if lower else (..., u - r, slice(0, min(r, m)))
+        g[cells] = cbar[cells]
+    return g
 
 
 def _upper_to_lower(ab: np.ndarray) -> np.ndarray:

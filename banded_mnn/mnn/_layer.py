@@ -130,56 +130,58 @@ _SHAPES = {
 }
 
 
-def _batch_shape(array: np.ndarray, name: str) -> tuple[int, ...]:
-    return array.shape[: array.ndim - _CORE_NDIM[name]]
-
-
 def _broadcast(shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
-    try:
-        return np.broadcast_shapes(*shapes.values())
-    except ValueError:
-        described = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
-        raise ValueError(f"batch shapes do not broadcast: {described}") from None
+    """Broadcast batch shapes (plain Python, so that torch.compile can trace it)."""
+    ndim = 0
+    for shape in shapes.values():
+        ndim = len(shape) if len(shape) > ndim else ndim
+    out = [1] * ndim
+    for shape in shapes.values():
+        for i, n in enumerate(shape, start=ndim - len(shape)):
+            if n != 1:
+                if out[i] not in (1, n):
+                    described = ", ".join(f"{name} {tuple(sh)}" for name, sh in shapes.items())
+                    raise ValueError(f"batch shapes do not broadcast: {described}")
+                out[i] = n
+    return tuple(out)
 
 
-def _prepare(
-    coefficients: Any,
-    rhs_equation: Any,
-    init_vars: Any,
-    steps: Any,
+def check_shapes(
+    shapes: dict[str, tuple[int, ...]],
     n_steps: int | None,
     n_init_var_steps: int | None,
-    is_step_dim_first: bool,
     weights: tuple[Any, Any, Any],
     central: bool,
-) -> _Inputs:
-    """Validate the inputs of :func:`ode_forward` and bring them to the
-    canonical layout (views; nothing is copied unless a dtype changes)."""
-    raw = {
-        "coefficients": coefficients,
-        "rhs_equation": rhs_equation,
-        "init_vars": init_vars,
-        "steps": steps,
-    }
-    arrays = {
-        name: _canonical(x, name, is_step_dim_first) for name, x in raw.items() if x is not None
-    }
-    c = arrays["coefficients"]
-    n_equations, n_dims, n_orders = c.shape[-3:]
+) -> tuple[OdeSpec, tuple[int, ...], tuple[int, ...]]:
+    """Validate the shapes of :func:`ode_forward`'s inputs (canonical layout,
+    step axis not first; absent inputs omitted) and fix the sizes.
+
+    Returns ``(spec, lhs_batch, batch)``.  Plain Python on shapes, shared by
+    the NumPy entry points and the framework adapters (which call it on
+    tensor shapes while tracing).
+    """
+    for name, shape in shapes.items():
+        if len(shape) < _CORE_NDIM[name]:
+            raise ValueError(
+                f"{name} must have at least {_CORE_NDIM[name]} dimensions {_SHAPES[name]}; "
+                f"got shape {tuple(shape)}"
+            )
+    c = shapes["coefficients"]
+    n_equations, n_dims, n_orders = c[-3:]
     if n_dims < 1 or n_orders < 1:
         raise ValueError(
-            f"coefficients must have n_dims >= 1 and n_orders >= 1; got shape {c.shape}"
+            f"coefficients must have n_dims >= 1 and n_orders >= 1; got shape {tuple(c)}"
         )
     if central and n_orders < 2:
         raise ValueError("enable_central_smoothness needs n_orders >= 2")
     if n_steps is None:
-        if "steps" not in arrays:
+        if "steps" not in shapes:
             raise ValueError("n_steps must be given when steps is not")
-        n_steps = arrays["steps"].shape[-1] + 1
+        n_steps = shapes["steps"][-1] + 1
     n_steps = _count(n_steps, "n_steps", 1)
 
     def check_axis(name: str, axis: int, allowed: tuple[int, ...], what: str) -> None:
-        size = arrays[name].shape[axis]
+        size = shapes[name][axis]
         if size not in allowed:
             choices = " or ".join(str(a) for a in dict.fromkeys(allowed))
             raise ValueError(
@@ -188,16 +190,16 @@ def _prepare(
             )
 
     check_axis("coefficients", -4, (n_steps, 1), "n_steps")
-    if "steps" in arrays:
+    if "steps" in shapes:
         check_axis("steps", -1, (n_steps - 1, 1), "n_steps - 1")
-    if "rhs_equation" in arrays:
+    if "rhs_equation" in shapes:
         check_axis("rhs_equation", -2, (n_steps, 1), "n_steps")
         check_axis("rhs_equation", -1, (n_equations,), "n_equations")
-    if "init_vars" in arrays:
-        v = arrays["init_vars"]
+    if "init_vars" in shapes:
+        v = shapes["init_vars"]
         if n_init_var_steps is None:
-            n_init_var_steps = v.shape[-3]
-        n_init_var_orders = v.shape[-1]
+            n_init_var_steps = v[-3]
+        n_init_var_orders = v[-1]
         check_axis("init_vars", -2, (n_dims,), "n_dims")
         check_axis("init_vars", -3, (n_init_var_steps, 1), "n_init_var_steps")
         if n_init_var_orders > n_orders:
@@ -225,9 +227,37 @@ def _prepare(
         weight_smooth=_weight(weights[2], "weight_smooth"),
         enable_central_smoothness=bool(central),
     )
-    shapes = {name: _batch_shape(a, name) for name, a in arrays.items()}
-    lhs_batch = _broadcast({k: shapes[k] for k in ("coefficients", "steps") if k in shapes})
-    batch = _broadcast(shapes)
+    batches = {name: tuple(sh[: len(sh) - _CORE_NDIM[name]]) for name, sh in shapes.items()}
+    lhs_batch = _broadcast({k: batches[k] for k in ("coefficients", "steps") if k in batches})
+    batch = _broadcast(batches)
+    return spec, lhs_batch, batch
+
+
+def _prepare(
+    coefficients: Any,
+    rhs_equation: Any,
+    init_vars: Any,
+    steps: Any,
+    n_steps: int | None,
+    n_init_var_steps: int | None,
+    is_step_dim_first: bool,
+    weights: tuple[Any, Any, Any],
+    central: bool,
+) -> _Inputs:
+    """Validate the inputs of :func:`ode_forward` and bring them to the
+    canonical layout (views; nothing is copied unless a dtype changes)."""
+    raw = {
+        "coefficients": coefficients,
+        "rhs_equation": rhs_equation,
+        "init_vars": init_vars,
+        "steps": steps,
+    }
+    arrays = {
+        name: _canonical(x, name, is_step_dim_first) for name, x in raw.items() if x is not None
+    }
+    spec, lhs_batch, batch = check_shapes(
+        {name: a.shape for name, a in arrays.items()}, n_steps, n_init_var_steps, weights, central
+    )
     dtypes = {name: a.dtype for name, a in arrays.items()}
     dtype = _api._result_dtype(*arrays.values())
     arrays = {name: np.asarray(a, dtype=dtype) for name, a in arrays.items()}

@@ -1,0 +1,568 @@
+"""PyTorch custom operators over banded_mnn's NumPy-level functions.
+
+Each public function is a thin Python wrapper around a
+``torch.library.custom_op`` in the ``banded_mnn`` namespace, with a fake
+(shape) implementation for ``torch.compile``, an autograd formula
+(``register_autograd``) and a vmap rule.  Tensor data crosses to NumPy without
+a copy (``Tensor.numpy()`` on a detached, conjugation-resolved view: any
+strides); results come back with ``torch.from_numpy``, also without a copy.
+The derivative formulas live in :mod:`banded_mnn._vjp` and
+:meth:`banded_mnn.mnn.OdeSystem.vjp`, shared with the JAX adapter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .. import _api, _vjp
+from ..mnn import _layer
+
+# --------------------------------------------------------------------------
+# Crossing between torch and NumPy
+# --------------------------------------------------------------------------
+
+_FLOATS = (torch.float32, torch.float64)
+
+
+def _check(t: Any, name: str, dtype: torch.dtype | None = None) -> Tensor:
+    """Validate a tensor argument: floating, CPU, and (if given) of ``dtype``."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
+    if t.dtype not in _FLOATS:
+        raise TypeError(f"{name} must be float32 or float64; got {t.dtype}")
+    if dtype is not None and t.dtype != dtype:
+        raise TypeError(f"{name} has dtype {t.dtype}, but the other inputs are {dtype}")
+    if t.device.type != "cpu":
+        raise NotImplementedError(
+            f"{name} is on {t.device}: this version of banded_mnn runs on the CPU only "
+            "(the GPU backends are not part of it yet)"
+        )
+    return t
+
+
+def _np(t: Tensor) -> np.ndarray:
+    """A NumPy view of ``t`` (no copy; conjugate/negative bits resolved first)."""
+    return t.detach().resolve_conj().resolve_neg().numpy()
+
+
+def _t(a: np.ndarray) -> Tensor:
+    """A tensor over ``a`` (no copy; ``a`` must be our own, writable array)."""
+    return torch.from_numpy(np.require(a, requirements="W"))
+
+
+def _sum_to(g: Tensor, shape: torch.Size) -> Tensor:
+    """Sum a gradient over the axes along which an input of ``shape`` was broadcast."""
+    lead = g.ndim - len(shape)
+    if lead:
+        g = g.sum(dim=tuple(range(lead)))
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+    if axes:
+        g = g.sum(dim=axes, keepdim=True)
+    return g.reshape(shape)
+
+
+def _solve_shape(ab: Tensor, b: Tensor) -> list[int]:
+    batch = torch.broadcast_shapes(ab.shape[:-2], b.shape[:-2] if b.ndim > 1 else ())
+    return [*batch, *(b.shape[-2:] if b.ndim > 1 else b.shape)]
+
+
+def _as_matrix(x: Tensor) -> Tensor:
+    """Right-hand sides as (..., M, K): a vector b of shape (M,) becomes (M, 1)."""
+    return x[:, None] if x.ndim == 1 else x
+
+
+# --------------------------------------------------------------------------
+# Operators: band routines
+# --------------------------------------------------------------------------
+
+
+@torch.library.custom_op("banded_mnn::cholesky_banded", mutates_args=())
+def _cholesky(ab: Tensor, lower: bool, check: bool) -> tuple[Tensor, Tensor]:
+    """Factor and status; with ``check``, raise for a failed system."""
+    c, info = _api.cholesky_banded_ex(_np(ab), lower=lower)
+    if check:
+        _api._raise_if_failed(info, "cholesky_banded")
+    return _t(c), _t(np.asarray(info, dtype=np.int32).reshape(ab.shape[:-2]))
+
+
+@_cholesky.register_fake
+def _(ab, lower, check):
+    return torch.empty_like(ab), ab.new_empty(ab.shape[:-2], dtype=torch.int32)
+
+
+@torch.library.custom_op("banded_mnn::cholesky_banded_backward", mutates_args=())
+def _cholesky_backward(c: Tensor, grad_c: Tensor, lower: bool) -> Tensor:
+    return _t(_vjp.cholesky_gradient(_np(c), _np(grad_c), lower))
+
+
+@_cholesky_backward.register_fake
+def _(c, grad_c, lower):
+    return torch.empty_like(c)
+
+
+def _cholesky_setup(ctx, inputs, output):
+    ctx.lower = inputs[1]
+    ctx.save_for_backward(output[0])
+
+
+def _cholesky_bwd(ctx, grad_c, grad_info):
+    (c,) = ctx.saved_tensors
+    return _cholesky_backward(c, grad_c, ctx.lower), None, None
+
+
+_cholesky.register_autograd(_cholesky_bwd, setup_context=_cholesky_setup)
+
+
+@torch.library.custom_op("banded_mnn::cho_solve_banded", mutates_args=())
+def _cho_solve(cb: Tensor, b: Tensor, lower: bool) -> Tensor:
+    return _t(_api.cho_solve_banded((_np(cb), lower), _np(b), check_finite=False))
+
+
+@_cho_solve.register_fake
+def _(cb, b, lower):
+    return cb.new_empty(_solve_shape(cb, b))
+
+
+@torch.library.custom_op("banded_mnn::band_gradient", mutates_args=())
+def _band_gradient(c: Tensor, lam: Tensor, x: Tensor, lower: bool, factored: bool) -> Tensor:
+    """dL/d(band) for x = A^{-1} b: of the factor (``factored``) or of A."""
+    c_, lam_, x_ = _np(c), _np(_as_matrix(lam)), _np(_as_matrix(x))
+    if factored:
+        g = _vjp.cho_solve_gradient(c_, lam_, x_, lower)
+    else:
+        g = _vjp.solve_gradient(lam_, x_, c_.shape[-2] - 1, lower)
+    return _t(g)
+
+
+@_band_gradient.register_fake
+def _(c, lam, x, lower, factored):
+    batch = torch.broadcast_shapes(c.shape[:-2], x.shape[:-2] if x.ndim > 1 else ())
+    return c.new_empty([*batch, *c.shape[-2:]])
+
+
+def _solve_setup(ctx, inputs, output):
+    ctx.lower = inputs[2]
+    ctx.shapes = (inputs[0].shape, inputs[1].shape)
+    ctx.save_for_backward(inputs[0], output if isinstance(output, Tensor) else output[0])
+
+
+def _matrices(grad_x: Tensor, x: Tensor, b_shape: torch.Size) -> tuple[Tensor, Tensor]:
+    """With a vector b (M,), x and its gradient have shape batch + (M,): make
+    them (batch..., M, 1)."""
+    if len(b_shape) == 1:
+        return grad_x.unsqueeze(-1), x.unsqueeze(-1)
+    return grad_x, x
+
+
+def _rhs_gradient(lam: Tensor, b_shape: torch.Size) -> Tensor:
+    if len(b_shape) == 1:
+        lam = lam.squeeze(-1)
+    return _sum_to(lam, b_shape)
+
+
+def _cho_solve_bwd(ctx, grad_x):
+    cb, x = ctx.saved_tensors
+    grad_x, x = _matrices(grad_x, x, ctx.shapes[1])
+    lam = _cho_solve(cb, grad_x, ctx.lower)
+    g_cb = _band_gradient(cb, lam, x, ctx.lower, True)
+    return _sum_to(g_cb, ctx.shapes[0]), _rhs_gradient(lam, ctx.shapes[1]), None
+
+
+_cho_solve.register_autograd(_cho_solve_bwd, setup_context=_solve_setup)
+
+
+@torch.library.custom_op("banded_mnn::solveh_banded", mutates_args=())
+def _solveh(ab: Tensor, b: Tensor, lower: bool, check: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Solution, factor (for the backward) and per-system status; with
+    ``check``, raise for a failed system."""
+    c, info = _api.cholesky_banded_ex(_np(ab), lower=lower)
+    if check:
+        _api._raise_if_failed(info, "solveh_banded")
+    x = _api.cho_solve_banded((c, lower), _np(b), check_finite=False)
+    return _t(x), _t(c), _t(np.asarray(info, dtype=np.int32).reshape(ab.shape[:-2]))
+
+
+@_solveh.register_fake
+def _(ab, b, lower, check):
+    return (
+        ab.new_empty(_solve_shape(ab, b)),
+        torch.empty_like(ab),
+        ab.new_empty(ab.shape[:-2], dtype=torch.int32),
+    )
+
+
+def _solveh_setup(ctx, inputs, output):
+    ctx.lower = inputs[2]
+    ctx.shapes = (inputs[0].shape, inputs[1].shape)
+    ctx.save_for_backward(output[1], output[0])
+
+
+def _solveh_bwd(ctx, grad_x, grad_c, grad_info):
+    c, x = ctx.saved_tensors
+    grad_x, x = _matrices(grad_x, x, ctx.shapes[1])
+    lam = _cho_solve(c, grad_x, ctx.lower)
+    g_ab = _band_gradient(c, lam, x, ctx.lower, False)
+    return _sum_to(g_ab, ctx.shapes[0]), _rhs_gradient(lam, ctx.shapes[1]), None, None
+
+
+_solveh.register_autograd(_solveh_bwd, setup_context=_solveh_setup)
+
+
+# vmap: the operators are batched already.  A vmap rule moves the vmapped
+# axis of every tensor argument to the front (expanding unbatched ones, without
+# copying), so that it is one more leading batch axis and every output has it
+# in front too.  A right-hand side given as a vector (M,) is made (M, 1) first,
+# so that the new axis is not mistaken for its core.
+
+
+def _vmap_rule(op, tensor_args: tuple[int, ...], vector_arg: int | None = None,
+               flat_outputs: tuple[int, ...] = ()):  # fmt: skip
+    """A vmap rule for ``op``; ``vector_arg`` may be a vector right-hand side,
+    ``flat_outputs`` are outputs without the batch axis (flat workspaces, ints)."""
+
+    def rule(info, in_dims, *args):
+        size = info.batch_size
+        args = list(args)
+        vector = (
+            vector_arg is not None
+            and (args[vector_arg].ndim - (in_dims[vector_arg] is not None)) == 1
+        )
+        for k in tensor_args:
+            t, d = args[k], in_dims[k]
+            args[k] = t.movedim(d, 0) if d is not None else t.expand(size, *t.shape)
+        if vector:
+            args[vector_arg] = args[vector_arg].unsqueeze(-1)
+        out = op(*args)
+        single = isinstance(out, Tensor)
+        outs = [out] if single else list(out)
+        if vector:
+            outs[0] = outs[0].squeeze(-1)
+        dims = [None if k in flat_outputs else 0 for k in range(len(outs))]
+        return (outs[0], dims[0]) if single else (tuple(outs), tuple(dims))
+
+    return rule
+
+
+torch.library.register_vmap(_cholesky, _vmap_rule(_cholesky, (0,)))
+torch.library.register_vmap(_cholesky_backward, _vmap_rule(_cholesky_backward, (0, 1)))
+torch.library.register_vmap(_cho_solve, _vmap_rule(_cho_solve, (0, 1), vector_arg=1))
+torch.library.register_vmap(_solveh, _vmap_rule(_solveh, (0, 1), vector_arg=1))
+torch.library.register_vmap(_band_gradient, _vmap_rule(_band_gradient, (0, 1, 2)))
+
+
+# --------------------------------------------------------------------------
+# Public band functions
+# --------------------------------------------------------------------------
+
+
+def cholesky_banded(ab: Tensor, lower: bool = False) -> Tensor:
+    """Band Cholesky factor of a batch of SPD matrices (differentiable).
+
+    Torch counterpart of :func:`banded_mnn.cholesky_banded`: ``ab`` is a
+    float32/float64 CPU tensor ``(..., u+1, M)`` in LAPACK band form (upper
+    by default).  Raises :class:`~banded_mnn.NotPositiveDefiniteError` naming
+    the first failed system (:func:`cholesky_banded_ex` returns the status
+    instead).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from banded_mnn.torch import cholesky_banded
+    >>> ab = torch.tensor([[0.0, 1.0, 1.0], [4.0, 4.0, 4.0]], requires_grad=True)
+    >>> c = cholesky_banded(ab)
+    >>> c.sum().backward()
+    """
+    return _cholesky(_check(ab, "ab"), lower, True)[0]
+
+
+def cholesky_banded_ex(ab: Tensor, lower: bool = False) -> tuple[Tensor, Tensor]:
+    """``(c, info)``: :func:`cholesky_banded` with a per-system int32 status
+    instead of an exception (failed systems' factors are NaN)."""
+    return _cholesky(_check(ab, "ab"), lower, False)
+
+
+def cho_solve_banded(cb_and_lower: tuple[Tensor, bool], b: Tensor) -> Tensor:
+    """Solve ``A x = b`` given the band Cholesky factor ``(cb, lower)`` of ``A``
+    (differentiable in ``cb`` and ``b``).  ``b`` is ``(M,)`` or ``(..., M, K)``;
+    batch axes broadcast."""
+    cb, lower = cb_and_lower
+    cb = _check(cb, "cb")
+    return _cho_solve(cb, _check(b, "b", cb.dtype), bool(lower))
+
+
+def solveh_banded(ab: Tensor, b: Tensor, lower: bool = False) -> Tensor:
+    """Solve ``A x = b`` for SPD band ``A`` (differentiable in ``ab`` and ``b``).
+
+    Raises :class:`~banded_mnn.NotPositiveDefiniteError` for a system that
+    is not positive definite (use :func:`solveh_banded_ex` to get the status
+    instead).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from banded_mnn.torch import solveh_banded
+    >>> ab = torch.tensor([[0.0, 1.0, 1.0], [4.0, 4.0, 4.0]], dtype=torch.float64)
+    >>> solveh_banded(ab, torch.tensor([5.0, 6.0, 5.0], dtype=torch.float64))
+    tensor([1., 1., 1.], dtype=torch.float64)
+    """
+    ab = _check(ab, "ab")
+    return _solveh(ab, _check(b, "b", ab.dtype), lower, True)[0]
+
+
+def solveh_banded_ex(ab: Tensor, b: Tensor, lower: bool = False) -> tuple[Tensor, Tensor]:
+    """``(x, info)``: :func:`solveh_banded` with a per-system int32 status."""
+    ab = _check(ab, "ab")
+    x, _, info = _solveh(ab, _check(b, "b", ab.dtype), lower, False)
+    return x, info
+
+
+# --------------------------------------------------------------------------
+# Operators: the MNN layer
+# --------------------------------------------------------------------------
+
+_MNN_NAMES = ("coefficients", "rhs_equation", "init_vars", "steps")
+
+
+def _shapes(tensors, n_steps, n_init_var_steps, weights, central):
+    """``(spec, lhs_batch, batch)`` from the tensors' shapes alone."""
+    shapes = {name: tuple(t.shape) for name, t in zip(_MNN_NAMES, tensors, strict=True)}
+    return _layer.check_shapes(shapes, n_steps, n_init_var_steps, tuple(weights), central)
+
+
+def _inputs(tensors, n_steps, n_init_var_steps, step_first, weights, central):
+    arrays = [_np(t) for t in tensors]
+    return _layer._prepare(*arrays, n_steps, n_init_var_steps, step_first, weights, central)
+
+
+def _system(factor: Tensor, lanes: int, inputs) -> _layer.OdeSystem:
+    spec = inputs.spec
+    per_lane = spec.n_unknowns * (spec.bandwidth + 1)
+    workspace = _np(factor).reshape(-1, per_lane * lanes)
+    info = np.zeros(inputs.lhs_batch, dtype=np.int32)
+    return _layer.OdeSystem(workspace, info, spec)
+
+
+@torch.library.custom_op("banded_mnn::ode_forward", mutates_args=())
+def _ode_forward(
+    coefficients: Tensor,
+    rhs_equation: Tensor,
+    init_vars: Tensor,
+    steps: Tensor,
+    n_steps: int,
+    n_init_var_steps: int,
+    weights: list[float],
+    central: bool,
+) -> tuple[Tensor, Tensor, int]:
+    """Canonical layout (step axis not first).  Returns the solution, the
+    factor workspace (flat) and its lane count."""
+    tensors = (coefficients, rhs_equation, init_vars, steps)
+    inputs = _inputs(tensors, n_steps, n_init_var_steps, False, tuple(weights), central)
+    solve = inputs.batch == inputs.lhs_batch
+    system, x = _layer.OdeSystem._factor(inputs, False, True, None, solve=solve)
+    u = _layer._solution(x, inputs, False) if solve else system._solve_inputs(inputs)
+    return _t(np.ascontiguousarray(u)), _t(system.workspace.reshape(-1)), system.lanes
+
+
+@_ode_forward.register_fake
+def _(coefficients, rhs_equation, init_vars, steps, n_steps, n_init_var_steps, weights, central):
+    tensors = (coefficients, rhs_equation, init_vars, steps)
+    spec, lhs_batch, batch = _shapes(tensors, n_steps, n_init_var_steps, weights, central)
+    u = coefficients.new_empty([*batch, spec.n_steps, spec.n_dims, spec.n_orders])
+    factor = coefficients.new_empty([_layer.factor_size(spec, lhs_batch)])
+    lanes = torch.library.get_ctx().new_dynamic_size()
+    return u, factor, lanes
+
+
+@torch.library.custom_op("banded_mnn::ode_solve", mutates_args=())
+def _ode_solve(
+    factor: Tensor,
+    lanes: int,
+    coefficients: Tensor,
+    rhs_equation: Tensor,
+    init_vars: Tensor,
+    steps: Tensor,
+    n_steps: int,
+    n_init_var_steps: int,
+    weights: list[float],
+    central: bool,
+) -> Tensor:
+    """Solve with a stored factor (S-MNN's frozen left-hand side)."""
+    tensors = (coefficients, rhs_equation, init_vars, steps)
+    inputs = _inputs(tensors, n_steps, n_init_var_steps, False, tuple(weights), central)
+    system = _system(factor, lanes, inputs)
+    inputs.batch = torch.broadcast_shapes(inputs.batch, inputs.lhs_batch)
+    return _t(np.ascontiguousarray(system._solve_inputs(inputs)))
+
+
+@_ode_solve.register_fake
+def _(factor, lanes, coefficients, rhs_equation, init_vars, steps, n_steps, n_init_var_steps,
+      weights, central):  # fmt: skip
+    tensors = (coefficients, rhs_equation, init_vars, steps)
+    spec, lhs_batch, batch = _shapes(tensors, n_steps, n_init_var_steps, weights, central)
+    batch = torch.broadcast_shapes(batch, lhs_batch)
+    return coefficients.new_empty([*batch, spec.n_steps, spec.n_dims, spec.n_orders])
+
+
+@torch.library.custom_op("banded_mnn::ode_backward", mutates_args=())
+def _ode_backward(
+    grad_u: Tensor,
+    u: Tensor,
+    factor: Tensor,
+    lanes: int,
+    coefficients: Tensor,
+    rhs_equation: Tensor,
+    init_vars: Tensor,
+    steps: Tensor,
+    n_steps: int,
+    n_init_var_steps: int,
+    weights: list[float],
+    central: bool,
+    lhs_gradients: bool,
+) -> list[Tensor]:
+    """Gradients of the four inputs (zeros for the left-hand side's when
+    ``lhs_gradients`` is false: a frozen left-hand side)."""
+    tensors = (coefficients, rhs_equation, init_vars, steps)
+    inputs = _inputs(tensors, n_steps, n_init_var_steps, False, tuple(weights), central)
+    system = _system(factor, lanes, inputs)
+    arrays = [_np(t) for t in tensors]
+    grads = system.vjp(_np(grad_u), _np(u), *arrays[:3], arrays[3] if lhs_gradients else None)
+    return [
+        _t(np.ascontiguousarray(g)) if g is not None else torch.zeros_like(t)
+        for g, t in zip(grads, tensors, strict=True)
+    ]
+
+
+@_ode_backward.register_fake
+def _(grad_u, u, factor, lanes, coefficients, rhs_equation, init_vars, steps, *args):
+    return [torch.empty_like(t) for t in (coefficients, rhs_equation, init_vars, steps)]
+
+
+def _ode_setup(ctx, inputs, output):
+    u, factor, lanes = output
+    ctx.static = inputs[4:]
+    ctx.lanes = lanes
+    ctx.save_for_backward(u, factor, *inputs[:4])
+
+
+def _ode_bwd(ctx, grad_u, grad_factor, grad_lanes):
+    u, factor, *tensors = ctx.saved_tensors
+    grads = _ode_backward(grad_u, u, factor, ctx.lanes, *tensors, *ctx.static, True)
+    return (*grads, None, None, None, None)
+
+
+_ode_forward.register_autograd(_ode_bwd, setup_context=_ode_setup)
+
+
+def _ode_solve_setup(ctx, inputs, output):
+    ctx.lanes = inputs[1]
+    ctx.static = inputs[6:]
+    ctx.save_for_backward(output, inputs[0], *inputs[2:6])
+
+
+def _ode_solve_bwd(ctx, grad_u):
+    u, factor, *tensors = ctx.saved_tensors
+    grads = _ode_backward(grad_u, u, factor, ctx.lanes, *tensors, *ctx.static, False)
+    # A frozen left-hand side: no gradient for coefficients and steps (as S-MNN).
+    return (None, None, None, grads[1], grads[2], None, None, None, None, None)
+
+
+_ode_solve.register_autograd(_ode_solve_bwd, setup_context=_ode_solve_setup)
+
+
+torch.library.register_vmap(
+    _ode_forward, _vmap_rule(_ode_forward, (0, 1, 2, 3), flat_outputs=(1, 2))
+)
+torch.library.register_vmap(_ode_solve, _vmap_rule(_ode_solve, (2, 3, 4, 5)))
+torch.library.register_vmap(_ode_backward, _vmap_rule(_ode_backward, (0, 1, 4, 5, 6, 7)))
+
+
+# --------------------------------------------------------------------------
+# Public MNN function
+# --------------------------------------------------------------------------
+
+#: Frozen left-hand sides: version -> (factor, lanes, spec, lhs batch, dtype).
+_FROZEN: dict[int, tuple[Tensor, int, Any, tuple[int, ...], torch.dtype]] = {}
+
+
+def clear_frozen_lhs_cache() -> None:
+    """Forget the left-hand sides frozen with ``frozen_lhs_cache_version``."""
+    _FROZEN.clear()
+
+
+def ode_forward(
+    coefficients: Tensor,
+    rhs_equation: Tensor,
+    init_vars: Tensor,
+    steps: Tensor,
+    n_steps: int | None = None,
+    n_init_var_steps: int | None = None,
+    is_step_dim_first: bool = False,
+    weight_equation: float = 1.0,
+    weight_init_var: float = 1.0,
+    weight_smooth: float = 1.0,
+    enable_central_smoothness: bool = False,
+    prefer_cuda_graph: bool = True,
+    frozen_lhs_cache_version: int = 0,
+) -> Tensor:
+    """S-MNN's ``ode_forward`` on torch tensors: a drop-in replacement.
+
+    Same arguments, defaults, shapes and broadcasting as
+    :func:`banded_mnn.mnn.ode_forward` (and S-MNN's function); differentiable
+    with respect to all four tensors, except that a frozen left-hand side
+    (``frozen_lhs_cache_version > 0`` after its first call) gives no gradient
+    to ``coefficients`` and ``steps``, as in S-MNN.  ``prefer_cuda_graph`` is
+    accepted and has no effect.  CPU tensors, float32 or float64 (all four of
+    one dtype).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from banded_mnn.torch import ode_forward
+    >>> c = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64).reshape(1, 1, 1, 3)
+    >>> c.requires_grad_()
+    tensor(...)
+    >>> u = ode_forward(c, torch.zeros(1, 1, dtype=torch.float64),
+    ...                 torch.tensor([[[0.0, 1.0]]], dtype=torch.float64),
+    ...                 torch.full((99,), 0.01, dtype=torch.float64))
+    >>> u.shape
+    torch.Size([100, 1, 3])
+    >>> u[:, 0, 0].sum().backward()
+    """
+    del prefer_cuda_graph
+    dtype = _check(coefficients, "coefficients").dtype
+    tensors = [coefficients] + [
+        _check(t, name, dtype)
+        for t, name in zip((rhs_equation, init_vars, steps), _MNN_NAMES[1:], strict=True)
+    ]
+    if is_step_dim_first:
+        core = {"coefficients": 4, "rhs_equation": 2, "init_vars": 3, "steps": 1}
+        tensors = [
+            t.movedim(0, t.ndim - core[name]) if t.ndim >= core[name] else t
+            for t, name in zip(tensors, _MNN_NAMES, strict=True)
+        ]
+    weights = (weight_equation, weight_init_var, weight_smooth)
+    # Validate and fix the sizes on shapes alone (same rules and messages as NumPy).
+    spec, lhs_batch, _ = _layer.check_shapes(
+        {name: tuple(t.shape) for name, t in zip(_MNN_NAMES, tensors, strict=True)},
+        n_steps, n_init_var_steps, weights, enable_central_smoothness,
+    )  # fmt: skip
+    static = (spec.n_steps, spec.n_init_var_steps, [float(w) for w in weights],
+              spec.enable_central_smoothness)  # fmt: skip
+    version = _layer._count(frozen_lhs_cache_version, "frozen_lhs_cache_version", 0)
+    if version and version in _FROZEN:
+        factor, lanes, cached_spec, lhs_batch, cached_dtype = _FROZEN[version]
+        if cached_spec != spec or cached_dtype != dtype:
+            raise ValueError(
+                f"frozen_lhs_cache_version={version} holds a left-hand side of a different "
+                "problem; use a new version or clear_frozen_lhs_cache()"
+            )
+        u = _ode_solve(factor, lanes, *tensors, *static)
+    else:
+        u, factor, lanes = _ode_forward(*tensors, *static)
+        if version:
+            _FROZEN[version] = (factor.detach(), lanes, spec, lhs_batch, dtype)
+    return u.movedim(-3, 0) if is_step_dim_first else u

@@ -1,0 +1,284 @@
+"""The PyTorch adapter: gradients, opcheck, torch.compile, vmap, zero copy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import banded_mnn  # noqa: E402
+import banded_mnn.mnn  # noqa: E402
+from banded_mnn import NotPositiveDefiniteError  # noqa: E402
+from banded_mnn import torch as bt  # noqa: E402
+from banded_mnn.problems import random_spd_band  # noqa: E402
+from banded_mnn.torch import _ops  # noqa: E402
+
+F64 = torch.float64
+
+
+def spd(rng, batch, m, u, lower=False):
+    ab = random_spd_band(batch, m, u, rng=rng)
+    if lower:
+        from banded_mnn._vjp import _upper_to_lower
+
+        ab = _upper_to_lower(ab)
+    return torch.tensor(ab, dtype=F64)
+
+
+def mnn_inputs(rng, batch=(2,), T=6, E=2, D=2, O=3, S=1, I=2, dtype=F64):
+    c = torch.tensor(rng.standard_normal(batch + (T, E, D, O)), dtype=dtype)
+    r = torch.tensor(rng.standard_normal(batch + (T, E)), dtype=dtype)
+    v = torch.tensor(rng.standard_normal(batch + (S, D, I)), dtype=dtype)
+    h = torch.tensor(rng.uniform(0.2, 0.6, batch + (T - 1,)), dtype=dtype)
+    return [c, r, v, h]
+
+
+# --------------------------------------------------------------------------
+# Values match the NumPy-level functions
+# --------------------------------------------------------------------------
+
+
+def test_band_functions_match_numpy(rng):
+    ab = spd(rng, (3,), 9, 2)
+    b = torch.tensor(rng.standard_normal((3, 9, 2)), dtype=F64)
+    np.testing.assert_allclose(
+        bt.solveh_banded(ab, b), banded_mnn.solveh_banded(ab.numpy(), b.numpy())
+    )
+    c = bt.cholesky_banded(ab)
+    np.testing.assert_allclose(c, banded_mnn.cholesky_banded(ab.numpy()))
+    np.testing.assert_allclose(
+        bt.cho_solve_banded((c, False), b), bt.solveh_banded(ab, b), rtol=1e-12
+    )
+
+
+def test_ode_forward_matches_numpy(rng):
+    inputs = mnn_inputs(rng)
+    for central in (False, True):
+        u = bt.ode_forward(*inputs, enable_central_smoothness=central, weight_smooth=1.3)
+        ref = banded_mnn.mnn.ode_forward(*[t.numpy() for t in inputs],
+                                         enable_central_smoothness=central, weight_smooth=1.3)  # fmt: skip
+        np.testing.assert_allclose(u.numpy(), ref, rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------
+# Gradients (float64 gradcheck) and operator checks
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lower", [False, True])
+def test_gradcheck_band_functions(rng, lower):
+    ab = spd(rng, (2,), 6, 2, lower).requires_grad_()
+    b = torch.tensor(rng.standard_normal((2, 6, 2)), dtype=F64, requires_grad=True)
+    bvec = torch.tensor(rng.standard_normal(6), dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a: bt.cholesky_banded(a, lower=lower), (ab,))
+    assert torch.autograd.gradcheck(lambda a, y: bt.solveh_banded(a, y, lower=lower), (ab, b))
+    assert torch.autograd.gradcheck(lambda a, y: bt.solveh_banded(a, y, lower=lower), (ab, bvec))
+    c = bt.cholesky_banded(ab.detach(), lower=lower).requires_grad_()
+    assert torch.autograd.gradcheck(lambda f, y: bt.cho_solve_banded((f, lower), y), (c, b))
+    # Broadcast: one matrix, a batch of right-hand sides.
+    a1 = ab[:1].detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, y: bt.solveh_banded(a, y, lower=lower), (a1, b))
+
+
+@pytest.mark.parametrize("central", [False, True], ids=["default", "central"])
+def test_gradcheck_ode_forward(rng, central):
+    c, r, v, h = mnn_inputs(rng, (2,), 5, 2, 2, 3, 1, 2)
+    args = [x.requires_grad_() for x in (c, r, v, h)]
+
+    def f(*a):
+        return bt.ode_forward(*a, enable_central_smoothness=central, weight_equation=1.2,
+                              weight_init_var=0.7, weight_smooth=1.4)  # fmt: skip
+
+    assert torch.autograd.gradcheck(f, args)
+
+
+def test_gradcheck_ode_forward_broadcast_and_shared_lhs(rng):
+    c, _, v, h = mnn_inputs(rng, (1,), 5, 1, 1, 3, 1, 1)
+    c = c[:, :1].clone().requires_grad_()  # time-invariant coefficients, one system
+    h = h.clone().requires_grad_()
+    r = torch.tensor(rng.standard_normal((3, 5, 1)), dtype=F64, requires_grad=True)
+    v = v.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda *a: bt.ode_forward(*a, n_steps=5), (c, r, v, h))
+
+
+def test_frozen_lhs(rng):
+    bt.clear_frozen_lhs_cache()
+    try:
+        c, r, v, h = mnn_inputs(rng)
+        u0 = bt.ode_forward(c, r, v, h, frozen_lhs_cache_version=3)
+        c.requires_grad_()
+        h.requires_grad_()
+        r.requires_grad_()
+        u = bt.ode_forward(c, r, v, h * 2, frozen_lhs_cache_version=3)  # steps ignored
+        torch.testing.assert_close(u, u0)
+        u.sum().backward()
+        assert c.grad is None and h.grad is None and r.grad is not None
+        r2 = r.detach().clone().requires_grad_()
+        assert torch.autograd.gradcheck(
+            lambda y: bt.ode_forward(c.detach(), y, v, h.detach(), frozen_lhs_cache_version=3),
+            (r2,),
+        )
+    finally:
+        bt.clear_frozen_lhs_cache()
+
+
+def test_opcheck(rng):
+    ab = spd(rng, (2,), 6, 2)
+    b = torch.tensor(rng.standard_normal((2, 6, 1)), dtype=F64)
+    c, _ = _ops._cholesky(ab, False, True)
+    checks = [
+        (_ops._cholesky, (ab.clone().requires_grad_(), False, True)),
+        (_ops._solveh, (ab.clone().requires_grad_(), b.clone().requires_grad_(), False, False)),
+        (_ops._cho_solve, (c.clone().requires_grad_(), b.clone().requires_grad_(), False)),
+    ]
+    inputs = [x.requires_grad_() for x in mnn_inputs(rng)]
+    checks.append((_ops._ode_forward, (*inputs, 6, 1, [1.0, 1.0, 1.0], False)))
+    for op, args in checks:
+        torch.library.opcheck(op, args)
+
+
+# --------------------------------------------------------------------------
+# torch.compile, vmap, training
+# --------------------------------------------------------------------------
+
+
+class TinyMNN(torch.nn.Module):
+    """Learns per-step ODE coefficients and step sizes (the sine example's model)."""
+
+    def __init__(self, steps: int):
+        super().__init__()
+        self.coefficients = torch.nn.Parameter(torch.rand(steps, 1, 1, 3, dtype=F64) + 0.5)
+        self.logits = torch.nn.Parameter(torch.full((steps - 1,), -2.0, dtype=F64))
+
+    def forward(self):
+        rhs = torch.ones(self.coefficients.shape[0], 1, dtype=F64)
+        init = torch.zeros(0, 1, 0, dtype=F64)
+        u = bt.ode_forward(self.coefficients, rhs, init, torch.sigmoid(self.logits))
+        return u[:, 0, 0]
+
+
+def test_compile_fullgraph_and_training(rng):
+    torch.manual_seed(0)
+    x = torch.linspace(0, 10, 60, dtype=F64)
+    y = torch.sin(2 * x) * torch.exp(-0.1 * x)
+    model = TinyMNN(60)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(), model())
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss = ((compiled() - y) ** 2).sum()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_compile_inductor_no_graph_break(rng):
+    ab = spd(rng, (2,), 8, 2)
+    b = torch.tensor(rng.standard_normal((2, 8, 1)), dtype=F64)
+
+    def f(a, y):
+        return bt.solveh_banded_ex(a * 1.0, y + 0.0)[0].sum() + bt.cholesky_banded_ex(a)[0].sum()
+
+    compiled = torch.compile(f, fullgraph=True)
+    torch.testing.assert_close(compiled(ab, b), f(ab, b))
+
+
+def test_vmap(rng):
+    ab = spd(rng, (4,), 7, 2)
+    b = torch.tensor(rng.standard_normal((4, 7)), dtype=F64)
+    out = torch.func.vmap(bt.solveh_banded)(ab, b)
+    torch.testing.assert_close(out, bt.solveh_banded(ab, b[..., None])[..., 0])
+    # One matrix, vmapped right-hand sides.
+    out = torch.func.vmap(bt.solveh_banded, in_dims=(None, 0))(ab[0], b)
+    torch.testing.assert_close(out, bt.solveh_banded(ab[0], b.T).T)
+    c = torch.func.vmap(bt.cholesky_banded)(ab)
+    torch.testing.assert_close(c, bt.cholesky_banded(ab))
+    torch.testing.assert_close(
+        torch.func.vmap(bt.cho_solve_banded, in_dims=((0, None), 0))((c, False), b),
+        bt.solveh_banded(ab, b[..., None])[..., 0],
+    )
+    inputs = mnn_inputs(rng, (3,))
+    u = torch.func.vmap(bt.ode_forward)(*inputs)
+    torch.testing.assert_close(u, bt.ode_forward(*inputs))
+    # Unbatched coefficients and steps (a shared left-hand side), batched rest.
+    u = torch.func.vmap(bt.ode_forward, in_dims=(None, 0, 0, None))(
+        inputs[0][0], inputs[1], inputs[2], inputs[3][0]
+    )
+    torch.testing.assert_close(u, bt.ode_forward(inputs[0][:1], *inputs[1:3], inputs[3][:1]))
+    # Gradients flow through a vmapped call (torch.autograd on the result).
+    c = inputs[0].clone().requires_grad_()
+    torch.func.vmap(bt.ode_forward)(c, *inputs[1:]).sum().backward()
+    c2 = inputs[0].clone().requires_grad_()
+    bt.ode_forward(c2, *inputs[1:]).sum().backward()
+    torch.testing.assert_close(c.grad, c2.grad)
+
+
+# --------------------------------------------------------------------------
+# Zero copy, inputs untouched, errors
+# --------------------------------------------------------------------------
+
+
+def test_zero_copy(rng, monkeypatch):
+    inputs = mnn_inputs(rng)
+    inputs[0] = inputs[0].transpose(-1, -2).contiguous().transpose(-1, -2)  # non-contiguous
+    seen = []
+    real = banded_mnn.mnn._layer._prepare
+
+    def spy(*args, **kwargs):
+        seen.extend(a for a in args[:4] if isinstance(a, np.ndarray))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(banded_mnn.mnn._layer, "_prepare", spy)
+    u = bt.ode_forward(*inputs)
+    pointers = {t.data_ptr() for t in inputs}
+    assert {a.__array_interface__["data"][0] for a in seen if a.strides} >= pointers
+    # The result is the kernel's output array, not a copy.
+    ab = spd(rng, (2,), 6, 2)
+    b = torch.tensor(rng.standard_normal((2, 6, 1)), dtype=F64)
+    x, _, _ = _ops._solveh(ab, b, False, True)
+    assert x.numpy().base is not None or x.numpy().flags.owndata is False
+    assert u.dtype == F64
+
+
+def test_inputs_untouched_and_grad_inputs(rng):
+    inputs = [x.requires_grad_() for x in mnn_inputs(rng)]
+    copies = [x.detach().clone() for x in inputs]
+    bt.ode_forward(*inputs).sum().backward()
+    for x, y in zip(inputs, copies, strict=True):
+        torch.testing.assert_close(x.detach(), y)
+    # A tensor with the negative bit set, and a non-contiguous one.
+    ab = spd(rng, (5,), 6, 2)
+    b = torch.tensor(rng.standard_normal((5, 6, 2)), dtype=F64)
+    negated = b.neg()._neg_view()  # the same values, stored negated
+    assert negated.is_neg()
+    torch.testing.assert_close(bt.solveh_banded(ab, negated), bt.solveh_banded(ab, b))
+    strided = torch.tensor(rng.standard_normal((5, 2, 6)), dtype=F64).transpose(-1, -2)
+    torch.testing.assert_close(
+        bt.solveh_banded(ab, strided), bt.solveh_banded(ab, strided.contiguous())
+    )
+
+
+def test_errors(rng):
+    ab = spd(rng, (2,), 6, 2)
+    b = torch.tensor(rng.standard_normal((2, 6, 1)), dtype=torch.float32)
+    with pytest.raises(TypeError, match="b has dtype torch.float32"):
+        bt.solveh_banded(ab, b)
+    with pytest.raises(NotImplementedError, match="ab is on meta"):
+        bt.solveh_banded(ab.to("meta"), b.double().to("meta"))
+    with pytest.raises(TypeError, match="ab must be float32 or float64"):
+        bt.cholesky_banded(ab.int())
+    bad = ab.clone()
+    bad[1, -1, 2] = -5.0
+    with pytest.raises(NotPositiveDefiniteError, match=r"batch index \(1,\)"):
+        bt.cholesky_banded(bad)
+    x, info = bt.solveh_banded_ex(bad, b.double())
+    assert info.tolist() == [0, 3] and torch.isnan(x[1]).all()
+    c, r, v, h = mnn_inputs(rng)
+    with pytest.raises(ValueError, match="rhs_equation must have shape"):
+        bt.ode_forward(c, r[..., :1], v, h)
+    with pytest.raises(TypeError, match="steps has dtype torch.float32"):
+        bt.ode_forward(c, r, v, h.float())
