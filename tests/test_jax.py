@@ -1,0 +1,146 @@
+"""The JAX adapter: gradients, jit, vmap, eager parity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+from jax.test_util import check_grads  # noqa: E402
+
+import banded_mnn  # noqa: E402
+import banded_mnn.mnn  # noqa: E402
+from banded_mnn import jax as bj  # noqa: E402
+from banded_mnn._vjp import _upper_to_lower  # noqa: E402
+from banded_mnn.problems import random_spd_band  # noqa: E402
+
+#: Reverse mode; central differences with a small step (the gradients are exact,
+#: the tolerance is the finite differences').
+REV = {"order": 1, "modes": ["rev"], "eps": 1e-6, "rtol": 1e-4, "atol": 1e-6}
+
+
+def spd(rng, batch, m, u, lower=False):
+    ab = random_spd_band(batch, m, u, rng=rng)
+    return jnp.asarray(_upper_to_lower(ab) if lower else ab)
+
+
+def mnn_inputs(rng, batch=(2,), T=6, E=2, D=2, O=3, S=1, I=2):
+    return [
+        jnp.asarray(rng.standard_normal(batch + (T, E, D, O))),
+        jnp.asarray(rng.standard_normal(batch + (T, E))),
+        jnp.asarray(rng.standard_normal(batch + (S, D, I))),
+        jnp.asarray(rng.uniform(0.2, 0.6, batch + (T - 1,))),
+    ]
+
+
+def test_values_match_numpy(rng):
+    ab = spd(rng, (3,), 8, 2)
+    b = jnp.asarray(rng.standard_normal((3, 8, 2)))
+    np.testing.assert_allclose(bj.solveh_banded(ab, b), banded_mnn.solveh_banded(ab, b))
+    c = bj.cholesky_banded(ab)
+    np.testing.assert_allclose(c, banded_mnn.cholesky_banded(np.asarray(ab)))
+    np.testing.assert_allclose(bj.cho_solve_banded((c, False), b), bj.solveh_banded(ab, b))
+    inputs = mnn_inputs(rng)
+    u = bj.ode_forward(*inputs, enable_central_smoothness=True)
+    ref = banded_mnn.mnn.ode_forward(*map(np.asarray, inputs), enable_central_smoothness=True)
+    np.testing.assert_allclose(u, ref, rtol=1e-12, atol=1e-12)
+    assert u.dtype == jnp.float64
+
+
+@pytest.mark.parametrize("lower", [False, True])
+def test_check_grads_band_functions(rng, lower):
+    ab = spd(rng, (2,), 6, 2, lower)
+    b = jnp.asarray(rng.standard_normal((2, 6, 2)))
+    bvec = jnp.asarray(rng.standard_normal(6))
+    check_grads(lambda a: bj.cholesky_banded(a, lower), (ab,), **REV)
+    check_grads(lambda a, y: bj.solveh_banded(a, y, lower), (ab, b), **REV)
+    check_grads(lambda a, y: bj.solveh_banded(a, y, lower), (ab, bvec), **REV)
+    check_grads(lambda a, y: bj.solveh_banded(a, y, lower), (ab[:1], b), **REV)
+    c = bj.cholesky_banded(ab, lower)
+    check_grads(lambda f, y: bj.cho_solve_banded((f, lower), y), (c, b), **REV)
+
+
+@pytest.mark.parametrize("central", [False, True], ids=["default", "central"])
+def test_check_grads_ode_forward(rng, central):
+    inputs = mnn_inputs(rng, (2,), 5, 2, 2, 3, 1, 2)
+
+    def f(*a):
+        return bj.ode_forward(*a, enable_central_smoothness=central, weight_equation=1.2,
+                              weight_init_var=0.7, weight_smooth=1.4)  # fmt: skip
+
+    check_grads(f, inputs, **REV)
+    # Broadcast [b] axes and a left-hand side shared by three right-hand sides.
+    c, _, v, h = mnn_inputs(rng, (1,), 5, 1, 1, 3, 1, 1)
+    r = jnp.asarray(rng.standard_normal((3, 5, 1)))
+    check_grads(lambda *a: bj.ode_forward(*a, n_steps=5), (c[:, :1], r, v, h), **REV)  # fmt: skip
+
+
+def test_jit_vmap_eager_agree(rng):
+    ab = spd(rng, (4,), 7, 2)
+    b = jnp.asarray(rng.standard_normal((4, 7)))
+    eager = bj.solveh_banded(ab, b[..., None])[..., 0]
+    np.testing.assert_array_equal(jax.jit(bj.solveh_banded)(ab, b[..., None])[..., 0], eager)
+    np.testing.assert_allclose(jax.vmap(bj.solveh_banded)(ab, b), eager, rtol=1e-14)
+    np.testing.assert_allclose(jax.vmap(bj.solveh_banded, in_axes=(None, 0))(ab[0], b),
+                               bj.solveh_banded(ab[0], b.T).T, rtol=1e-14)  # fmt: skip
+    inputs = mnn_inputs(rng, (3,))
+    eager = bj.ode_forward(*inputs)
+    np.testing.assert_array_equal(jax.jit(bj.ode_forward)(*inputs), eager)
+    np.testing.assert_allclose(jax.vmap(bj.ode_forward)(*inputs), eager, rtol=1e-13)
+    first = [jnp.moveaxis(x, x.ndim - k, 0) for x, k in zip(inputs, (4, 2, 3, 1), strict=True)]
+    u = jax.jit(lambda *a: bj.ode_forward(*a, is_step_dim_first=True))(*first)
+    np.testing.assert_allclose(jnp.moveaxis(u, 0, -3), eager, rtol=1e-13)
+
+
+def test_grad_under_jit_and_vmap(rng):
+    inputs = mnn_inputs(rng, (3,))
+
+    def loss(c, r, v, h):
+        return jnp.sum(bj.ode_forward(c, r, v, h) ** 2)
+
+    grads = jax.grad(loss, argnums=(0, 1, 2, 3))(*inputs)
+    jitted = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))(*inputs)
+    for g, j in zip(grads, jitted, strict=True):
+        np.testing.assert_allclose(j, g, rtol=1e-12)
+    # Per-sample gradients: vmap of grad, against a loop.
+    per_sample = jax.vmap(jax.grad(loss, argnums=(0, 3)))(*inputs)
+    for i in range(3):
+        g = jax.grad(loss, argnums=(0, 3))(*(x[i] for x in inputs))
+        np.testing.assert_allclose(per_sample[0][i], g[0], rtol=1e-10)
+        np.testing.assert_allclose(per_sample[1][i], g[1], rtol=1e-10)
+    # vmap over right-hand sides only, with one shared left-hand side.
+    c, h = inputs[0][0], inputs[3][0]
+    per_sample = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0, None))(c, inputs[1], inputs[2], h)
+    for i in range(3):
+        np.testing.assert_allclose(per_sample[i], jax.grad(loss)(c, inputs[1][i], inputs[2][i], h),
+                                   rtol=1e-10)  # fmt: skip
+    ab = spd(rng, (3,), 6, 2)
+    b = jnp.asarray(rng.standard_normal((3, 6)))
+    g = jax.vmap(jax.grad(lambda a, y: bj.solveh_banded(a, y).sum()))(ab, b)
+    single = jax.grad(lambda a, y: bj.solveh_banded(a, y).sum())
+    for i in range(3):
+        np.testing.assert_allclose(g[i], single(ab[i], b[i]), rtol=1e-10)
+
+
+def test_float32_and_status(rng):
+    ab = spd(rng, (2,), 6, 2).astype(jnp.float32)
+    b = jnp.asarray(rng.standard_normal((2, 6, 1)), dtype=jnp.float32)
+    assert bj.solveh_banded(ab, b).dtype == jnp.float32
+    bad = ab.at[1, -1, 2].set(-5.0)
+    x, info = bj.solveh_banded_ex(bad, b)
+    assert info.tolist() == [0, 3]
+    assert bool(jnp.isnan(x[1]).all()) and bool(jnp.isfinite(x[0]).all())
+
+
+def test_errors(rng):
+    ab = spd(rng, (2,), 6, 2)
+    with pytest.raises(TypeError, match="b has dtype float32"):
+        bj.solveh_banded(ab, jnp.ones((2, 6, 1), dtype=jnp.float32))
+    with pytest.raises(TypeError, match="ab must be float32 or float64"):
+        bj.cholesky_banded(jnp.ones((2, 3), dtype=jnp.int32))
+    c, r, v, h = mnn_inputs(rng)
+    with pytest.raises(ValueError, match="rhs_equation must have shape"):
+        bj.ode_forward(c, r[..., :1], v, h)
