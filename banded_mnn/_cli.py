@@ -1,4 +1,4 @@
-"""The ``banded-mnn`` command: ``info``, ``demo``, ``bench`` and ``bench-mnn``."""
+"""The ``banded-mnn`` command: ``info``, ``demo``, ``bench``, ``bench-mnn``, ``bench-torch``."""
 
 from __future__ import annotations
 
@@ -37,6 +37,32 @@ def _backend_status(name: str) -> str:
         return f"NOT usable: {type(exc).__name__}: {exc}"
 
 
+def _adapter_status(name: str) -> str:
+    """'usable' after a tiny differentiable solve through the adapter, else why not."""
+    if importlib.util.find_spec(name) is None:
+        return f"NOT usable: {name} is not installed (pip install torch==2.13.0 / jax, see README)"
+    try:
+        if name == "torch":
+            import torch
+
+            from .torch import solveh_banded as solve
+
+            ab = torch.tensor([[0.0, 1.0, 1.0], [4.0, 4.0, 4.0]], dtype=torch.float64)
+            x = solve(ab, torch.tensor([5.0, 6.0, 5.0], dtype=torch.float64)).numpy()
+        else:
+            import jax.numpy as jnp
+
+            from .jax import solveh_banded as solve
+
+            ab = jnp.array([[0.0, 1.0, 1.0], [4.0, 4.0, 4.0]])
+            x = np.asarray(solve(ab, jnp.array([5.0, 6.0, 5.0])))
+        if not np.allclose(x, 1.0, atol=1e-5):
+            return f"NOT usable: wrong result {x}"
+        return f"usable ({name} {_version(name)}, CPU)"
+    except Exception as exc:  # report, do not crash: this is a diagnostic
+        return f"NOT usable: {type(exc).__name__}: {exc}"
+
+
 def info(out: Callable[[str], None] = print) -> None:
     """Print versions, threads and which backends are usable (and why not)."""
     from . import __version__
@@ -59,6 +85,8 @@ def info(out: Callable[[str], None] = print) -> None:
             f"backend {name!r} (GPU): NOT usable: GPU backends are not part of this version "
             f"({module} is {'installed' if present else 'not installed'})"
         )
+    for name in ("torch", "jax"):
+        out(f"adapter banded_mnn.{name}: {_adapter_status(name)}")
 
 
 def _median_time(function: Callable[[], object], repeat: int) -> float:
@@ -282,6 +310,61 @@ def bench_mnn(
     return rows
 
 
+def bench_torch(
+    case: tuple[int, int, int, int, int] = (16, 2048, 3, 3, 3),
+    repeat: int = 7,
+    out: Callable[[str], None] = print,
+) -> dict[str, float]:
+    """Time ``banded_mnn.torch.ode_forward`` forward + backward against S-MNN's
+    per-step algorithm in PyTorch and against the NumPy-level calls it wraps.
+
+    ``case`` is ``(B, T, E, D, O)``, float64, one initial value.  Each side is
+    timed as a block (median of ``repeat`` after a warm-up).  Prints a
+    markdown table and returns the times (seconds).
+    """
+    import torch
+
+    from .mnn import ode_forward
+    from .mnn.baselines import bench_inputs
+    from .torch import ode_forward as torch_ode_forward
+    from .torch.baselines import ode_forward_blockwise
+
+    batch, steps, equations, dims, orders = case
+    rng = np.random.default_rng(0)
+    arrays = bench_inputs(batch, steps, equations, dims, orders, False, rng)
+    grad = rng.standard_normal((batch, steps, dims, orders))
+    tensors = [torch.from_numpy(a) for a in arrays]
+    grad_t = torch.from_numpy(grad)
+
+    def torch_step(function):
+        leaves = [t.detach().requires_grad_() for t in tensors]
+        function(*leaves).backward(grad_t)
+
+    def numpy_level():
+        u, system = ode_forward(*arrays, return_system=True)
+        system.vjp(grad, u, *arrays)
+
+    timed = {
+        "banded_mnn.torch": lambda: torch_step(torch_ode_forward),
+        "NumPy-level": numpy_level,
+        "per-step torch": lambda: torch_step(ode_forward_blockwise),
+    }
+    times = {}
+    for name, function in timed.items():
+        function()
+        times[name] = _median_time(function, repeat)
+    ours = times["banded_mnn.torch"]
+    out(f"| B={batch} T={steps} E={equations} D={dims} O={orders}, float64, forward + backward "
+        "| time [ms] | vs banded_mnn.torch |")  # fmt: skip
+    out("|---|---:|---:|")
+    for name, seconds in times.items():
+        out(f"| {name} | {seconds * 1e3:.2f} | {seconds / ours:.2f}x |")
+    out(
+        f"adapter overhead over the NumPy-level calls: {100 * (ours / times['NumPy-level'] - 1):.1f}%"
+    )
+    return times
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``banded-mnn`` command."""
     parser = argparse.ArgumentParser(
@@ -306,7 +389,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bench-mnn", help="time ode_forward against S-MNN's per-step algorithm and a dense solve"
     )
     mnn_parser.add_argument("--repeat", type=int, default=7, help="timed repetitions")
+    torch_parser = commands.add_parser(
+        "bench-torch", help="time banded_mnn.torch.ode_forward against S-MNN's per-step torch"
+    )
+    torch_parser.add_argument("--repeat", type=int, default=7, help="timed repetitions")
     args = parser.parse_args(argv)
+    if args.command == "bench-torch":
+        bench_torch(repeat=args.repeat)
+        return 0
     if args.command == "bench-mnn":
         bench_mnn(repeat=args.repeat)
         return 0

@@ -54,3 +54,13 @@ def test_bench_mnn_prints_a_table(capsys):
     assert "| small |" in out and "| shared |" in out and "speed-up" in out
     assert all(r["ours"] > 0 and r["blockwise"] > 0 and r["dense"] > 0 for r in rows)
     assert all(r["ours_vjp"] > 0 and r["blockwise_vjp"] > 0 for r in rows)
+
+
+def test_info_reports_adapters(capsys):
+    import importlib.util
+
+    _cli.info()
+    out = capsys.readouterr().out
+    for name in ("torch", "jax"):
+        expected = "usable (" if importlib.util.find_spec(name) else "NOT usable"
+        assert f"adapter banded_mnn.{name}: {expected}" in out

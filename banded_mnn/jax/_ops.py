@@ -241,8 +241,8 @@ def solveh_banded(ab, b, lower: bool = False) -> jax.Array:
     >>> import jax.numpy as jnp
     >>> from banded_mnn.jax import solveh_banded
     >>> ab = jnp.array([[0.0, 1.0, 1.0], [4.0, 4.0, 4.0]])
-    >>> solveh_banded(ab, jnp.array([5.0, 6.0, 5.0]))
-    Array([1., 1., 1.], dtype=float32)
+    >>> [round(v, 5) for v in solveh_banded(ab, jnp.array([5.0, 6.0, 5.0])).tolist()]
+    [1.0, 1.0, 1.0]
     """
     return solveh_banded_ex(ab, b, lower)[0]
 

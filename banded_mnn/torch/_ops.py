@@ -105,12 +105,15 @@ def _(c, grad_c, lower):
 
 
 def _cholesky_setup(ctx, inputs, output):
+    ctx.set_materialize_grads(False)  # no zero tensors for the unused outputs
     ctx.lower = inputs[1]
     ctx.save_for_backward(output[0])
 
 
 def _cholesky_bwd(ctx, grad_c, grad_info):
     (c,) = ctx.saved_tensors
+    if grad_c is None:
+        return None, None, None
     return _cholesky_backward(c, grad_c, ctx.lower), None, None
 
 
@@ -196,6 +199,7 @@ def _(ab, b, lower, check):
 
 
 def _solveh_setup(ctx, inputs, output):
+    ctx.set_materialize_grads(False)
     ctx.lower = inputs[2]
     ctx.shapes = (inputs[0].shape, inputs[1].shape)
     ctx.save_for_backward(output[1], output[0])
@@ -203,6 +207,8 @@ def _solveh_setup(ctx, inputs, output):
 
 def _solveh_bwd(ctx, grad_x, grad_c, grad_info):
     c, x = ctx.saved_tensors
+    if grad_x is None:
+        return None, None, None, None
     grad_x, x = _matrices(grad_x, x, ctx.shapes[1])
     lam = _cho_solve(c, grad_x, ctx.lower)
     g_ab = _band_gradient(c, lam, x, ctx.lower, False)
@@ -306,8 +312,9 @@ def solveh_banded(ab: Tensor, b: Tensor, lower: bool = False) -> Tensor:
     >>> import torch
     >>> from banded_mnn.torch import solveh_banded
     >>> ab = torch.tensor([[0.0, 1.0, 1.0], [4.0, 4.0, 4.0]], dtype=torch.float64)
-    >>> solveh_banded(ab, torch.tensor([5.0, 6.0, 5.0], dtype=torch.float64))
-    tensor([1., 1., 1.], dtype=torch.float64)
+    >>> x = solveh_banded(ab, torch.tensor([5.0, 6.0, 5.0], dtype=torch.float64))
+    >>> x.round(decimals=8).tolist()
+    [1.0, 1.0, 1.0]
     """
     ab = _check(ab, "ab")
     return _solveh(ab, _check(b, "b", ab.dtype), lower, True)[0]
@@ -442,6 +449,7 @@ def _(grad_u, u, factor, lanes, coefficients, rhs_equation, init_vars, steps, *a
 
 
 def _ode_setup(ctx, inputs, output):
+    ctx.set_materialize_grads(False)  # the factor's gradient would be a 0-filled copy of it
     u, factor, lanes = output
     ctx.static = inputs[4:]
     ctx.lanes = lanes
@@ -450,6 +458,8 @@ def _ode_setup(ctx, inputs, output):
 
 def _ode_bwd(ctx, grad_u, grad_factor, grad_lanes):
     u, factor, *tensors = ctx.saved_tensors
+    if grad_u is None:
+        return (None,) * 8
     grads = _ode_backward(grad_u, u, factor, ctx.lanes, *tensors, *ctx.static, True)
     return (*grads, None, None, None, None)
 
@@ -522,9 +532,7 @@ def ode_forward(
     --------
     >>> import torch
     >>> from banded_mnn.torch import ode_forward
-    >>> c = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64).reshape(1, 1, 1, 3)
-    >>> c.requires_grad_()
-    tensor(...)
+    >>> c = torch.tensor([[[[1.0, 0.0, 1.0]]]], dtype=torch.float64, requires_grad=True)
     >>> u = ode_forward(c, torch.zeros(1, 1, dtype=torch.float64),
     ...                 torch.tensor([[[0.0, 1.0]]], dtype=torch.float64),
     ...                 torch.full((99,), 0.01, dtype=torch.float64))

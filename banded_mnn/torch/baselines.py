@@ -1,0 +1,109 @@
+"""S-MNN's algorithm in plain PyTorch: the baseline the torch benchmarks use.
+
+The normal equations are assembled as batched ``n x n`` blocks with torch ops
+(differentiable by autograd), then solved by a per-step block Cholesky —
+``cholesky_ex``, ``solve_triangular`` and ``matmul`` on the batch of blocks of
+one step at a time — and block substitution; the backward pass is one more
+substitution with the saved factor (and the block gradients ``-lam x^T``),
+as S-MNN's solver does.  Central smoothness is not implemented here (the
+benchmarks do not use it).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..mnn._kernels import smoothness_tables
+
+
+def blocks(coefficients, rhs_equation, init_vars, steps, weights=(1.0, 1.0, 1.0)):
+    """``(a0, a1, beta)``: diagonal (B, T, n, n) and sub-diagonal (B, T-1, n, n)
+    blocks and the right-hand side (B, T, n), for canonical, unbroadcast inputs."""
+    weq2, wiv2, ws2 = (w * w for w in weights)
+    B, T, E, D, O = coefficients.shape
+    n = D * O
+    dtype, device = coefficients.dtype, coefficients.device
+    c = coefficients.reshape(B, T, E, n)
+    a0 = weq2 * c.transpose(-1, -2) @ c
+    beta = weq2 * (c * rhs_equation[..., None]).sum(-2)
+    S, I = init_vars.shape[1], init_vars.shape[-1]
+    pinned = torch.zeros(T, n, dtype=dtype, device=device)
+    pinned.view(T, D, O)[:S, :, :I] = 1.0
+    a0 = a0 + wiv2 * torch.diag_embed(pinned)
+    values = torch.zeros(B, T, D, O, dtype=dtype, device=device)
+    values[:, :S, :, :I] = init_vars
+    beta = beta + wiv2 * values.reshape(B, T, n)
+    p0, p1, q = (
+        torch.as_tensor(t, dtype=dtype, device=device) for t in smoothness_tables(O, False)
+    )
+    orders = torch.arange(O, device=device)
+    hp = steps[..., None, None] ** (orders[:, None] + orders)  # (B, T-1, O, O)
+    eye = torch.eye(D, dtype=dtype, device=device)
+
+    def per_dim(block):  # (B, T-1, O, O) -> block-diagonal over dims (B, T-1, n, n)
+        return torch.einsum("btij,de->btdiej", block, eye).reshape(B, T - 1, n, n)
+
+    zero = torch.zeros(B, 1, n, n, dtype=dtype, device=device)
+    a0 = (
+        a0
+        + torch.cat([per_dim(ws2 * hp * p0), zero], 1)
+        + torch.cat([zero, per_dim(ws2 * hp * p1)], 1)
+    )
+    a1 = per_dim(ws2 * hp * q)
+    return a0, a1, beta
+
+
+def _substitute(l0: list[Tensor], l1: list[Tensor], rhs: Tensor) -> Tensor:
+    """Solve with the block Cholesky factor, one step at a time."""
+    T = rhs.shape[1]
+    y = []
+    for t in range(T):
+        r = rhs[:, t, :, None]
+        if t:
+            r = r - l1[t - 1] @ y[t - 1]
+        y.append(torch.linalg.solve_triangular(l0[t], r, upper=False))
+    x = [None] * T
+    for t in range(T - 1, -1, -1):
+        r = y[t]
+        if t + 1 < T:
+            r = r - l1[t].transpose(-1, -2) @ x[t + 1]
+        x[t] = torch.linalg.solve_triangular(l0[t].transpose(-1, -2), r, upper=True)
+    return torch.stack(x, 1)[..., 0]
+
+
+class BlockCholeskySolve(torch.autograd.Function):
+    """``x = A^{-1} beta`` for block-tridiagonal SPD ``A`` given as blocks."""
+
+    @staticmethod
+    def forward(ctx, a0: Tensor, a1: Tensor, beta: Tensor) -> Tensor:
+        l0, l1 = [], []
+        for t in range(a0.shape[1]):
+            d = a0[:, t]
+            if t:
+                m = torch.linalg.solve_triangular(l0[t - 1], a1[:, t - 1].transpose(-1, -2),
+                                                  upper=False).transpose(-1, -2)  # fmt: skip
+                l1.append(m)
+                d = d - m @ m.transpose(-1, -2)
+            l0.append(torch.linalg.cholesky_ex(d)[0])
+        x = _substitute(l0, l1, beta)
+        ctx.factor = (l0, l1)
+        ctx.save_for_backward(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad_x: Tensor):
+        (x,) = ctx.saved_tensors
+        lam = _substitute(*ctx.factor, grad_x)
+        d_a0 = -lam[..., :, None] * x[..., None, :]
+        d_a1 = -(
+            lam[:, 1:, :, None] * x[:, :-1, None, :] + x[:, 1:, :, None] * lam[:, :-1, None, :]
+        )
+        return d_a0, d_a1, lam
+
+
+def ode_forward_blockwise(coefficients, rhs_equation, init_vars, steps, weights=(1.0, 1.0, 1.0)):
+    """``u`` (B, T, D, O) by S-MNN's per-step algorithm; differentiable."""
+    a0, a1, beta = blocks(coefficients, rhs_equation, init_vars, steps, weights)
+    x = BlockCholeskySolve.apply(a0, a1, beta)
+    return x.reshape(coefficients.shape[:2] + coefficients.shape[-2:])
