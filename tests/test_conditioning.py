@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import dense_from_band, eps, scipy_solve
 
 import banded_mnn as bm
+from conftest import dense_from_band, eps, scipy_solve
 
 
 def _laplacian_power_band(m: int, power: int, shift: float) -> np.ndarray:

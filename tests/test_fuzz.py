@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-from conftest import scipy_cholesky, scipy_solve
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import banded_mnn as bm
 from banded_mnn.problems import random_spd_band
+from conftest import scipy_cholesky, scipy_solve
 
 batch_shapes = st.lists(st.integers(0, 3), min_size=0, max_size=3).map(tuple)
 

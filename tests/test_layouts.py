@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.linalg
-from conftest import scipy_cholesky, scipy_solve
 
 import banded_mnn as bm
 from banded_mnn.problems import random_spd_band
+from conftest import scipy_cholesky, scipy_solve
 
 TOL = {"rtol": 1e-12, "atol": 1e-12}
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import eps, scipy_cholesky, scipy_solve
 
 import banded_mnn as bm
 from banded_mnn.problems import mnn_normal_band, random_spd_band
+from conftest import eps, scipy_cholesky, scipy_solve
 
 # (batch, M, u): M from 1 to 10^4, u = 0, 1, small, 17 (the MNN block-tridiagonal
 # band for block 9), up to 50, and u + 1 > M.
