@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import runpy
 import shutil
 import subprocess
 import sys
@@ -52,10 +51,9 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
-def test_examples_run(path, capsys):
-    namespace = runpy.run_path(str(path))
-    result = namespace["main"](quick=True)
-    assert result["passed"], result
+def test_every_example_is_tested(path):
+    """tests/test_examples.py runs each example's quick mode and checks its metrics."""
+    assert f'"{path.stem}"' in (ROOT / "tests" / "test_examples.py").read_text()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("asv") is None, reason="asv is in the test extra")

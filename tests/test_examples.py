@@ -1,0 +1,64 @@
+"""Every script in examples/ runs in its quick mode; its metrics are checked."""
+
+from __future__ import annotations
+
+import importlib.util
+import runpy
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def run(name: str, monkeypatch, tmp_path, **kwargs) -> dict:
+    """``main(quick=True)`` of ``examples/<name>.py``, in a scratch directory."""
+    monkeypatch.chdir(tmp_path)  # figures are written to the working directory
+    namespace = runpy.run_path(str(EXAMPLES / f"{name}.py"))
+    result = namespace["main"](quick=True, **kwargs)
+    assert result["passed"], result
+    return result
+
+
+def test_factor_once_solve_many(monkeypatch, tmp_path):
+    result = run("factor_once_solve_many", monkeypatch, tmp_path)
+    assert result["max_difference"] < 1e-10
+
+
+def test_skip_failed_systems(monkeypatch, tmp_path):
+    result = run("skip_failed_systems", monkeypatch, tmp_path)
+    assert result["failed"] >= 1 and np.isfinite(result["loss"])
+
+
+def test_fit_ode_coefficients(monkeypatch, tmp_path):
+    result = run("fit_ode_coefficients", monkeypatch, tmp_path)
+    assert result["loss_end"] < 0.1 * result["loss_start"]
+    assert np.all(result["rel_err"] < 0.2)
+
+
+def test_ode_validation(monkeypatch, tmp_path):
+    result = run("ode_validation", monkeypatch, tmp_path)
+    for (name, central), errors in result["errors"].items():
+        assert errors[-1] < errors[0], (name, central, errors)  # falls with the step size
+    assert (tmp_path / "ode_validation.png").stat().st_size > 10_000
+
+
+def test_long_sequences(monkeypatch, tmp_path):
+    result = run("long_sequences", monkeypatch, tmp_path)
+    assert 0.8 < result["memory_slope"] < 1.2  # linear memory in T
+    assert all(r[5] < 1e-6 for r in result["rows"] if r[5] is not None)  # agrees with dense
+    assert (tmp_path / "long_sequences.png").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch: see the README")
+def test_noisy_sine(monkeypatch, tmp_path):
+    result = run("noisy_sine", monkeypatch, tmp_path)
+    assert result["loss_end"] < 0.3 * result["loss_start"]
+    assert (tmp_path / "noisy_sine.png").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax: see the README")
+def test_noisy_sine_jax(monkeypatch, tmp_path):
+    result = run("noisy_sine_jax", monkeypatch, tmp_path)
+    assert result["loss_end"] < 0.3 * result["loss_start"]
