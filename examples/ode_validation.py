@@ -125,10 +125,12 @@ def main(quick: bool = False, plot: bool = True) -> dict:
         for (name, central), errs in errors.items():
             ax.loglog(step_sizes, errs, "o-" if not central else "s--",
                       label=f"{name}{' (central)' if central else ''}")  # fmt: skip
+        ax.set_xticks(step_sizes, [f"{h:g}" for h in step_sizes])
+        ax.minorticks_off()
         ax.set_xlabel("step size h")
         ax.set_ylabel("relative max error")
         ax.set_title("ode_forward against closed-form solutions")
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=6, loc="lower right", ncol=2)
         fig.tight_layout()
         out = Path("ode_validation.png")
         fig.savefig(out, dpi=120)
