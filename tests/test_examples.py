@@ -62,3 +62,11 @@ def test_noisy_sine(monkeypatch, tmp_path):
 def test_noisy_sine_jax(monkeypatch, tmp_path):
     result = run("noisy_sine_jax", monkeypatch, tmp_path)
     assert result["loss_end"] < 0.3 * result["loss_start"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch: see the README")
+def test_lorenz_discovery(monkeypatch, tmp_path):
+    result = run("lorenz_discovery", monkeypatch, tmp_path)
+    assert result["spurious"] == 0
+    assert result["mean_relative_error"] < 0.05  # quick mode; the default run reaches < 1%
+    assert max(result["errors"].values()) < 0.1
