@@ -70,3 +70,10 @@ def test_lorenz_discovery(monkeypatch, tmp_path):
     assert result["spurious"] == 0
     assert result["mean_relative_error"] < 0.05  # quick mode; the default run reaches < 1%
     assert max(result["errors"].values()) < 0.1
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch: see the README")
+def test_kdv(monkeypatch, tmp_path):
+    result = run("kdv", monkeypatch, tmp_path)
+    assert np.isfinite(result["nmse"]) and result["nmse_first_9"] < result["nmse"]
+    assert (tmp_path / "kdv.png").exists()
