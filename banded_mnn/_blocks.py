@@ -1,0 +1,132 @@
+"""SPD systems given as blocks: block-tridiagonal and block-pentadiagonal.
+
+Many users hold these matrices as blocks -- Kalman smoothers, Gaussian Markov
+random fields, S-MNN's normal equations -- rather than as a scalar band.  The
+block form ``blocks[k][..., t, :, :] = A[t+k, t]`` (block row ``t + k``,
+block column ``t``; ``k = 0`` the diagonal blocks, of which the lower
+triangle is read) is converted to LAPACK's lower band form with ``u = (K+1) n
+- 1`` sub-diagonals and solved by the band Cholesky routines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import _api
+
+
+def _block_band(blocks: Sequence[Any]) -> tuple[np.ndarray, int, int]:
+    """``(ab, T, n)``: the lower band form of the block matrix."""
+    if not isinstance(blocks, (tuple, list)) or not 1 <= len(blocks) <= 3:
+        raise TypeError(
+            "blocks must be a sequence (A0, A1) or (A0, A1, A2) of block arrays, "
+            "blocks[k][..., t, :, :] = A[t+k, t]"
+        )
+    arrays = [_api._as_real_array(a, f"blocks[{k}]") for k, a in enumerate(blocks)]
+    a0 = arrays[0]
+    if a0.ndim < 3 or a0.shape[-1] != a0.shape[-2]:
+        raise ValueError(f"blocks[0] must have shape (..., T, n, n); got {a0.shape}")
+    steps, n = a0.shape[-3], a0.shape[-1]
+    for k, a in enumerate(arrays[1:], start=1):
+        expected = (max(steps - k, 0), n, n)
+        if a.ndim < 3 or a.shape[-3:] != expected:
+            raise ValueError(
+                f"blocks[{k}] must have shape (..., T-{k}, n, n) = (..., {expected[0]}, {n}, "
+                f"{n}) to go with blocks[0] of shape {a0.shape}; got {a.shape}"
+            )
+    try:
+        batch = np.broadcast_shapes(*(a.shape[:-3] for a in arrays))
+    except ValueError:
+        raise ValueError(
+            "the blocks' batch shapes do not broadcast: " + ", ".join(str(a.shape) for a in arrays)
+        ) from None
+    dtype = _api._result_dtype(*arrays)
+    u = len(arrays) * n - 1
+    ab = np.zeros(batch + (u + 1, steps, n), dtype=dtype)
+    # A[t*n + k*n + p, t*n + q] = blocks[k][t, p, q] sits at band row k*n + p - q.
+    for k, a in enumerate(arrays):
+        for p in range(n):
+            for q in range(n) if k else range(p + 1):
+                ab[..., k * n + p - q, : steps - k, q] = a[..., p, q]
+    return ab.reshape(batch + (u + 1, steps * n)), steps, n
+
+
+def _rhs(b: Any, steps: int, n: int) -> tuple[np.ndarray, tuple[int, ...], bool]:
+    b = _api._as_real_array(b, "b")
+    vector = b.ndim >= 2 and b.shape[-2:] == (steps, n)
+    if vector:
+        return b.reshape(b.shape[:-2] + (steps * n, 1)), b.shape, True
+    if b.ndim >= 3 and b.shape[-3:-1] == (steps, n):
+        return b.reshape(b.shape[:-3] + (steps * n, b.shape[-1])), b.shape, False
+    raise ValueError(f"b must have shape (..., T, n) or (..., T, n, K) with T={steps}, n={n}; "
+                     f"got {b.shape}")  # fmt: skip
+
+
+def solveh_block_banded_ex(
+    blocks: Sequence[Any], b: Any, check_finite: bool = True, *, backend: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`solveh_block_banded` returning ``(x, info)`` instead of raising:
+    ``info`` (int32, the batch shape) is LAPACK's leading-minor order of the
+    equivalent scalar band (0 where the system factored); failed systems'
+    solutions are NaN."""
+    ab, steps, n = _block_band(blocks)
+    rhs, shape, vector = _rhs(b, steps, n)
+    x, info = _api.solveh_banded_ex(ab, rhs, lower=True, overwrite_ab=True,
+                                    check_finite=check_finite, backend=backend)  # fmt: skip
+    batch = x.shape[:-2]
+    x = x.reshape(batch + (steps, n) + (() if vector else (shape[-1],)))
+    return x, info
+
+
+def solveh_block_banded(
+    blocks: Sequence[Any], b: Any, check_finite: bool = True, *, backend: str | None = None
+) -> np.ndarray:
+    """Solve ``A x = b`` for SPD block-tridiagonal or block-pentadiagonal ``A``
+    given as blocks, batched.
+
+    Parameters
+    ----------
+    blocks : sequence of array_like
+        ``(A0, A1)`` (block-tridiagonal) or ``(A0, A1, A2)``
+        (block-pentadiagonal), ``A0`` alone for block-diagonal.
+        ``blocks[k]`` has shape ``(..., T - k, n, n)`` and holds ``A[t+k, t]``
+        (block row ``t + k``, block column ``t``).  Only the lower triangle of
+        each diagonal block ``A0[t]`` is read.  Batch axes broadcast.
+    b : array_like, shape (..., T, n) or (..., T, n, K)
+        Right-hand sides.  Batch axes broadcast with the blocks'.
+    check_finite : bool
+        Check the inputs for infs and NaNs.
+    backend : str, optional
+        The band backend (default ``"numba"``).
+
+    Returns
+    -------
+    x : numpy.ndarray
+        Same layout as ``b``, with the broadcast batch shape; float32 if every
+        input fits in float32, else float64.
+
+    Raises
+    ------
+    NotPositiveDefiniteError
+        For a system that is not positive definite; its ``order`` ``k`` is
+        unknown ``k - 1``, that is block ``(k - 1) // n``, component
+        ``(k - 1) % n``.
+    ValueError, TypeError
+        For blocks or right-hand sides of the wrong shapes or types.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from banded_mnn import solveh_block_banded
+    >>> a0 = np.tile(4 * np.eye(2), (5, 1, 1))      # 5 diagonal blocks, n = 2
+    >>> a1 = np.tile(np.eye(2), (4, 1, 1))          # A[t+1, t] = I
+    >>> x = solveh_block_banded((a0, a1), np.ones((5, 2)))
+    >>> x.shape
+    (5, 2)
+    """
+    x, info = solveh_block_banded_ex(blocks, b, check_finite, backend=backend)
+    _api._raise_if_failed(info, "solveh_block_banded")
+    return x
