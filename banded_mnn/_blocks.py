@@ -18,8 +18,8 @@ import numpy as np
 from . import _api
 
 
-def _block_band(blocks: Sequence[Any]) -> tuple[np.ndarray, int, int]:
-    """``(ab, T, n)``: the lower band form of the block matrix."""
+def _check_blocks(blocks: Sequence[Any]) -> tuple[list[np.ndarray], int, int, np.dtype]:
+    """Validated block arrays, ``T``, ``n`` and the result dtype."""
     if not isinstance(blocks, (tuple, list)) or not 1 <= len(blocks) <= 3:
         raise TypeError(
             "blocks must be a sequence (A0, A1) or (A0, A1, A2) of block arrays, "
@@ -38,12 +38,17 @@ def _block_band(blocks: Sequence[Any]) -> tuple[np.ndarray, int, int]:
                 f"{n}) to go with blocks[0] of shape {a0.shape}; got {a.shape}"
             )
     try:
-        batch = np.broadcast_shapes(*(a.shape[:-3] for a in arrays))
+        np.broadcast_shapes(*(a.shape[:-3] for a in arrays))
     except ValueError:
         raise ValueError(
             "the blocks' batch shapes do not broadcast: " + ", ".join(str(a.shape) for a in arrays)
         ) from None
-    dtype = _api._result_dtype(*arrays)
+    return arrays, steps, n, _api._result_dtype(*arrays)
+
+
+def _block_band(arrays: list[np.ndarray], steps: int, n: int, dtype: np.dtype) -> np.ndarray:
+    """The lower band form of the block matrix."""
+    batch = np.broadcast_shapes(*(a.shape[:-3] for a in arrays))
     u = len(arrays) * n - 1
     ab = np.zeros(batch + (u + 1, steps, n), dtype=dtype)
     # A[t*n + k*n + p, t*n + q] = blocks[k][t, p, q] sits at band row k*n + p - q.
@@ -51,38 +56,68 @@ def _block_band(blocks: Sequence[Any]) -> tuple[np.ndarray, int, int]:
         for p in range(n):
             for q in range(n) if k else range(p + 1):
                 ab[..., k * n + p - q, : steps - k, q] = a[..., p, q]
-    return ab.reshape(batch + (u + 1, steps * n)), steps, n
+    return ab.reshape(batch + (u + 1, steps * n))
 
 
 def _rhs(b: Any, steps: int, n: int) -> tuple[np.ndarray, tuple[int, ...], bool]:
+    """``b`` as (..., T*n, K); whether it was given as vectors (..., T, n).
+    A shape that fits both, (..., T, n, K) with K = n = T, is taken as matrices."""
     b = _api._as_real_array(b, "b")
-    vector = b.ndim >= 2 and b.shape[-2:] == (steps, n)
-    if vector:
-        return b.reshape(b.shape[:-2] + (steps * n, 1)), b.shape, True
     if b.ndim >= 3 and b.shape[-3:-1] == (steps, n):
         return b.reshape(b.shape[:-3] + (steps * n, b.shape[-1])), b.shape, False
+    if b.ndim >= 2 and b.shape[-2:] == (steps, n):
+        return b.reshape(b.shape[:-2] + (steps * n, 1)), b.shape, True
     raise ValueError(f"b must have shape (..., T, n) or (..., T, n, K) with T={steps}, n={n}; "
                      f"got {b.shape}")  # fmt: skip
 
 
 def solveh_block_banded_ex(
-    blocks: Sequence[Any], b: Any, check_finite: bool = True, *, backend: str | None = None
+    blocks: Sequence[Any],
+    b: Any,
+    check_finite: bool = True,
+    *,
+    algorithm: str = "sequential",
+    backend: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`solveh_block_banded` returning ``(x, info)`` instead of raising:
-    ``info`` (int32, the batch shape) is LAPACK's leading-minor order of the
-    equivalent scalar band (0 where the system factored); failed systems'
-    solutions are NaN."""
-    ab, steps, n = _block_band(blocks)
+    """:func:`solveh_block_banded` returning ``(x, info)`` instead of raising.
+
+    ``info`` (int32, the batch shape) is 0 where the system factored.
+    Otherwise, with ``algorithm="sequential"`` it is LAPACK's leading-minor
+    order of the equivalent scalar band; with ``"cyclic"`` it is the 1-based
+    block row whose pivot block failed (in elimination order).  Failed
+    systems' solutions are NaN.
+    """
+    arrays, steps, n, dtype = _check_blocks(blocks)
     rhs, shape, vector = _rhs(b, steps, n)
-    x, info = _api.solveh_banded_ex(ab, rhs, lower=True, overwrite_ab=True,
-                                    check_finite=check_finite, backend=backend)  # fmt: skip
-    batch = x.shape[:-2]
+    if algorithm == "cyclic":
+        from ._cyclic import solveh_block_cyclic
+
+        if check_finite:
+            for k, a in enumerate(arrays):
+                if not np.isfinite(a).all():
+                    raise ValueError(f"blocks[{k}] must not contain infs or NaNs")
+            if not np.isfinite(rhs).all():
+                raise ValueError("b must not contain infs or NaNs")
+        x, info = solveh_block_cyclic(arrays, rhs.reshape(rhs.shape[:-2] + (steps, n, -1)))
+        x = x.astype(np.result_type(dtype, _api._result_dtype(rhs)), copy=False)
+    elif algorithm == "sequential":
+        ab = _block_band(arrays, steps, n, dtype)
+        x, info = _api.solveh_banded_ex(ab, rhs, lower=True, overwrite_ab=True,
+                                        check_finite=check_finite, backend=backend)  # fmt: skip
+    else:
+        raise ValueError(f"algorithm must be 'sequential' or 'cyclic'; got {algorithm!r}")
+    batch = x.shape[: x.ndim - (3 if algorithm == "cyclic" else 2)]
     x = x.reshape(batch + (steps, n) + (() if vector else (shape[-1],)))
     return x, info
 
 
 def solveh_block_banded(
-    blocks: Sequence[Any], b: Any, check_finite: bool = True, *, backend: str | None = None
+    blocks: Sequence[Any],
+    b: Any,
+    check_finite: bool = True,
+    *,
+    algorithm: str = "sequential",
+    backend: str | None = None,
 ) -> np.ndarray:
     """Solve ``A x = b`` for SPD block-tridiagonal or block-pentadiagonal ``A``
     given as blocks, batched.
@@ -99,8 +134,14 @@ def solveh_block_banded(
         Right-hand sides.  Batch axes broadcast with the blocks'.
     check_finite : bool
         Check the inputs for infs and NaNs.
+    algorithm : {"sequential", "cyclic"}
+        ``"sequential"``: the band Cholesky (a dependency chain over the T
+        block rows; the fastest on the CPU).  ``"cyclic"``: block cyclic
+        reduction, about log2 T levels of batched block operations at about
+        twice the arithmetic -- the parallel-in-time algorithm for few, long
+        sequences on parallel hardware (here: NumPy, the reference version).
     backend : str, optional
-        The band backend (default ``"numba"``).
+        The band backend of the sequential algorithm (default ``"numba"``).
 
     Returns
     -------
@@ -127,6 +168,6 @@ def solveh_block_banded(
     >>> x.shape
     (5, 2)
     """
-    x, info = solveh_block_banded_ex(blocks, b, check_finite, backend=backend)
+    x, info = solveh_block_banded_ex(blocks, b, check_finite, algorithm=algorithm, backend=backend)
     _api._raise_if_failed(info, "solveh_block_banded")
     return x

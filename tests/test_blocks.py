@@ -26,34 +26,43 @@ def dense(blocks, steps, n):
     return a
 
 
+ALGORITHMS = ["sequential", "cyclic"]
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("levels", [1, 2, 3])
-@pytest.mark.parametrize("steps,n", [(7, 3), (1, 2), (2, 4), (5, 1)])
-def test_matches_scipy(rng, levels, steps, n):
+@pytest.mark.parametrize("steps,n", [(7, 3), (1, 2), (2, 4), (5, 1), (3, 2), (16, 2), (13, 3)])
+def test_matches_scipy(rng, algorithm, levels, steps, n):
     blocks = random_blocks(rng, (3,), steps, n, levels)
     b = rng.standard_normal((3, steps, n, 2))
-    x = bm.solveh_block_banded(blocks, b)
+    x = bm.solveh_block_banded(blocks, b, algorithm=algorithm)
     for i in range(3):
         ref = scipy.linalg.solve(dense([blk[i] for blk in blocks], steps, n),
                                  b[i].reshape(steps * n, 2), assume_a="pos")  # fmt: skip
         np.testing.assert_allclose(x[i].reshape(steps * n, 2), ref, rtol=1e-10, atol=1e-12)
     # A vector right-hand side per system, and broadcasting of one matrix.
-    xv = bm.solveh_block_banded([blk[:1] for blk in blocks], b[..., 0])
+    xv = bm.solveh_block_banded([blk[:1] for blk in blocks], b[..., 0], algorithm=algorithm)
     assert xv.shape == (3, steps, n)
     ref = scipy.linalg.solve(dense([blk[0] for blk in blocks], steps, n),
                              b[..., 0].reshape(3, -1).T, assume_a="pos").T  # fmt: skip
     np.testing.assert_allclose(xv.reshape(3, -1), ref, rtol=1e-10, atol=1e-12)
 
 
-def test_float32_and_status(rng):
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_float32_and_status(rng, algorithm):
     blocks = [blk.astype(np.float32) for blk in random_blocks(rng, (2,), 6, 2, 2)]
     b = rng.standard_normal((2, 6, 2)).astype(np.float32)
-    assert bm.solveh_block_banded(blocks, b).dtype == np.float32
+    x = bm.solveh_block_banded(blocks, b, algorithm=algorithm)
+    assert x.dtype == np.float32
+    ref = bm.solveh_block_banded([blk.astype(np.float64) for blk in blocks], b.astype(np.float64))
+    np.testing.assert_allclose(x, ref, rtol=1e-4, atol=1e-5)
     blocks[0][1, 3] = -np.eye(2, dtype=np.float32)  # system 1, block 3: not positive definite
-    x, info = bm.solveh_block_banded_ex(blocks, b)
-    assert info[0] == 0 and info[1] == 3 * 2 + 1
+    x, info = bm.solveh_block_banded_ex(blocks, b, algorithm=algorithm)
+    # Sequential: LAPACK's minor order (unknown 3*2, 1-based); cyclic: block row 4 (1-based).
+    assert info[0] == 0 and info[1] == (3 * 2 + 1 if algorithm == "sequential" else 4)
     assert np.isnan(x[1]).all() and np.isfinite(x[0]).all()
     with pytest.raises(bm.NotPositiveDefiniteError, match=r"batch index \(1,\)"):
-        bm.solveh_block_banded(blocks, b)
+        bm.solveh_block_banded(blocks, b, algorithm=algorithm)
 
 
 def test_bad_input(rng):
@@ -64,3 +73,30 @@ def test_bad_input(rng):
         bm.solveh_block_banded(blocks, np.ones((4, 2)))
     with pytest.raises(TypeError, match="blocks must be a sequence"):
         bm.solveh_block_banded(blocks[0], np.ones((5, 2)))
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_ill_conditioned(rng, algorithm):
+    """Error within a multiple of eps * cond(A) of SciPy's dense Cholesky."""
+    steps, n = 33, 3
+    blocks = random_blocks(rng, (), steps, n, 2)
+    # Shrink the coupling margin: condition numbers of 1e6-1e9.
+    blocks[0] = (
+        blocks[0] - (2 * 2 * n - 1e-6) * np.eye(n) + 2 * np.abs(blocks[1]).sum() / steps * np.eye(n)
+    )
+    a = dense(blocks, steps, n)
+    eigs = np.linalg.eigvalsh(a)
+    if eigs[0] <= 0:
+        a += (1e-8 * eigs[-1] - eigs[0]) * np.eye(len(a))
+        for t in range(steps):
+            blocks[0][t] = a[t * n : (t + 1) * n, t * n : (t + 1) * n]
+    cond = np.linalg.cond(a)
+    b = rng.standard_normal((steps, n))
+    x = bm.solveh_block_banded(blocks, b, algorithm=algorithm).reshape(-1)
+    ref = scipy.linalg.solve(a, b.reshape(-1), assume_a="pos")
+    assert np.linalg.norm(x - ref) / np.linalg.norm(ref) <= 100 * np.finfo(float).eps * cond
+
+
+def test_unknown_algorithm(rng):
+    with pytest.raises(ValueError, match="algorithm must be"):
+        bm.solveh_block_banded(random_blocks(rng, (), 3, 2, 2), np.ones((3, 2)), algorithm="x")
