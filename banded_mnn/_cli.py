@@ -365,6 +365,45 @@ def bench_torch(
     return times
 
 
+def bench_blocks(
+    cases: Sequence[tuple[int, int, int]] = (
+        (1, 1000, 9),
+        (1, 10_000, 9),
+        (1, 100_000, 9),
+        (4, 1000, 9),
+        (4, 10_000, 9),
+        (4, 100_000, 9),
+    ),
+    repeat: int = 3,
+    out: Callable[[str], None] = print,
+) -> list[dict]:
+    """Time ``solveh_block_banded`` with the sequential and the cyclic-reduction
+    algorithm on block-tridiagonal SPD systems ``(B, T, n)``, side by side."""
+    from ._blocks import solveh_block_banded
+
+    rows = []
+    out("| B | T | n | sequential [ms] | cyclic [ms] | cyclic / sequential |")
+    out("|---:|---:|---:|---:|---:|---:|")
+    for batch, steps, n in cases:
+        rng = np.random.default_rng(0)
+        a1 = rng.uniform(-1, 1, (batch, steps - 1, n, n))
+        a0 = rng.uniform(-1, 1, (batch, steps, n, n))
+        a0 = a0 + np.swapaxes(a0, -1, -2) + 4 * n * np.eye(n)
+        b = rng.standard_normal((batch, steps, n))
+        times = {}
+        for algorithm in ("sequential", "cyclic"):
+
+            def call(algorithm=algorithm):
+                return solveh_block_banded((a0, a1), b, check_finite=False, algorithm=algorithm)
+
+            call()
+            times[algorithm] = _median_time(call, repeat)
+        seq, cyc = times["sequential"], times["cyclic"]
+        out(f"| {batch} | {steps} | {n} | {seq * 1e3:.1f} | {cyc * 1e3:.1f} | {cyc / seq:.1f}x |")
+        rows.append({"B": batch, "T": steps, "n": n, **times})
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``banded-mnn`` command."""
     parser = argparse.ArgumentParser(
@@ -393,7 +432,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bench-torch", help="time banded_mnn.torch.ode_forward against S-MNN's per-step torch"
     )
     torch_parser.add_argument("--repeat", type=int, default=7, help="timed repetitions")
+    blocks_parser = commands.add_parser(
+        "bench-blocks", help="sequential against cyclic reduction for block-tridiagonal systems"
+    )
+    blocks_parser.add_argument("--repeat", type=int, default=3, help="timed repetitions")
     args = parser.parse_args(argv)
+    if args.command == "bench-blocks":
+        bench_blocks(repeat=args.repeat)
+        return 0
     if args.command == "bench-torch":
         bench_torch(repeat=args.repeat)
         return 0

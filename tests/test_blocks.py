@@ -76,21 +76,18 @@ def test_bad_input(rng):
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_ill_conditioned(rng, algorithm):
-    """Error within a multiple of eps * cond(A) of SciPy's dense Cholesky."""
+@pytest.mark.parametrize("condition", [1e4, 1e8, 1e11])
+def test_ill_conditioned(rng, algorithm, condition):
+    """Error within a multiple of eps * cond(A) of SciPy's dense solve."""
     steps, n = 33, 3
     blocks = random_blocks(rng, (), steps, n, 2)
-    # Shrink the coupling margin: condition numbers of 1e6-1e9.
-    blocks[0] = (
-        blocks[0] - (2 * 2 * n - 1e-6) * np.eye(n) + 2 * np.abs(blocks[1]).sum() / steps * np.eye(n)
-    )
+    eigs = np.linalg.eigvalsh(dense(blocks, steps, n))
+    # Shift the spectrum (only the diagonal blocks change) to the wanted condition.
+    shift = eigs[0] - (eigs[-1] - eigs[0]) / (condition - 1)
+    blocks[0] = blocks[0] - shift * np.eye(n)
     a = dense(blocks, steps, n)
-    eigs = np.linalg.eigvalsh(a)
-    if eigs[0] <= 0:
-        a += (1e-8 * eigs[-1] - eigs[0]) * np.eye(len(a))
-        for t in range(steps):
-            blocks[0][t] = a[t * n : (t + 1) * n, t * n : (t + 1) * n]
     cond = np.linalg.cond(a)
+    assert cond > condition / 10
     b = rng.standard_normal((steps, n))
     x = bm.solveh_block_banded(blocks, b, algorithm=algorithm).reshape(-1)
     ref = scipy.linalg.solve(a, b.reshape(-1), assume_a="pos")

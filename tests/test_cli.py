@@ -64,3 +64,9 @@ def test_info_reports_adapters(capsys):
     for name in ("torch", "jax"):
         expected = "usable (" if importlib.util.find_spec(name) else "NOT usable"
         assert f"adapter banded_mnn.{name}: {expected}" in out
+
+
+def test_bench_blocks_prints_a_table(capsys):
+    rows = _cli.bench_blocks(cases=[(2, 9, 2)], repeat=1)
+    assert "| 2 | 9 | 2 |" in capsys.readouterr().out
+    assert rows[0]["sequential"] > 0 and rows[0]["cyclic"] > 0
