@@ -393,8 +393,8 @@ def bench_blocks(
         times = {}
         for algorithm in ("sequential", "cyclic"):
 
-            def call(algorithm=algorithm):
-                return solveh_block_banded((a0, a1), b, check_finite=False, algorithm=algorithm)
+            def call(algorithm=algorithm, blocks=(a0, a1), b=b):
+                return solveh_block_banded(blocks, b, check_finite=False, algorithm=algorithm)
 
             call()
             times[algorithm] = _median_time(call, repeat)
