@@ -59,6 +59,25 @@ def _block_band(arrays: list[np.ndarray], steps: int, n: int, dtype: np.dtype) -
     return ab.reshape(batch + (u + 1, steps * n))
 
 
+def band_to_blocks(ab: np.ndarray, steps: int, n: int, levels: int) -> list[np.ndarray]:
+    """Blocks ``A[t+k, t]`` (k < levels) of the matrix in lower band form
+    ``ab`` (..., u+1, T*n); diagonal blocks are filled symmetric."""
+    band = ab.reshape(ab.shape[:-1] + (steps, n))
+    u = ab.shape[-2] - 1
+    blocks = []
+    for k in range(levels):
+        blk = np.zeros(ab.shape[:-2] + (max(steps - k, 0), n, n), dtype=ab.dtype)
+        for p in range(n):
+            for q in range(n):
+                r = k * n + p - q
+                if k == 0 and p < q:
+                    blk[..., p, q] = band[..., q - p, :, p]  # the upper triangle, by symmetry
+                elif 0 <= r <= u:
+                    blk[..., p, q] = band[..., r, : steps - k, q]
+        blocks.append(blk)
+    return blocks
+
+
 def _rhs(b: Any, steps: int, n: int) -> tuple[np.ndarray, tuple[int, ...], bool]:
     """``b`` as (..., T*n, K); whether it was given as vectors (..., T, n).
     A shape that fits both, (..., T, n, K) with K = n = T, is taken as matrices."""

@@ -142,48 +142,81 @@ def solve_tridiagonal(factor: CyclicFactor, b: np.ndarray) -> np.ndarray:
     return x
 
 
+@dataclass
+class BlockFactor:
+    """Cyclic-reduction factor of a block-tridiagonal or block-pentadiagonal
+    matrix (the latter factored as block-tridiagonal in pairs of block rows)."""
+
+    factor: CyclicFactor
+    steps: int
+    n: int
+    pentadiagonal: bool
+
+    @property
+    def info(self) -> np.ndarray:
+        """0, or the 1-based block row whose pivot block failed."""
+        info = self.factor.info
+        return np.where(info > 0, 2 * info - 1, 0).astype(np.int32) if self.pentadiagonal else info
+
+
+def factor_blocks(blocks) -> BlockFactor:
+    """Factor ``(A0, A1)`` or ``(A0, A1, A2)`` (``blocks[k][..., t] = A[t+k, t]``,
+    equal batch shapes) by block cyclic reduction."""
+    a = [np.asarray(x) for x in blocks]
+    steps, n = a[0].shape[-3], a[0].shape[-1]
+    batch = a[0].shape[:-3]
+    if len(a) == 1:
+        a.append(np.zeros(batch + (max(steps - 1, 0), n, n), dtype=a[0].dtype))
+    pentadiagonal = len(a) == 3
+    if pentadiagonal:
+        a = _pair_matrix(a, steps, n)
+    return BlockFactor(factor_tridiagonal(a[0], a[1]), steps, n, pentadiagonal)
+
+
+def solve_blocks(factor: BlockFactor, b: np.ndarray) -> np.ndarray:
+    """Solve with a :func:`factor_blocks` factor; ``b`` (..., T, n, K)."""
+    steps, n = factor.steps, factor.n
+    if factor.pentadiagonal:
+        pad = steps % 2
+        if pad:
+            b = np.concatenate([b, np.zeros(b.shape[:-3] + (1,) + b.shape[-2:], b.dtype)], -3)
+        b = b.reshape(b.shape[:-3] + ((steps + pad) // 2, 2 * n, b.shape[-1]))
+    x = solve_tridiagonal(factor.factor, b)
+    if factor.pentadiagonal:
+        x = x.reshape(x.shape[:-3] + (-1, n, x.shape[-1]))[..., :steps, :, :]
+    return x
+
+
 def solveh_block_cyclic(blocks, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(x, info)`` for block-tridiagonal (``blocks = (A0, A1)``) or
     block-pentadiagonal (``(A0, A1, A2)``) SPD systems by block cyclic
     reduction; ``b`` (..., T, n, K).  Failed systems' solutions are NaN."""
     a = [np.asarray(x) for x in blocks]
-    steps, n = a[0].shape[-3], a[0].shape[-1]
     batch = np.broadcast_shapes(*(x.shape[:-3] for x in a), b.shape[:-3])
-    a = [np.broadcast_to(x, batch + x.shape[-3:]) for x in a]
-    b = np.broadcast_to(b, batch + b.shape[-3:])
     dtype = np.result_type(*a, b)
-    if len(a) == 1:
-        a.append(np.zeros(batch + (max(steps - 1, 0), n, n), dtype=dtype))
-    if len(a) == 3:  # pentadiagonal: pairs of block rows are tridiagonal blocks of size 2n
-        a, b, pad = _pairs(a, b, steps, n)
-    else:
-        pad = 0
+    a = [np.broadcast_to(x, batch + x.shape[-3:]).astype(dtype) for x in a]
+    b = np.broadcast_to(b, batch + b.shape[-3:]).astype(dtype)
     if a[0].shape[-3] == 0:
         return np.empty(b.shape, dtype=dtype), np.zeros(batch, dtype=np.int32)
-    factor = factor_tridiagonal(a[0].astype(dtype), a[1].astype(dtype))
-    x = solve_tridiagonal(factor, b.astype(dtype))
+    factor = factor_blocks(a)
+    x = solve_blocks(factor, b)
     info = factor.info
-    if pad or len(blocks) == 3:
-        # Back to blocks of size n (dropping the identity padding); block rows
-        # of the info refer to pairs: report the first row of the pair.
-        x = x.reshape(batch + (-1, n, x.shape[-1]))[..., :steps, :, :]
-        info = np.where(info > 0, 2 * info - 1, 0).astype(np.int32)
     x[info != 0] = np.nan
     return x, info
 
 
-def _pairs(a, b, steps, n):
-    """Block-pentadiagonal (blocks n) as block-tridiagonal (blocks 2n)."""
+def _pair_matrix(a, steps, n):
+    """Block-pentadiagonal (blocks n) as block-tridiagonal (blocks 2n), with
+    one decoupled identity block row appended when ``steps`` is odd."""
     pad = steps % 2
     a0, a1, a2 = a
     batch = a0.shape[:-3]
-    if pad:  # one identity block row, decoupled
+    if pad:
         eye = np.broadcast_to(np.eye(n, dtype=a0.dtype), batch + (1, n, n))
         zeros = np.zeros(batch + (1, n, n), dtype=a0.dtype)
         a0 = np.concatenate([a0, eye], -3)
         a1 = np.concatenate([a1, zeros], -3)
         a2 = np.concatenate([a2, zeros], -3)
-        b = np.concatenate([b, np.zeros(b.shape[:-3] + (1,) + b.shape[-2:], b.dtype)], -3)
     t2 = (steps + pad) // 2
     d = np.zeros(batch + (t2, 2 * n, 2 * n), dtype=np.result_type(a0, a1, a2))
     d[..., :n, :n] = a0[..., 0::2, :, :]
@@ -194,5 +227,4 @@ def _pairs(a, b, steps, n):
     c[..., :n, :n] = a2[..., 0::2, :, :][..., : t2 - 1, :, :]  # A[2s+2, 2s]
     c[..., :n, n:] = a1[..., 1::2, :, :][..., : t2 - 1, :, :]  # A[2s+2, 2s+1]
     c[..., n:, n:] = a2[..., 1::2, :, :][..., : t2 - 1, :, :]  # A[2s+3, 2s+1]
-    bb = b.reshape(b.shape[:-3] + (t2, 2 * n, b.shape[-1]))
-    return [d, c], bb, pad
+    return [d, c]

@@ -466,3 +466,47 @@ def test_factor_band_is_lapack_layout(rng, lanes):
             ab[d, : ata.shape[0] - d] = np.diagonal(ata, -d)
         expected = scipy.linalg.cholesky_banded(ab, lower=True)
         np.testing.assert_allclose(band[i], expected, rtol=1e-9, atol=1e-9 * np.abs(expected).max())
+
+
+# --------------------------------------------------------------------------
+# Block cyclic reduction inside the layer: the same values and gradients
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("central", [False, True], ids=["default", "central"])
+@pytest.mark.parametrize("T", [1, 2, 3, 6, 9])
+def test_cyclic_algorithm_matches_sequential(rng, central, T):
+    if central and T < 3:
+        T = 3
+    c, r, v, h = random_problem(rng, (3,), T, 2, 2, 3, 1, 2)
+    kwargs = {"enable_central_smoothness": central}
+    u = ode_forward(c, r, v, h, **kwargs)
+    uc, system = ode_forward(c, r, v, h, algorithm="cyclic", return_system=True, **kwargs)
+    scale = np.abs(u).max()
+    np.testing.assert_allclose(uc, u, rtol=1e-10, atol=1e-12 * scale)
+    g = rng.standard_normal(u.shape)
+    reference = OdeSystem.factor(c, h, n_init_var_steps=1, n_init_var_orders=2, **kwargs)
+    for ours, theirs in zip(system.vjp(g, uc, c, r, v, h), reference.vjp(g, u, c, r, v, h),
+                            strict=True):  # fmt: skip
+        np.testing.assert_allclose(
+            ours, theirs, rtol=1e-9, atol=1e-10 * np.abs(theirs).max(initial=1)
+        )
+    # A left-hand side shared by several right-hand sides.
+    r5 = rng.standard_normal((5, T, 2))
+    np.testing.assert_allclose(ode_forward(c[:1], r5, v[:1], h[:1], algorithm="cyclic", **kwargs),
+                               ode_forward(c[:1], r5, v[:1], h[:1], **kwargs), rtol=1e-10,
+                               atol=1e-12 * scale)  # fmt: skip
+
+
+def test_cyclic_algorithm_errors(rng):
+    c, r, v, h = random_problem(rng, (2,), 5, 2, 2, 3, 1, 2)
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        ode_forward(c, r, v, h, algorithm="parallel")
+    c[1, 2, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="coefficients must not contain"):
+        ode_forward(c, r, v, h, algorithm="cyclic")
+    system = OdeSystem.factor(c, h, n_init_var_steps=1, n_init_var_orders=2, check=False,
+                              algorithm="cyclic")  # fmt: skip
+    assert system.info.tolist() == [0, 1]
+    with pytest.raises(AttributeError, match="cyclic reduction"):
+        system.factor_band  # noqa: B018

@@ -28,9 +28,10 @@ def factor_lanes(
     coef, coef_off, coef_st, steps_buf, steps_off, steps_st,
     rhs, rhs_off, rhs_st, init, init_off, init_st,
     W_all, x_out, info, bw, solve, singular_tol,
-    T, E, D, O, S, I, weq2, wiv2, ws2, central, tab0, tab1, tabq, lanes,
+    T, E, D, O, S, I, weq2, wiv2, ws2, central, tab0, tab1, tabq, lanes, factorise=True,
 ):  # fmt: skip
-    """Assemble and factor every system; with ``solve``, also assemble the
+    """Assemble and factor every system (only assemble without ``factorise``:
+    ``W_all`` then holds the normal matrices); with ``solve``, also assemble the
     right-hand side ``A^T W b`` and write the solution to ``x_out`` (systems, M).
 
     ``info`` receives the per-system status: LAPACK's (a pivot <= 0, or not
@@ -76,6 +77,8 @@ def factor_lanes(
                     init, init_off, vs0, vs1, vs2, Y, first, real, t0, t1,
                     E, D, O, S, I, weq2, wiv2, scratch, lanes,
                 )  # fmt: skip
+            if not factorise:
+                continue
             ready = M if t1 == T else max(done, t1 * n - bw)
             factor(W, Y, M, bw, nrhs, linfo, recip, lanes, done, ready)
             for j in range(done, ready):  # the singularity test, while in cache

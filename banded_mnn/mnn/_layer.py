@@ -347,6 +347,23 @@ def factor_size(spec: OdeSpec, lhs_batch: tuple[int, ...]) -> int:
     return _lane_slots(math.prod(lhs_batch)) * spec.n_unknowns * (spec.bandwidth + 1)
 
 
+#: Names accepted by ``algorithm=``.
+ALGORITHMS = ("sequential", "cyclic")
+
+
+def _choose_algorithm(algorithm: str | None) -> str:
+    """The factorisation algorithm.  ``None`` chooses: on the CPU the band
+    Cholesky ("sequential") is faster at every size measured -- block cyclic
+    reduction does about twice the arithmetic and a 2-core CPU gains nothing
+    from its parallel levels (``docs/performance.md``) -- so it is always
+    "sequential" here; the rule for GPUs comes with the GPU backends."""
+    if algorithm is None:
+        return "sequential"
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS} or None; got {algorithm!r}")
+    return algorithm
+
+
 def _choose_lanes(nsys: int) -> int:
     from .._backends._numba_cpu import choose_lanes
 
@@ -435,6 +452,9 @@ class OdeSystem:
         self.is_step_dim_first = is_step_dim_first
         self.backend = backend
         self._band: np.ndarray | None = None
+        #: The cyclic-reduction factor when factored with ``algorithm="cyclic"``
+        #: (``workspace`` then holds the unfactored normal matrices).
+        self.cyclic = None
 
     @property
     def dtype(self) -> np.dtype:
@@ -446,6 +466,10 @@ class OdeSystem:
         (``u = spec.bandwidth``, ``M = spec.n_unknowns``), as
         :func:`banded_mnn.cholesky_banded` with ``lower=True`` returns it.
         Built on first access (a copy of the workspace)."""
+        if self.cyclic is not None:
+            raise AttributeError(
+                "this system was factored by cyclic reduction: its factor is .cyclic, not a band"
+            )
         if self._band is None:
             u1, m = self.spec.bandwidth + 1, self.spec.n_unknowns
             lanes = self.workspace.reshape(-1, m, u1, self.lanes)
@@ -468,6 +492,7 @@ class OdeSystem:
         weight_smooth: float = 1.0,
         enable_central_smoothness: bool = False,
         check: bool = True,
+        algorithm: str | None = None,
         backend: str | None = None,
     ) -> OdeSystem:
         """Assemble and factor the normal matrix of the MNN least-squares problem.
@@ -497,6 +522,8 @@ class OdeSystem:
             Raise :class:`~banded_mnn.NotPositiveDefiniteError` if a system
             is not positive definite.  With ``False`` the status is left in
             :attr:`info` and the solutions of failed systems are NaN.
+        algorithm : {None, "sequential", "cyclic"}
+            As for :func:`ode_forward`.
         backend : str, optional
             Core backend (default: ``"numba"``).
 
@@ -555,7 +582,7 @@ class OdeSystem:
                 "n_init_var_orders": n_init_var_orders,
             }
         )
-        return cls._factor(inputs, is_step_dim_first, check, backend)[0]
+        return cls._factor(inputs, is_step_dim_first, check, backend, algorithm=algorithm)[0]
 
     @classmethod
     def _factor(
@@ -565,6 +592,7 @@ class OdeSystem:
         check: bool,
         backend: str | None,
         solve: bool = False,
+        algorithm: str | None = None,
     ) -> tuple[OdeSystem, np.ndarray | None]:
         """Assemble and factor the left-hand side; with ``solve`` (the
         right-hand sides have the left-hand side's batch) also assemble the
@@ -573,6 +601,7 @@ class OdeSystem:
         from ._cpu import factor_lanes
 
         _backends.get(backend)  # validates the name; the layer runs on the CPU kernels
+        use_cyclic = _choose_algorithm(algorithm) == "cyclic"
         spec, dtype, lhs_batch = inputs.spec, inputs.dtype, inputs.lhs_batch
         nsys, m, bw = math.prod(lhs_batch), spec.n_unknowns, spec.bandwidth
         slots = _lane_slots(nsys)
@@ -582,27 +611,36 @@ class OdeSystem:
         chunks = slots // lanes
         workspace = _empty((chunks, m * (bw + 1) * lanes), dtype=dtype)
         info = np.zeros(nsys, dtype=np.int32)
-        x = _empty((nsys, m) if solve else (0, 0), dtype=dtype)
+        kernel_solves = solve and not use_cyclic
+        x = _empty((nsys, m) if kernel_solves else (0, 0), dtype=dtype)
         if nsys:
             tables = _tables(spec.n_orders, spec.enable_central_smoothness, dtype)
             batch = lhs_batch
             c = _flat(inputs.arrays["coefficients"], batch, 4, dtype)
             h = _flat(inputs.arrays["steps"], batch, 1, dtype)
-            r = _flat(inputs.arrays.get("rhs_equation") if solve else None, batch, 2, dtype)
-            v = _flat(inputs.arrays.get("init_vars") if solve else None, batch, 3, dtype)
+            r = _flat(inputs.arrays.get("rhs_equation") if kernel_solves else None, batch, 2, dtype)
+            v = _flat(inputs.arrays.get("init_vars") if kernel_solves else None, batch, 3, dtype)
             factor_lanes(
                 c[0], c[1], c[2], h[0], h[1], h[2][0], r[0], r[1], r[2], v[0], v[1], v[2],
-                workspace, x, info, bw, solve, _singular_tolerance(bw, dtype),
+                workspace, x, info, bw, kernel_solves, _singular_tolerance(bw, dtype),
                 spec.n_steps, spec.n_equations, spec.n_dims, spec.n_orders,
                 spec.n_init_var_steps, spec.n_init_var_orders,
                 spec.weight_equation**2, spec.weight_init_var**2, spec.weight_smooth**2,
                 spec.enable_central_smoothness,
                 *(np.repeat(spec.weight_smooth**2 * t.reshape(-1), lanes) for t in tables),
                 _lane_marker(lanes),
+                not use_cyclic,
             )  # fmt: skip
         info = info.reshape(lhs_batch)
         system = cls(workspace, info, spec, is_step_dim_first=is_step_dim_first, backend=backend)
-        if check and info.any():
+        if use_cyclic and nsys:
+            system._factor_cyclic()
+            if solve:
+                beta = _assemble_rhs(inputs)
+                system._solve_batch(beta)
+                x = beta.reshape(nsys, m)
+                x[system.info.reshape(-1) != 0] = np.nan
+        if check and system.info.any():
             system._raise_failure(inputs)
         return system, (x if solve else None)
 
@@ -663,9 +701,35 @@ class OdeSystem:
             ) from None
         return inputs
 
+    def _factor_cyclic(self) -> None:
+        """Factor the assembled normal matrices (in ``workspace``) by block
+        cyclic reduction instead of the band Cholesky."""
+        from .._blocks import band_to_blocks
+        from .._cyclic import factor_blocks
+
+        spec = self.spec
+        self.cyclic = None
+        band = self.factor_band  # the assembled matrices in LAPACK layout
+        levels = 3 if spec.enable_central_smoothness else 2
+        blocks = band_to_blocks(band, spec.n_steps, spec.block_size, min(levels, spec.n_steps))
+        self.cyclic = factor_blocks(blocks)
+        self._band = None
+        info = self.cyclic.info.reshape(self.info.shape).copy()
+        # A NaN block passes NumPy's Cholesky: report non-finite systems (block row 1).
+        finite = np.isfinite(band).all(axis=(-1, -2))
+        info[(info == 0) & ~finite] = 1
+        self.info = info
+
     def _solve_batch(self, b: np.ndarray) -> np.ndarray:
         """Solve in place for ``b`` of shape ``batch + (M, 1)`` (our own array)."""
         batch = b.shape[:-2]
+        if self.cyclic is not None:
+            from .._cyclic import solve_blocks
+
+            spec = self.spec
+            x = solve_blocks(self.cyclic, b.reshape(batch + (spec.n_steps, spec.block_size, 1)))
+            b[...] = x.reshape(b.shape)
+            return b
         if batch == self.lhs_batch_shape and b.dtype == self.dtype:
             # One factor per right-hand side: solve with the workspace directly.
             from ._cpu import solve_lanes
@@ -838,6 +902,7 @@ def ode_forward(
     frozen_lhs_cache_version: int = 0,
     *,
     return_system: bool = False,
+    algorithm: str | None = None,
     backend: str | None = None,
 ) -> np.ndarray | tuple[np.ndarray, OdeSystem]:
     """Solve the MNN least-squares problem: S-MNN's ``ode_forward`` on NumPy arrays.
@@ -878,6 +943,11 @@ def ode_forward(
     return_system : bool
         Also return the factored :class:`OdeSystem` (for :meth:`OdeSystem.vjp`,
         or to solve more right-hand sides).  It comes from the same pass.
+    algorithm : {None, "sequential", "cyclic"}
+        The factorisation: the band Cholesky over the steps ("sequential"),
+        or block cyclic reduction ("cyclic", about log2 T levels of batched
+        block operations; see :func:`banded_mnn.solveh_block_banded`).
+        ``None`` chooses (always "sequential" on the CPU, where it is faster).
     backend : str, optional
         Core backend (default ``"numba"``).
 
@@ -926,13 +996,15 @@ def ode_forward(
     system = _FROZEN.get(version) if version else None
     if system is None and inputs.batch == inputs.lhs_batch:
         # One left-hand side per right-hand side: factor and solve in one pass.
-        system, x = OdeSystem._factor(inputs, is_step_dim_first, True, backend, solve=True)
+        system, x = OdeSystem._factor(
+            inputs, is_step_dim_first, True, backend, solve=True, algorithm=algorithm
+        )
         if version:
             _FROZEN[version] = system
         u = _solution(x, inputs, is_step_dim_first)
         return (u, system) if return_system else u
     if system is None:
-        system, _ = OdeSystem._factor(inputs, is_step_dim_first, True, backend)
+        system, _ = OdeSystem._factor(inputs, is_step_dim_first, True, backend, algorithm=algorithm)
         if version:
             _FROZEN[version] = system
     else:
