@@ -322,33 +322,10 @@ def bench_torch(
     timed as a block (median of ``repeat`` after a warm-up).  Prints a
     markdown table and returns the times (seconds).
     """
-    import torch
-
-    from .mnn import ode_forward
-    from .mnn.baselines import bench_inputs
-    from .torch import ode_forward as torch_ode_forward
-    from .torch.baselines import ode_forward_blockwise
+    from .torch.baselines import bench_steps
 
     batch, steps, equations, dims, orders = case
-    rng = np.random.default_rng(0)
-    arrays = bench_inputs(batch, steps, equations, dims, orders, False, rng)
-    grad = rng.standard_normal((batch, steps, dims, orders))
-    tensors = [torch.from_numpy(a) for a in arrays]
-    grad_t = torch.from_numpy(grad)
-
-    def torch_step(function):
-        leaves = [t.detach().requires_grad_() for t in tensors]
-        function(*leaves).backward(grad_t)
-
-    def numpy_level():
-        u, system = ode_forward(*arrays, return_system=True)
-        system.vjp(grad, u, *arrays)
-
-    timed = {
-        "banded_mnn.torch": lambda: torch_step(torch_ode_forward),
-        "NumPy-level": numpy_level,
-        "per-step torch": lambda: torch_step(ode_forward_blockwise),
-    }
+    timed = bench_steps(case)
     times = {}
     for name, function in timed.items():
         function()

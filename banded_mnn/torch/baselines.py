@@ -107,3 +107,42 @@ def ode_forward_blockwise(coefficients, rhs_equation, init_vars, steps, weights=
     a0, a1, beta = blocks(coefficients, rhs_equation, init_vars, steps, weights)
     x = BlockCholeskySolve.apply(a0, a1, beta)
     return x.reshape(coefficients.shape[:2] + coefficients.shape[-2:])
+
+
+def bench_steps(case=(16, 2048, 3, 3, 3), seed: int = 0) -> dict:
+    """One training step's solver work, three ways, for the benchmarks
+    (``banded-mnn bench-torch`` and ``asv_benchmarks/bench_torch.py``):
+    name -> function running forward + backward at ``case = (B, T, E, D, O)``
+    (float64, one initial value, a fixed upstream gradient).
+
+    * ``"banded_mnn.torch"``: :func:`banded_mnn.torch.ode_forward`;
+    * ``"NumPy-level"``: the calls it wraps (``ode_forward(...,
+      return_system=True)`` and ``OdeSystem.vjp``);
+    * ``"per-step torch"``: :func:`ode_forward_blockwise`.
+    """
+    import numpy as np
+
+    from ..mnn import ode_forward as numpy_ode_forward
+    from ..mnn.baselines import bench_inputs
+    from . import ode_forward as torch_ode_forward
+
+    batch, steps, equations, dims, orders = case
+    rng = np.random.default_rng(seed)
+    arrays = bench_inputs(batch, steps, equations, dims, orders, False, rng)
+    grad = rng.standard_normal((batch, steps, dims, orders))
+    tensors = [torch.from_numpy(a) for a in arrays]
+    grad_t = torch.from_numpy(grad)
+
+    def torch_step(function):
+        leaves = [t.detach().requires_grad_() for t in tensors]
+        function(*leaves).backward(grad_t)
+
+    def numpy_level():
+        u, system = numpy_ode_forward(*arrays, return_system=True)
+        system.vjp(grad, u, *arrays)
+
+    return {
+        "banded_mnn.torch": lambda: torch_step(torch_ode_forward),
+        "NumPy-level": numpy_level,
+        "per-step torch": lambda: torch_step(ode_forward_blockwise),
+    }
