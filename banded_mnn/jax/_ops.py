@@ -211,12 +211,57 @@ def cholesky_banded(ab, lower: bool = False) -> jax.Array:
 
 
 def cholesky_banded_ex(ab, lower: bool = False) -> tuple[jax.Array, jax.Array]:
-    """``(c, info)``: the factor and the per-system int32 status."""
+    """The band Cholesky factor and the per-system status.
+
+    Parameters
+    ----------
+    ab : array, shape (..., u+1, M), float32 or float64
+        SPD matrices in LAPACK band form.
+    lower : bool
+        Lower (``True``) or upper (default) band form.
+
+    Returns
+    -------
+    c : jax.Array
+        The factors (NaN for failed systems), differentiable in ``ab``.
+    info : jax.Array of int32, the batch shape
+        0, or the order of the first leading minor that is not positive definite.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> from banded_mnn.jax import cholesky_banded_ex
+    >>> c, info = cholesky_banded_ex(jnp.array([[0.0, 1.0], [4.0, -4.0]]))
+    >>> int(info)
+    2
+    """
     return _cholesky(_floating(ab, "ab"), bool(lower))
 
 
 def cho_solve_banded(cb_and_lower, b) -> jax.Array:
-    """Solve with a band Cholesky factor ``(cb, lower)`` (differentiable in both)."""
+    """Solve ``A x = b`` with a band Cholesky factor of ``A`` (differentiable in
+    the factor and ``b``).
+
+    Parameters
+    ----------
+    cb_and_lower : (array, bool)
+        The factor ``(..., u+1, M)`` from :func:`cholesky_banded` and its form.
+    b : array, shape (M,) or (..., M, K), same dtype as the factor
+        Right-hand sides; batch axes broadcast.
+
+    Returns
+    -------
+    x : jax.Array
+        Shape of ``b`` with the broadcast batch shape.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> from banded_mnn.jax import cho_solve_banded, cholesky_banded
+    >>> ab = jnp.array([[0.0, 1.0, 1.0], [4.0, 4.0, 4.0]])
+    >>> cho_solve_banded((cholesky_banded(ab), False), jnp.ones(3)).shape
+    (3,)
+    """
     cb, lower = cb_and_lower
     cb = _floating(cb, "cb")
     b, vector = _matrix(_floating(b, "b", cb.dtype))
@@ -225,7 +270,32 @@ def cho_solve_banded(cb_and_lower, b) -> jax.Array:
 
 
 def solveh_banded_ex(ab, b, lower: bool = False) -> tuple[jax.Array, jax.Array]:
-    """``(x, info)`` for SPD band systems (differentiable in ``ab`` and ``b``)."""
+    """Solve SPD band systems and report the per-system status.
+
+    Parameters
+    ----------
+    ab : array, shape (..., u+1, M), float32 or float64
+        SPD matrices in LAPACK band form.
+    b : array, shape (M,) or (..., M, K), same dtype
+        Right-hand sides; batch axes broadcast.
+    lower : bool
+        Band form of ``ab``.
+
+    Returns
+    -------
+    x : jax.Array
+        Solutions (NaN for failed systems), differentiable in ``ab`` and ``b``.
+    info : jax.Array of int32, the batch shape of ``ab``
+        0, or the order of the first leading minor that is not positive definite.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> from banded_mnn.jax import solveh_banded_ex
+    >>> x, info = solveh_banded_ex(jnp.array([[0.0, 1.0, 1.0], [4.0, 4.0, 4.0]]), jnp.ones(3))
+    >>> int(info)
+    0
+    """
     ab = _floating(ab, "ab")
     b, vector = _matrix(_floating(b, "b", ab.dtype))
     x, info = _solveh(ab, b, bool(lower))

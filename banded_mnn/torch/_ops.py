@@ -286,15 +286,63 @@ def cholesky_banded(ab: Tensor, lower: bool = False) -> Tensor:
 
 
 def cholesky_banded_ex(ab: Tensor, lower: bool = False) -> tuple[Tensor, Tensor]:
-    """``(c, info)``: :func:`cholesky_banded` with a per-system int32 status
-    instead of an exception (failed systems' factors are NaN)."""
+    """:func:`cholesky_banded` with a per-system status instead of an exception.
+
+    Parameters
+    ----------
+    ab : Tensor, shape (..., u+1, M), float32 or float64, CPU
+        SPD matrices in LAPACK band form.
+    lower : bool
+        Lower (``True``) or upper (default) band form.
+
+    Returns
+    -------
+    c : Tensor
+        The factors (NaN for failed systems), differentiable in ``ab``.
+    info : Tensor of int32, the batch shape
+        0, or the order of the first leading minor that is not positive definite.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from banded_mnn.torch import cholesky_banded_ex
+    >>> c, info = cholesky_banded_ex(torch.tensor([[0.0, 1.0], [4.0, -4.0]]))
+    >>> info.item()
+    2
+    """
     return _cholesky(_check(ab, "ab"), lower, False)
 
 
 def cho_solve_banded(cb_and_lower: tuple[Tensor, bool], b: Tensor) -> Tensor:
-    """Solve ``A x = b`` given the band Cholesky factor ``(cb, lower)`` of ``A``
-    (differentiable in ``cb`` and ``b``).  ``b`` is ``(M,)`` or ``(..., M, K)``;
-    batch axes broadcast."""
+    """Solve ``A x = b`` given the band Cholesky factor of ``A`` (differentiable
+    in the factor and ``b``).
+
+    Parameters
+    ----------
+    cb_and_lower : (Tensor, bool)
+        The factor ``(..., u+1, M)`` from :func:`cholesky_banded` and its form.
+    b : Tensor, shape (M,) or (..., M, K), same dtype as the factor
+        Right-hand sides; batch axes broadcast.
+
+    Returns
+    -------
+    x : Tensor
+        Shape of ``b`` with the broadcast batch shape.
+
+    Raises
+    ------
+    TypeError, NotImplementedError
+        For a dtype mix, non-floating or non-CPU tensors (naming the argument).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from banded_mnn.torch import cho_solve_banded, cholesky_banded
+    >>> ab = torch.tensor([[0.0, 1.0, 1.0], [4.0, 4.0, 4.0]], dtype=torch.float64)
+    >>> x = cho_solve_banded((cholesky_banded(ab), False), torch.ones(3, dtype=torch.float64))
+    >>> x.shape
+    torch.Size([3])
+    """
     cb, lower = cb_and_lower
     cb = _check(cb, "cb")
     return _cho_solve(cb, _check(b, "b", cb.dtype), bool(lower))
@@ -321,7 +369,33 @@ def solveh_banded(ab: Tensor, b: Tensor, lower: bool = False) -> Tensor:
 
 
 def solveh_banded_ex(ab: Tensor, b: Tensor, lower: bool = False) -> tuple[Tensor, Tensor]:
-    """``(x, info)``: :func:`solveh_banded` with a per-system int32 status."""
+    """:func:`solveh_banded` with a per-system status instead of an exception.
+
+    Parameters
+    ----------
+    ab : Tensor, shape (..., u+1, M)
+        SPD matrices in LAPACK band form (float32/float64, CPU).
+    b : Tensor, shape (M,) or (..., M, K), same dtype
+        Right-hand sides; batch axes broadcast.
+    lower : bool
+        Band form of ``ab``.
+
+    Returns
+    -------
+    x : Tensor
+        Solutions (NaN for failed systems), differentiable in ``ab`` and ``b``.
+    info : Tensor of int32, the batch shape of ``ab``
+        0, or the order of the first leading minor that is not positive definite.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from banded_mnn.torch import solveh_banded_ex
+    >>> ab = torch.tensor([[0.0, 1.0, 1.0], [4.0, 4.0, 4.0]], dtype=torch.float64)
+    >>> x, info = solveh_banded_ex(ab, torch.ones(3, dtype=torch.float64))
+    >>> int(info)
+    0
+    """
     ab = _check(ab, "ab")
     x, _, info = _solveh(ab, _check(b, "b", ab.dtype), lower, False)
     return x, info
