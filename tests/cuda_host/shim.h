@@ -1,0 +1,51 @@
+// Test-only shim: compiles CUDA kernel sources as host C++ and runs every
+// CUDA thread of a launch as a host thread (one std::thread per CUDA thread,
+// blocks one after another).  Enough for kernels that use threadIdx,
+// blockIdx, blockDim and gridDim in x and no shared memory or barriers (the
+// kernels of banded_mnn/_backends/cuda/ today).  Never part of the package.
+#pragma once
+#include <cmath>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+struct dim3 {
+    unsigned x = 1, y = 1, z = 1;
+};
+inline thread_local dim3 threadIdx, blockIdx;
+inline dim3 blockDim, gridDim;
+
+#define __global__
+#define __device__
+#define __host__
+
+using std::isfinite;
+using std::sqrt;
+
+inline float __int_as_float(int v) {
+    float f;
+    std::memcpy(&f, &v, sizeof f);
+    return f;
+}
+inline double __longlong_as_double(long long v) {
+    double d;
+    std::memcpy(&d, &v, sizeof d);
+    return d;
+}
+
+// kernel<<<grid, block>>>(...) as launch(grid, block, [&] { kernel(...); }).
+template <typename Body>
+void launch(unsigned grid, unsigned block, Body body) {
+    gridDim.x = grid;
+    blockDim.x = block;
+    for (unsigned b = 0; b < grid; ++b) {
+        std::vector<std::thread> threads;
+        for (unsigned t = 0; t < block; ++t)
+            threads.emplace_back([=] {
+                blockIdx.x = b;
+                threadIdx.x = t;
+                body();
+            });
+        for (auto& thread : threads) thread.join();
+    }
+}
