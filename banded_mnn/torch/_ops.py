@@ -636,8 +636,8 @@ def ode_forward(
               spec.enable_central_smoothness)  # fmt: skip
     version = _layer._count(frozen_lhs_cache_version, "frozen_lhs_cache_version", 0)
     if version and version in _FROZEN:
-        factor, lanes, cached_spec, lhs_batch, cached_dtype = _FROZEN[version]
-        if cached_spec != spec or cached_dtype != dtype:
+        factor, lanes, cached_spec, cached_batch, cached_dtype = _FROZEN[version]
+        if cached_spec != spec or cached_dtype != dtype or cached_batch != lhs_batch:
             raise ValueError(
                 f"frozen_lhs_cache_version={version} holds a left-hand side of a different "
                 "problem; use a new version or clear_frozen_lhs_cache()"
