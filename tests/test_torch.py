@@ -113,7 +113,7 @@ def test_frozen_lhs(rng):
         u = bt.ode_forward(c, r, v, h * 2, frozen_lhs_cache_version=3)  # steps ignored
         torch.testing.assert_close(u, u0)
         with pytest.raises(ValueError, match="frozen_lhs_cache_version=3"):
-            bt.ode_forward(c[:1], r, v, h, frozen_lhs_cache_version=3)  # another LHS batch
+            bt.ode_forward(c[:1], r, v, h[:1], frozen_lhs_cache_version=3)  # another LHS batch
         u.sum().backward()
         assert c.grad is None and h.grad is None and r.grad is not None
         r2 = r.detach().clone().requires_grad_()
