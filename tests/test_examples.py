@@ -14,6 +14,8 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 def run(name: str, monkeypatch, tmp_path, **kwargs) -> dict:
     """``main(quick=True)`` of ``examples/<name>.py``, in a scratch directory."""
+    if importlib.util.find_spec("matplotlib") is None or importlib.util.find_spec("tqdm") is None:
+        pytest.skip("the examples extra (matplotlib, tqdm): see the README")
     monkeypatch.chdir(tmp_path)  # figures are written to the working directory
     namespace = runpy.run_path(str(EXAMPLES / f"{name}.py"))
     result = namespace["main"](quick=True, **kwargs)
