@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "banded_mnn" / "_backends" / "cuda" / "band_cholesky.cu"
 HOST = Path(__file__).resolve().parent / "cuda_host"
 
+KERNELS = ("band_factor_solve", "band_factor_solve_warp")
 _SIGNATURE = ("(T*, const long long*, long long, long long, long long, long long, int, T*, "
               "const long long*, long long, long long, long long, int*, long long)")  # fmt: skip
 
@@ -40,7 +41,8 @@ def test_nvcc_compiles_without_spills(tmp_path, arch):
     unit.write_text(
         f'#include "{SOURCE}"\n'
         + "".join(
-            f"template __global__ void band_factor_solve<{t}>{_SIGNATURE.replace('T*', t + '*')};\n"
+            f"template __global__ void {kernel}<{t}>{_SIGNATURE.replace('T*', t + '*')};\n"
+            for kernel in KERNELS
             for t in ("float", "double")
         )
     )
@@ -52,7 +54,7 @@ def test_nvcc_compiles_without_spills(tmp_path, arch):
     assert result.returncode == 0, result.stderr
     report = result.stderr
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
-    assert len(spills) == 2, report  # one line per instantiation
+    assert len(spills) == 2 * len(KERNELS), report  # one line per instantiation
     assert all(int(s) == 0 and int(l) == 0 for s, l in spills), report
 
 
@@ -62,7 +64,7 @@ def kernels(tmp_path_factory):
         pytest.skip("g++ is on the CI machine")
     library = tmp_path_factory.mktemp("cuda_host") / "libharness.so"
     subprocess.run(
-        ["g++", "-O1", "-std=c++17", "-shared", "-fPIC", "-pthread", "-o", str(library),
+        ["g++", "-O1", "-std=c++20", "-shared", "-fPIC", "-pthread", "-o", str(library),
          str(HOST / "harness.cpp")],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
@@ -78,7 +80,8 @@ def _pointer(array: np.ndarray):
 
 def run_kernel(lib, band: StridedBatch, bw: int, do_factor: bool, rhs: StridedBatch | None,
                block: int = 8) -> np.ndarray:  # fmt: skip
-    """Launch ``band_factor_solve`` on the host; returns ``info``."""
+    """Launch ``band_factor_solve`` on the host (``block=0``: the warp-per-system
+    kernel); returns ``info``."""
     nsys = band.offsets.shape[0]
     info = np.full(nsys, -1, dtype=np.int32)
     if rhs is None:
@@ -96,10 +99,13 @@ def run_kernel(lib, band: StridedBatch, bw: int, do_factor: bool, rhs: StridedBa
     return info
 
 
+@pytest.mark.parametrize("block", [8, 0], ids=["thread-per-system", "warp-per-system"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("lower", [False, True])
-@pytest.mark.parametrize("batch,m,u,k", [(37, 20, 3, 2), (5, 9, 4, 1), (3, 4, 6, 3), (9, 1, 1, 1)])
-def test_fused_factor_and_solve_match_scipy(kernels, rng, dtype, lower, batch, m, u, k):
+@pytest.mark.parametrize(
+    "batch,m,u,k", [(37, 20, 3, 2), (5, 9, 4, 1), (3, 4, 6, 3), (9, 1, 1, 1), (2, 90, 40, 2)]
+)
+def test_fused_factor_and_solve_match_scipy(kernels, rng, block, dtype, lower, batch, m, u, k):
     ab = random_spd_band((batch,), m, u, rng=rng)
     if lower:
         from banded_mnn._vjp import _upper_to_lower
@@ -109,7 +115,7 @@ def test_fused_factor_and_solve_match_scipy(kernels, rng, dtype, lower, batch, m
     b = rng.standard_normal((batch, m, k)).astype(dtype)
     c, x = ab.copy(), b.copy()
     band = StridedBatch.from_array(c, (batch,)).band_view(u, lower)
-    info = run_kernel(kernels, band, u, True, StridedBatch.from_array(x, (batch,)))
+    info = run_kernel(kernels, band, u, True, StridedBatch.from_array(x, (batch,)), block)
     assert (info == 0).all()
     rtol = 1e-10 if dtype == np.float64 else 2e-4
     np.testing.assert_allclose(
@@ -121,7 +127,7 @@ def test_fused_factor_and_solve_match_scipy(kernels, rng, dtype, lower, batch, m
     # Solve only, with the factor just computed (do_factor = 0).
     y = b.copy()
     run_kernel(kernels, StridedBatch.from_array(c, (batch,)).band_view(u, lower), u, False,
-               StridedBatch.from_array(y, (batch,)))  # fmt: skip
+               StridedBatch.from_array(y, (batch,)), block)  # fmt: skip
     np.testing.assert_allclose(y, x, rtol=rtol, atol=rtol)
 
 
@@ -135,16 +141,18 @@ def test_strided_operands(kernels, rng):
     np.testing.assert_allclose(x, scipy_solve(ab, b, False), rtol=1e-10)
 
 
-def test_not_positive_definite_status(kernels, rng):
+@pytest.mark.parametrize("block", [8, 0], ids=["thread-per-system", "warp-per-system"])
+def test_not_positive_definite_status(kernels, rng, block):
     ab = random_spd_band((4,), 10, 2, rng=rng)
     ab[2, -1, 6] = -1.0  # system 2: the 7th leading minor fails
     b = rng.standard_normal((4, 10, 1))
     c, x = ab.copy(), b.copy()
     info = run_kernel(kernels, StridedBatch.from_array(c, (4,)).band_view(2, False), 2, True,
-                      StridedBatch.from_array(x, (4,)))  # fmt: skip
+                      StridedBatch.from_array(x, (4,)), block)  # fmt: skip
     assert info.tolist() == [0, 0, 7, 0]
     assert np.isnan(x[2]).all() and np.isfinite(np.delete(x, 2, axis=0)).all()
     ab[1, -1, 3] = np.inf  # an infinite pivot fails too (LAPACK would accept it)
     c = ab.copy()
-    info = run_kernel(kernels, StridedBatch.from_array(c, (4,)).band_view(2, False), 2, True, None)
+    info = run_kernel(kernels, StridedBatch.from_array(c, (4,)).band_view(2, False), 2, True, None,
+                      block)  # fmt: skip
     assert info[1] == 4

@@ -1,9 +1,12 @@
 // Test-only shim: compiles CUDA kernel sources as host C++ and runs every
 // CUDA thread of a launch as a host thread (one std::thread per CUDA thread,
-// blocks one after another).  Enough for kernels that use threadIdx,
-// blockIdx, blockDim and gridDim in x and no shared memory or barriers (the
-// kernels of banded_mnn/_backends/cuda/ today).  Never part of the package.
+// blocks one after another).  Covers what the kernels of
+// banded_mnn/_backends/cuda/ use: threadIdx, blockIdx, blockDim and gridDim
+// in x; __shared__ variables (function-local statics: one block runs at a
+// time); __syncthreads (a std::barrier over the block's threads).  Never part
+// of the package.
 #pragma once
+#include <barrier>
 #include <cmath>
 #include <cstring>
 #include <thread>
@@ -18,6 +21,10 @@ inline dim3 blockDim, gridDim;
 #define __global__
 #define __device__
 #define __host__
+#define __shared__ static
+
+inline std::barrier<>* shim_block_barrier = nullptr;
+inline void __syncthreads() { shim_block_barrier->arrive_and_wait(); }
 
 using std::isfinite;
 using std::sqrt;
@@ -39,6 +46,8 @@ void launch(unsigned grid, unsigned block, Body body) {
     gridDim.x = grid;
     blockDim.x = block;
     for (unsigned b = 0; b < grid; ++b) {
+        std::barrier<> barrier(block);
+        shim_block_barrier = &barrier;
         std::vector<std::thread> threads;
         for (unsigned t = 0; t < block; ++t)
             threads.emplace_back([=] {

@@ -1,4 +1,6 @@
-// Batched band Cholesky factorisation and solve: one thread per system.
+// Batched band Cholesky factorisation and solve, for the two regimes S-MNN
+// meets: band_factor_solve (one thread per system: many short systems) and
+// band_factor_solve_warp (one warp per system: few long ones).
 //
 // The operands are addressed like the CPU kernels' (banded_mnn/_strided.py):
 // a flat buffer, one element offset per system and two element strides, so
@@ -87,6 +89,98 @@ __global__ void band_factor_solve(
     if (failed) {
         const T nan = band_nan<T>();
         for (long long j = 0; j < n; ++j) {
+            const long long m = (bw < n - 1 - j) ? bw : n - 1 - j;
+            if (do_factor)
+                for (long long t = 0; t <= m; ++t) A(j, t) = nan;
+            for (long long k = 0; k < nrhs; ++k) Y(j, k) = nan;
+        }
+    }
+#undef A
+#undef Y
+}
+
+// Few long systems: one block of 32 threads (a warp) per system.  The same
+// algorithm, with the work of each column spread over the threads: the
+// scaling of column j, the rank-1 update of the trailing triangle (one row of
+// it at a time, its entries across the threads), the forward substitution's
+// updates, and the backward substitution's dot products (summed in shared
+// memory).  Thread 0 computes the pivots.  Launch with blockDim.x == 32 and
+// one block per system.
+constexpr int BAND_WARP = 32;
+
+template <typename T>
+__global__ void band_factor_solve_warp(
+    T* band, const long long* band_off, long long band_sj, long long band_st,
+    long long n, long long bw, int do_factor,
+    T* rhs, const long long* rhs_off, long long rhs_sj, long long rhs_sk, long long nrhs,
+    int* info, long long nsys)
+{
+    const long long i = blockIdx.x;
+    const int lane = threadIdx.x;
+    if (i >= nsys) return;
+    __shared__ T s_value[BAND_WARP];
+    __shared__ int s_failed;
+    T* a = band + band_off[i];
+    T* y = rhs + (nrhs > 0 ? rhs_off[i] : 0);
+#define A(j, t) a[(j) * band_sj + (t) * band_st]
+#define Y(j, k) y[(j) * rhs_sj + (k) * rhs_sk]
+    if (lane == 0) s_failed = 0;
+    __syncthreads();
+    for (long long j = 0; j < n; ++j) {
+        const long long m = (bw < n - 1 - j) ? bw : n - 1 - j;
+        if (lane == 0) {
+            T d = A(j, 0);
+            if (do_factor) {
+                if (!band_pivot_ok(d)) {
+                    if (!s_failed) s_failed = (int)(j + 1);
+                    d = T(1);
+                } else {
+                    d = sqrt(d);
+                }
+                A(j, 0) = d;
+            }
+            s_value[0] = T(1) / d;
+        }
+        __syncthreads();
+        const T r = s_value[0];
+        if (do_factor) {
+            for (long long t = 1 + lane; t <= m; t += BAND_WARP) A(j, t) *= r;
+            __syncthreads();
+            for (long long s = 1; s <= m; ++s) {
+                const T ls = A(j, s);
+                for (long long q = lane; q <= m - s; q += BAND_WARP)
+                    A(j + s, q) -= A(j, s + q) * ls;
+            }
+        }
+        for (long long k = 0; k < nrhs; ++k) {
+            __syncthreads();
+            if (lane == 0) Y(j, k) *= r;
+            __syncthreads();
+            const T yj = Y(j, k);
+            for (long long t = 1 + lane; t <= m; t += BAND_WARP) Y(j + t, k) -= A(j, t) * yj;
+        }
+        __syncthreads();
+    }
+    for (long long j = n - 1; j >= 0 && nrhs > 0; --j) {
+        const long long m = (bw < n - 1 - j) ? bw : n - 1 - j;
+        for (long long k = 0; k < nrhs; ++k) {
+            T part = T(0);
+            for (long long t = 1 + lane; t <= m; t += BAND_WARP) part += A(j, t) * Y(j + t, k);
+            s_value[lane] = part;
+            __syncthreads();
+            if (lane == 0) {
+                T acc = Y(j, k);
+                for (int l = 0; l < BAND_WARP; ++l) acc -= s_value[l];
+                Y(j, k) = acc / A(j, 0);
+            }
+            __syncthreads();
+        }
+    }
+    const int failed = s_failed;
+    if (lane == 0) info[i] = failed;
+    if (failed) {
+        const T nan = band_nan<T>();
+        for (long long j = lane; j < n; j += BAND_WARP) {
             const long long m = (bw < n - 1 - j) ? bw : n - 1 - j;
             if (do_factor)
                 for (long long t = 0; t <= m; ++t) A(j, t) = nan;
