@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._backends._band_kernels import backward, factor, forward
-from ._kernels import lhs_steps, rhs_steps
+from ._kernels import lhs_steps, rhs_steps, vjp_steps
 
 #: Steps assembled before the factorisation catches up (rows stay in cache).
 STEP_BLOCK = 32
@@ -123,3 +123,37 @@ def solve_lanes(W_all, b, bw, lanes):
         for l in range(real):
             for j in range(M):
                 b[first + l, j] = Y[j * L + l]
+
+
+@njit(parallel=True, cache=True)
+def vjp_lanes(
+    coef, coef_off, coef_st, rhs, rhs_off, rhs_st, steps_buf, steps_off, steps_st,
+    x, lam, grad_coef, grad_rhs, grad_steps,
+    T, E, D, O, weq2, ws2, central, tab0, tab1, tabq, lhs, lanes,
+):  # fmt: skip
+    """The VJP's pass over the steps (:func:`._kernels.vjp_steps`) for every
+    system: ``x`` and ``lam`` (systems, M) are gathered into the lane layout
+    one chunk of ``L`` systems at a time."""
+    L = len(lanes)
+    nsys, M = x.shape
+    n = D * O
+    cs0, cs1, cs2, cs3 = coef_st
+    rs0, rs1 = rhs_st
+    chunks = (nsys + L - 1) // L
+    for c in prange(chunks):
+        first = c * L
+        real = min(L, nsys - first)
+        X = np.zeros(M * L, dtype=x.dtype)
+        LAM = np.zeros(M * L, dtype=x.dtype)
+        for l in range(real):
+            for j in range(M):
+                X[j * L + l] = x[first + l, j]
+                LAM[j * L + l] = lam[first + l, j]
+        scratch = np.empty((n + 4 * O * O + 2 * O + 8) * L, dtype=x.dtype)
+        for t0 in range(0, T, STEP_BLOCK):
+            vjp_steps(
+                coef, coef_off, cs0, cs1, cs2, cs3, rhs, rhs_off, rs0, rs1, steps_buf, steps_off,
+                steps_st, X, LAM, first, real, t0, min(T, t0 + STEP_BLOCK), T, E, D, O,
+                weq2, ws2, central, tab0, tab1, tabq, lhs, grad_coef, grad_rhs, grad_steps,
+                scratch, lanes,
+            )  # fmt: skip

@@ -73,16 +73,6 @@ def _powers(h, out, count):
 
 
 @njit(cache=True, nogil=True)
-def _power_derivatives(h, out, count):
-    """out[m] = d(h**m)/dh = m * h**(m-1) for m < count."""
-    out[0] = 0
-    value = 1.0
-    for m in range(1, count):
-        out[m] = m * value
-        value *= h
-
-
-@njit(cache=True, nogil=True)
 def _scaled_table(h, ws2, table, hp, out):
     """out[o1*O + o2] = ws2 * h**(o1+o2) * table[o1, o2] (hp is scratch)."""
     O = table.shape[0]
@@ -275,7 +265,109 @@ def assemble_rhs(
         )  # fmt: skip
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
+def vjp_steps(
+    coef, coef_off, cs0, cs1, cs2, cs3, rhs, rhs_off, rs0, rs1, steps_buf, steps_off, steps_st,
+    X, LAM, first, real, t0, t1, T, E, D, O, weq2, ws2, central, tab0, tab1, tabq, lhs,
+    grad_coef, grad_rhs, grad_steps, scratch, lanes,
+):  # fmt: skip
+    """Gradients of steps ``t0 <= t < t1`` of ``L`` systems (``first ..
+    first+real-1``) from the solution ``X`` and ``LAM = A^{-1} dL/du``, both
+    in the lane-interleaved layout (``X[j*L + l]``).
+
+    With ``beta = sum_r w^2 b_r r`` and ``A = sum_r w^2 r r^T``,
+    ``dL = lam . d(beta) - lam^T d(A) x``: for an equation row ``r`` with
+    target ``b_r``, ``dL/db_r = w^2 (lam . r)`` and ``dL/dr = w^2 ((b_r - r . x)
+    lam - (lam . r) x)``; step sizes enter through the smoothness entries
+    ``w^2 h^(o1+o2) P[o1, o2]`` (``tab*``, already scaled by ``w_s^2`` and
+    repeated over the lanes) and the central ones.  ``scratch`` holds at
+    least ``(n + 4 O^2 + 2 O + 8) L`` elements.
+    """
+    L = len(lanes)
+    n = D * O
+    crow = 0  # c[t, e, :] of every lane: (n, L)
+    rl = crow + n * L  # r[t, e]
+    cx = rl + L  # c . x
+    cl = cx + L  # c . lam
+    mat = cl + L  # sum_d lam (x) x products of the pair (t, t+1): (4, O, O, L)
+    dp = mat + 4 * O * O * L  # d(h^m)/dh: (2 O, L)
+    tmp = dp + 2 * O * L
+    acc = tmp + L
+    for t in range(t0, t1):
+        col0 = t * n
+        for e in range(E):
+            for d in range(D):
+                for o in range(O):
+                    _load_lanes(coef, coef_off, first, real, t * cs0 + e * cs1 + d * cs2 + o * cs3,
+                                scratch, crow + (d * O + o) * L, lanes)  # fmt: skip
+            _load_lanes(rhs, rhs_off, first, real, t * rs0 + e * rs1, scratch, rl, lanes)
+            for l in range(2 * L):
+                scratch[cx + l] = 0.0
+            for p in range(n):
+                lane_fmadd(scratch, cx, scratch, crow + p * L, X, (col0 + p) * L, lanes)
+                lane_fmadd(scratch, cl, scratch, crow + p * L, LAM, (col0 + p) * L, lanes)
+            for l in range(real):
+                grad_rhs[first + l, t, e] = weq2 * scratch[cl + l]
+            if lhs:
+                for l in range(real):
+                    res = scratch[rl + l] - scratch[cx + l]
+                    c_lam = scratch[cl + l]
+                    for d in range(D):
+                        for o in range(O):
+                            j = (col0 + d * O + o) * L + l
+                            grad_coef[first + l, t, e, d, o] = weq2 * (res * LAM[j] - c_lam * X[j])
+        if not lhs or t + 1 >= T:
+            continue
+        # Step size h_t: -lam^T (dA/dh) x over the pair (t, t+1), summed over dims.
+        for k in range(4 * O * O * L):
+            scratch[mat + k] = 0.0
+        for d in range(D):
+            a0 = (col0 + d * O) * L  # u[t, d, 0]
+            a1 = a0 + n * L  # u[t+1, d, 0]
+            for o1 in range(O):
+                for o2 in range(O):
+                    m = mat + (o1 * O + o2) * L
+                    lane_fmadd(scratch, m, LAM, a0 + o1 * L, X, a0 + o2 * L, lanes)
+                    m += O * O * L
+                    lane_fmadd(scratch, m, LAM, a1 + o1 * L, X, a1 + o2 * L, lanes)
+                    m += O * O * L
+                    lane_fmadd(scratch, m, LAM, a1 + o1 * L, X, a0 + o2 * L, lanes)
+                    m += O * O * L
+                    lane_fmadd(scratch, m, X, a1 + o1 * L, LAM, a0 + o2 * L, lanes)
+        for l in range(L):
+            i = first + (l if l < real else 0)
+            h = steps_buf[steps_off[i] + t * steps_st]
+            power = 1.0
+            scratch[dp + l] = 0.0
+            for k in range(1, 2 * O - 1):
+                scratch[dp + k * L + l] = k * power
+                power *= h
+            scratch[acc + l] = 0.0
+        for o1 in range(O):
+            for o2 in range(O):
+                for l in range(L):
+                    scratch[tmp + l] = 0.0
+                m = mat + (o1 * O + o2) * L
+                entry = (o1 * O + o2) * L
+                lane_fmadd(scratch, tmp, tab0, entry, scratch, m, lanes)
+                lane_fmadd(scratch, tmp, tab1, entry, scratch, m + O * O * L, lanes)
+                lane_fmadd(scratch, tmp, tabq, entry, scratch, m + 2 * O * O * L, lanes)
+                lane_fmadd(scratch, tmp, tabq, entry, scratch, m + 3 * O * O * L, lanes)
+                lane_fmadd(scratch, acc, scratch, dp + (o1 + o2) * L, scratch, tmp, lanes)
+        for l in range(real):
+            g = -scratch[acc + l]
+            if central:  # h_t is in H of the triples starting at t-1 and at t
+                off = steps_off[first + l]
+                if t >= 1:
+                    g += ws2 * _central_gradient(steps_buf, off, steps_st, X[l::L], LAM[l::L],
+                                                 t - 1, D, O)  # fmt: skip
+                if t + 2 < T:
+                    g += ws2 * _central_gradient(steps_buf, off, steps_st, X[l::L], LAM[l::L],
+                                                 t, D, O)  # fmt: skip
+            grad_steps[first + l, t] = g
+
+
+@njit(cache=True, nogil=True)
 def _central_gradient(steps_buf, steps_off, steps_st, x, lam, s, D, O):
     """-lam^T (dA/dH) x for the central rows of the triple (s, s+1, s+2), summed over d."""
     n = D * O
@@ -297,76 +389,3 @@ def _central_gradient(steps_buf, steps_off, steps_st, x, lam, s, D, O):
             lam[hi1] * x[lo0] + x[hi1] * lam[lo0] - lam[lo2] * x[hi1] - x[lo2] * lam[hi1]
         )
     return -acc
-
-
-@njit(parallel=True, cache=True)
-def assemble_vjp(
-    coef, coef_off, coef_st, rhs, rhs_off, rhs_st, steps_buf, steps_off, steps_st,
-    x, lam, grad_coef, grad_rhs, grad_steps,
-    T, E, D, O, weq2, ws2, central, p0, p1, q, lhs_grads,
-):  # fmt: skip
-    """Gradients of ``L`` through the assembly, given the solution ``x`` and
-    ``lam = A^{-1} dL/dx`` (both (systems, M)).
-
-    With ``beta = sum_r w^2 b_r r`` and ``A = sum_r w^2 r r^T``,
-    ``dL = lam . d(beta) - lam^T d(A) x``, so for each row ``r`` with target
-    ``b_r``: ``dL/db_r = w^2 (lam . r)`` and
-    ``dL/dr = w^2 ((b_r - r . x) lam - (lam . r) x)``.  Step sizes enter
-    through the smoothness entries ``w^2 h^(o1+o2) P[o1, o2]`` and the central
-    ones.  ``grad_coef`` (systems, T, E, D, O), ``grad_rhs`` (systems, T, E) and
-    ``grad_steps`` (systems, T-1) are written in full; the left-hand-side ones
-    only when ``lhs_grads``.
-    """
-    nsys = x.shape[0]
-    n = D * O
-    chunks = (T + STEP_CHUNK - 1) // STEP_CHUNK
-    cs0, cs1, cs2, cs3 = coef_st
-    rs0, rs1 = rhs_st
-    for job in prange(nsys * chunks):
-        i = job // chunks
-        t0 = (job - i * chunks) * STEP_CHUNK
-        xi = x[i]
-        li = lam[i]
-        dp = np.empty(2 * O, dtype=x.dtype)
-        for t in range(t0, min(T, t0 + STEP_CHUNK)):
-            col0 = t * n
-            for e in range(E):
-                base = coef_off[i] + t * cs0 + e * cs1
-                cx = 0.0
-                cl = 0.0
-                for d in range(D):
-                    for o in range(O):
-                        c = coef[base + d * cs2 + o * cs3]
-                        cx += c * xi[col0 + d * O + o]
-                        cl += c * li[col0 + d * O + o]
-                grad_rhs[i, t, e] = weq2 * cl
-                if lhs_grads:
-                    residual = rhs[rhs_off[i] + t * rs0 + e * rs1] - cx
-                    for d in range(D):
-                        for o in range(O):
-                            j = col0 + d * O + o
-                            grad_coef[i, t, e, d, o] = weq2 * (residual * li[j] - cl * xi[j])
-            if lhs_grads and t + 1 < T:
-                _power_derivatives(steps_buf[steps_off[i] + t * steps_st], dp, 2 * O - 1)
-                acc = 0.0
-                for d in range(D):
-                    a0 = col0 + d * O  # u[t, d, 0]
-                    a1 = a0 + n  # u[t+1, d, 0]
-                    for o1 in range(O):
-                        for o2 in range(O):
-                            acc += dp[o1 + o2] * (
-                                p0[o1, o2] * li[a0 + o1] * xi[a0 + o2]
-                                + p1[o1, o2] * li[a1 + o1] * xi[a1 + o2]
-                                + q[o1, o2]
-                                * (li[a1 + o1] * xi[a0 + o2] + xi[a1 + o1] * li[a0 + o2])
-                            )
-                g = -acc
-                if central:
-                    # h_t is in H of the triples starting at t-1 and at t.
-                    if t >= 1:
-                        g += _central_gradient(
-                            steps_buf, steps_off[i], steps_st, xi, li, t - 1, D, O
-                        )
-                    if t + 2 < T:
-                        g += _central_gradient(steps_buf, steps_off[i], steps_st, xi, li, t, D, O)
-                grad_steps[i, t] = ws2 * g

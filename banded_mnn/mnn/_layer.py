@@ -810,7 +810,7 @@ class OdeSystem:
             was broadcast along) and floating dtype; ``coefficients`` and
             ``steps`` are ``None`` when ``steps`` is not given.
         """
-        from ._kernels import assemble_vjp
+        from ._cpu import vjp_lanes
 
         lhs = steps is not None
         inputs = self._inputs(coefficients, rhs_equation, init_vars, steps)
@@ -847,16 +847,18 @@ class OdeSystem:
             h = _flat(a.get("steps"), batch, 1, dtype)
             gc = grads_full["coefficients"]
             gh = grads_full["steps"]
-            assemble_vjp(
+            lanes = _choose_lanes(nsys)
+            ws2 = spec.weight_smooth**2
+            vjp_lanes(
                 c[0], c[1], c[2], r[0], r[1], r[2], h[0], h[1], h[2][0],
                 x, lam.reshape(nsys, spec.n_unknowns),
                 gc.reshape((nsys, T, E, D, O) if lhs else (0, 0, 0, 0, 0)),
                 grads_full["rhs_equation"].reshape(nsys, T, E),
                 gh.reshape((nsys, T - 1) if lhs else (0, 0)),
-                T, E, D, O, spec.weight_equation**2, spec.weight_smooth**2,
-                spec.enable_central_smoothness,
-                *_tables(O, spec.enable_central_smoothness, dtype),
-                lhs,
+                T, E, D, O, spec.weight_equation**2, ws2, spec.enable_central_smoothness,
+                *(np.repeat(ws2 * t.reshape(-1), lanes)
+                  for t in _tables(O, spec.enable_central_smoothness, dtype)),
+                lhs, _lane_marker(lanes),
             )  # fmt: skip
         lam = lam.reshape(out_shape)
         S, I = spec.n_init_var_steps, spec.n_init_var_orders
