@@ -36,15 +36,13 @@ class CyclicFactor:
     ``levels[i] = (chol_E, left, right)`` with ``chol_E`` (..., nE, n, n),
     ``left``/``right`` (..., nE, n, n) holding ``L_RE`` blocks (zero where a
     neighbour does not exist); ``last`` is the Cholesky factor of the final
-    single block (..., 1, n, n).  ``pad`` rows of identity were appended to
-    make pairs (pentadiagonal input only); ``info`` (batch shape, int32) is 0
-    or the 1-based index of the first block row whose pivot block was not
-    positive definite.
+    single block (..., 1, n, n); ``info`` (batch shape, int32) is 0 or the
+    1-based index of the first block row whose pivot block was not positive
+    definite.
     """
 
     levels: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
     last: np.ndarray
-    steps: int
     info: np.ndarray
 
 
@@ -106,7 +104,7 @@ def factor_tridiagonal(a0: np.ndarray, a1: np.ndarray) -> CyclicFactor:
         d = s
         rows = rows[even]
     last = _cholesky(d, rows, info)
-    return CyclicFactor(levels, last, a0.shape[-3], info)
+    return CyclicFactor(levels, last, info)
 
 
 def solve_tridiagonal(factor: CyclicFactor, b: np.ndarray) -> np.ndarray:

@@ -16,6 +16,8 @@ import functools
 
 import numpy as np
 
+from .problems import lower_to_upper
+
 
 def _band_index(u: int, lower: bool, r: int, m: int) -> tuple[slice, slice]:
     """Where the ``r``-th sub-diagonal (``A[j + r, j]``, ``j < m - r``) is stored."""
@@ -135,7 +137,7 @@ def cholesky_gradient(c: np.ndarray, cbar: np.ndarray, lower: bool) -> np.ndarra
     if g.size:
         _cholesky_reverse()(lc, g, u)
     g = g.reshape(batch + (u + 1, m))
-    g = g if lower else _lower_to_upper(g)
+    g = g if lower else lower_to_upper(g)
     # Cells outside the matrix are copied from ab to c unchanged (as LAPACK
     # leaves them), so their gradient passes through.
     for r in range(1, u + 1):
@@ -145,18 +147,10 @@ def cholesky_gradient(c: np.ndarray, cbar: np.ndarray, lower: bool) -> np.ndarra
 
 
 def _upper_to_lower(ab: np.ndarray) -> np.ndarray:
-    """Upper-form band to lower form: ``lo[r, j] = up[u - r, j + r]``; cells outside are 0."""
+    """Upper-form band to lower form: ``lo[r, j] = up[u - r, j + r]``; cells
+    outside are 0 (the inverse of :func:`banded_mnn.problems.lower_to_upper`)."""
     u, m = ab.shape[-2] - 1, ab.shape[-1]
     lo = np.zeros(ab.shape, dtype=ab.dtype)
     for r in range(min(u, m - 1) + 1):
         lo[..., r, : m - r] = ab[..., u - r, r:]
     return lo
-
-
-def _lower_to_upper(lo: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`_upper_to_lower`."""
-    u, m = lo.shape[-2] - 1, lo.shape[-1]
-    up = np.zeros(lo.shape, dtype=lo.dtype)
-    for r in range(min(u, m - 1) + 1):
-        up[..., u - r, r:] = lo[..., r, : m - r]
-    return up

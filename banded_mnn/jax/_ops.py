@@ -326,12 +326,7 @@ def _host_ode(static, *arrays):
     """u for canonical inputs (extra leading axes are batch axes)."""
     n_steps, n_init_var_steps, weights, central = static
     inputs = _layer._prepare(*arrays, n_steps, n_init_var_steps, False, weights, central)
-    system, x = (
-        _layer.OdeSystem._factor(inputs, False, False, None, solve=True)
-        if (inputs.batch == inputs.lhs_batch)
-        else (_layer.OdeSystem._factor(inputs, False, False, None)[0], None)
-    )
-    u = _layer._solution(x, inputs, False) if x is not None else system._solve_inputs(inputs)
+    u, _ = _layer._forward(inputs, False, False, None, None)  # failed systems: NaN
     return np.ascontiguousarray(u, dtype=arrays[0].dtype)
 
 

@@ -15,10 +15,12 @@ by :func:`smoothness_tables`.  Central rows are handled explicitly.
 
 Operands are addressed like the band kernels' (:mod:`banded_mnn._strided`): a
 flat buffer, one offset per batch element and one element stride per core
-axis, a zero stride for an axis that broadcasts.  Work is split into jobs of
-``STEP_CHUNK`` steps of one system, so a few long systems still use every
-thread; each job writes only the band columns, right-hand-side entries and
-gradient entries of its own steps.
+axis, a zero stride for an axis that broadcasts.  :func:`lhs_steps`,
+:func:`rhs_steps` and :func:`vjp_steps` work on ``L`` systems at once in the
+band kernels' lane-interleaved layout (the drivers are in :mod:`._cpu`);
+:func:`assemble_rhs` runs :func:`rhs_steps` with one lane over jobs of
+``STEP_CHUNK`` steps of one system, for right-hand sides solved apart from
+their factorisation.
 """
 
 from __future__ import annotations
@@ -61,25 +63,6 @@ def smoothness_tables(n_orders: int, central: bool) -> tuple[np.ndarray, np.ndar
             p1 += np.outer(at_t1, at_t1)
             q += np.outer(at_t1, at_t)
     return p0, p1, q
-
-
-@njit(cache=True, nogil=True)
-def _powers(h, out, count):
-    """out[m] = h**m for m < count."""
-    value = 1.0
-    for m in range(count):
-        out[m] = value
-        value *= h
-
-
-@njit(cache=True, nogil=True)
-def _scaled_table(h, ws2, table, hp, out):
-    """out[o1*O + o2] = ws2 * h**(o1+o2) * table[o1, o2] (hp is scratch)."""
-    O = table.shape[0]
-    _powers(h, hp, 2 * O - 1)
-    for o1 in range(O):
-        for o2 in range(O):
-            out[o1 * O + o2] = ws2 * hp[o1 + o2] * table[o1, o2]
 
 
 @njit(cache=True, nogil=True)

@@ -996,24 +996,31 @@ def ode_forward(
     )
     version = _count(frozen_lhs_cache_version, "frozen_lhs_cache_version", 0)
     system = _FROZEN.get(version) if version else None
-    if system is None and inputs.batch == inputs.lhs_batch:
-        # One left-hand side per right-hand side: factor and solve in one pass.
-        system, x = OdeSystem._factor(
-            inputs, is_step_dim_first, True, backend, solve=True, algorithm=algorithm
-        )
-        if version:
-            _FROZEN[version] = system
-        u = _solution(x, inputs, is_step_dim_first)
-        return (u, system) if return_system else u
     if system is None:
-        system, _ = OdeSystem._factor(inputs, is_step_dim_first, True, backend, algorithm=algorithm)
+        u, system = _forward(inputs, is_step_dim_first, True, backend, algorithm)
         if version:
             _FROZEN[version] = system
     else:
         system = _frozen_compatible(system, inputs, version, is_step_dim_first)
         inputs.batch = np.broadcast_shapes(inputs.batch, system.lhs_batch_shape)
-    u = system._solve_inputs(inputs)
+        u = system._solve_inputs(inputs)
     return (u, system) if return_system else u
+
+
+def _forward(
+    inputs: _Inputs, step_first: bool, check: bool, backend: str | None, algorithm: str | None
+) -> tuple[np.ndarray, OdeSystem]:
+    """Factor and solve: ``(u, system)``.  With one left-hand side per
+    right-hand side, in one pass; otherwise factor each distinct left-hand
+    side once and solve for all right-hand sides.  (Shared by
+    :func:`ode_forward` and the adapters.)"""
+    if inputs.batch == inputs.lhs_batch:
+        system, x = OdeSystem._factor(
+            inputs, step_first, check, backend, solve=True, algorithm=algorithm
+        )
+        return _solution(x, inputs, step_first), system
+    system, _ = OdeSystem._factor(inputs, step_first, check, backend, algorithm=algorithm)
+    return system._solve_inputs(inputs), system
 
 
 def _frozen_compatible(

@@ -442,9 +442,7 @@ def _ode_forward(
     factor workspace (flat) and its lane count."""
     tensors = (coefficients, rhs_equation, init_vars, steps)
     inputs = _inputs(tensors, n_steps, n_init_var_steps, False, tuple(weights), central)
-    solve = inputs.batch == inputs.lhs_batch
-    system, x = _layer.OdeSystem._factor(inputs, False, True, None, solve=solve)
-    u = _layer._solution(x, inputs, False) if solve else system._solve_inputs(inputs)
+    u, system = _layer._forward(inputs, False, True, None, None)
     return _t(np.ascontiguousarray(u)), _t(system.workspace.reshape(-1)), system.lanes
 
 
