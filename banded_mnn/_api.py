@@ -3,18 +3,29 @@
 Everything here is backend-independent.  Validation happens before any
 kernel runs, so a call that raises for bad input has written nothing.  The
 kernels are reached through :func:`banded_mnn._backends.get`.
+
+NumPy input runs on the CPU backend and CuPy input on a GPU backend; the code
+below is written once for both, against the array module ``xp`` of the
+backend (NumPy or CuPy), and only shapes and strides are read on the host.
 """
 
 from __future__ import annotations
 
 import math
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from . import _backends
 from ._errors import NotPositiveDefiniteError
-from ._strided import StridedBatch, addressable, drop_broadcast_axes, without_self_overlap
+from ._strided import (
+    StridedBatch,
+    addressable,
+    drop_broadcast_axes,
+    namespace,
+    without_self_overlap,
+)
 
 __all__ = [
     "cho_solve_banded",
@@ -25,9 +36,10 @@ __all__ = [
 ]
 
 
-#: Allocator for fresh outputs.  Tests replace it with one that fills NaN, so
-#: that an output element the kernels forget to write cannot go unnoticed.
-_empty = np.empty
+def _empty(shape: tuple[int, ...], dtype: Any = float, xp: ModuleType = np) -> Any:
+    """Allocator for fresh outputs.  Tests replace it with one that fills NaN, so
+    that an output element the kernels forget to write cannot go unnoticed."""
+    return xp.empty(shape, dtype=dtype)
 
 
 # --------------------------------------------------------------------------
@@ -35,14 +47,48 @@ _empty = np.empty
 # --------------------------------------------------------------------------
 
 
-def _as_real_array(x: Any, name: str) -> np.ndarray:
-    """``x`` as a NumPy array of a real numeric dtype, without copying."""
-    if hasattr(x, "__cuda_array_interface__"):
-        raise TypeError(
-            f"{name} is a GPU array ({type(x).__module__}.{type(x).__name__}); this version of "
-            "banded_mnn accepts NumPy arrays (CPU) only"
-        )
-    array = np.asarray(x)
+def _select(backend: str | None, arrays: dict[str, Any]) -> tuple[ModuleType, ModuleType]:
+    """The backend module for these arrays and its array module ``xp``.
+
+    ``backend=None`` picks the CPU backend for NumPy input and the default GPU
+    backend when any array is a CuPy array.
+    """
+    gpu_input = False
+    for name, x in arrays.items():
+        if _on_gpu(x):
+            if namespace(x) is np:  # not CuPy: e.g. a torch or Numba device array
+                raise TypeError(
+                    f"{name} is a GPU array of type {type(x).__module__}.{type(x).__name__}; "
+                    "banded_mnn's GPU backends take CuPy arrays (cupy.asarray(x) wraps it "
+                    "without a copy; banded_mnn.torch takes CUDA tensors directly)"
+                )
+            gpu_input = True
+    impl = _backends.get(backend, gpu_input)
+    return impl, impl.array_namespace()
+
+
+def _on_gpu(x: Any) -> bool:
+    return hasattr(x, "__cuda_array_interface__")
+
+
+def _as_real_array(x: Any, name: str, xp: ModuleType = np, backend: str | None = None) -> Any:
+    """``x`` as an array of ``xp`` (NumPy or CuPy) of a real numeric dtype, without copying."""
+    if xp is np:
+        if _on_gpu(x):
+            raise TypeError(
+                f"{name} is a GPU array ({type(x).__module__}.{type(x).__name__}) but backend "
+                f"{backend or _backends.DEFAULT_CPU_BACKEND!r} runs on NumPy arrays; pass CuPy "
+                "arrays with backend=None, 'cupy' or 'numba-cuda' to run on the GPU"
+            )
+        array = np.asarray(x)
+    else:
+        if namespace(x) is not xp:
+            raise TypeError(
+                f"{name} must be a CuPy array for GPU backend {backend or 'cupy'!r}; got "
+                f"{type(x).__module__}.{type(x).__name__} (move it with cupy.asarray; "
+                "banded_mnn does not copy between host and device behind your back)"
+            )
+        array = x
     if array.dtype.kind == "c":
         raise TypeError(
             f"{name} must be real; got complex dtype {array.dtype} "
@@ -98,25 +144,33 @@ def _rhs_layout(
     return batch, batch + core
 
 
-def _can_overwrite(x: np.ndarray, dtype: np.dtype, shape: tuple[int, ...]) -> bool:
+def _same_device(arrays: dict[str, Any]) -> None:
+    """CuPy arrays must all be on one device (the one the kernels run on)."""
+    devices = {name: getattr(getattr(a, "device", None), "id", None) for name, a in arrays.items()}
+    if len(set(devices.values())) > 1:
+        where = ", ".join(f"{name} on device {d}" for name, d in devices.items())
+        raise ValueError(f"the arrays must be on one GPU; got {where}")
+
+
+def _can_overwrite(x: Any, dtype: np.dtype, shape: tuple[int, ...]) -> bool:
     """True when results may be written into ``x`` itself."""
     return (
         x.dtype == dtype
         and x.shape == shape
-        and x.flags.writeable
+        and getattr(x.flags, "writeable", True)
         and addressable(x)
         and without_self_overlap(x)
     )
 
 
-def _check_finite(x: np.ndarray, name: str, backend) -> None:
+def _check_finite(x: Any, name: str, backend, xp: ModuleType = np) -> None:
     """Raise if an array has an inf or NaN: a separate pass, used only when
     results go into the caller's own arrays (which must stay untouched on error).
     Otherwise the kernels check the values they read in the same pass."""
     if x.size == 0:
         return
     if x.dtype not in (np.float32, np.float64):  # integers, float16, longdouble
-        finite = x.dtype.kind in "biu" or bool(np.isfinite(x).all())
+        finite = x.dtype.kind in "biu" or bool(xp.isfinite(x).all())
     else:
         core = _as_batched(x)
         finite = backend.all_finite(StridedBatch.from_array(core, core.shape[:-2]))
@@ -124,11 +178,11 @@ def _check_finite(x: np.ndarray, name: str, backend) -> None:
         raise ValueError(_NONFINITE.format(name))
 
 
-def _check_unread_cells(ab: np.ndarray, name: str, lower: bool) -> None:
+def _check_unread_cells(ab: Any, name: str, lower: bool, xp: ModuleType = np) -> None:
     """Check the band cells outside the matrix, which the kernels never read
     (SciPy rejects non-finite values there too).  A few ``u * u`` cells per
     matrix, plus whole rows when ``u + 1 > M``."""
-    if not np.isfinite(ab[_unread_cells(ab.shape, lower)]).all():
+    if not bool(xp.isfinite(ab[_unread_cells(ab.shape, lower)]).all()):
         raise ValueError(_NONFINITE.format(name))
 
 
@@ -144,12 +198,14 @@ def _unread_cells(shape: tuple[int, ...], lower: bool) -> tuple[slice, ...]:
 _NONFINITE = "{} must not contain infs or NaNs"
 
 
-def _raise_if_failed(info: np.ndarray, function: str) -> None:
-    if info.size and info.any():
-        raise NotPositiveDefiniteError(info, function)
+def _raise_if_failed(info: Any, function: str) -> None:
+    # For CuPy input this waits for the device: raising needs the answer
+    # (the ``_ex`` variants never wait).
+    if info.size and bool(info.any()):
+        raise NotPositiveDefiniteError(info.get() if hasattr(info, "get") else info, function)
 
 
-def _as_batched(x: np.ndarray) -> np.ndarray:
+def _as_batched(x: Any) -> Any:
     """``(M,)`` right-hand sides as ``(M, 1)``; others unchanged."""
     return x[:, None] if x.ndim == 1 else x
 
@@ -160,8 +216,8 @@ def _as_batched(x: np.ndarray) -> np.ndarray:
 
 
 def _factor(ab: Any, overwrite_ab: bool, lower: bool, check_finite: bool, backend: str | None):
-    impl = _backends.get(backend)
-    ab = _as_real_array(ab, "ab")
+    impl, xp = _select(backend, {"ab": ab})
+    ab = _as_real_array(ab, "ab", xp, backend)
     m, bw = _check_band(ab, "ab")
     dtype = _result_dtype(ab)
     batch = ab.shape[:-2]
@@ -170,18 +226,18 @@ def _factor(ab: Any, overwrite_ab: bool, lower: bool, check_finite: bool, backen
     elif ab.dtype == dtype:
         # Read ab, write the factor into a fresh array: no copy pass.  The
         # band cells outside the matrix are copied as given (LAPACK leaves them).
-        c, source = _empty(ab.shape, dtype=dtype), ab
+        c, source = _empty(ab.shape, dtype=dtype, xp=xp), ab
         unread = _unread_cells(ab.shape, lower)
         c[unread] = ab[unread]
     else:
-        c = source = np.array(ab, dtype=dtype, order="C")  # converted copy, factored in place
+        c = source = xp.array(ab, dtype=dtype, order="C")  # converted copy, factored in place
     if c.size == 0:
-        return c, np.zeros(batch, dtype=np.int32)
+        return c, xp.zeros(batch, dtype=np.int32)
     fused_check = check_finite and c is not ab  # ab stays untouched: check while factoring
     if fused_check:
-        _check_unread_cells(ab, "ab", lower)
+        _check_unread_cells(ab, "ab", lower, xp)
     elif check_finite:
-        _check_finite(c, "ab", impl)
+        _check_finite(c, "ab", impl, xp)
     band = StridedBatch.from_array(source, batch).band_view(bw, lower)
     out = band if c is source else StridedBatch.from_array(c, batch).band_view(bw, lower)
     info, (bad, _) = impl.run(
@@ -203,9 +259,11 @@ def _solve(
     backend: str | None,
     name_ab: str,
 ):
-    impl = _backends.get(backend)
-    ab = _as_real_array(ab, name_ab)
-    b = _as_real_array(b, "b")
+    impl, xp = _select(backend, {name_ab: ab, "b": b})
+    ab = _as_real_array(ab, name_ab, xp, backend)
+    b = _as_real_array(b, "b", xp, backend)
+    if xp is not np:
+        _same_device({name_ab: ab, "b": b})
     m, bw = _check_band(ab, name_ab)
     batch, out_shape = _rhs_layout(ab, b, name_ab, "b")
     dtype = _result_dtype(ab, b)
@@ -214,25 +272,25 @@ def _solve(
     ab = drop_broadcast_axes(ab, 2)
     if b.ndim > 1:
         b = drop_broadcast_axes(b, 2)
-    if overwrite_b and _can_overwrite(b, dtype, out_shape) and not np.may_share_memory(b, ab):
+    if overwrite_b and _can_overwrite(b, dtype, out_shape) and not xp.may_share_memory(b, ab):
         x = b
     else:
-        x = _empty(out_shape, dtype=dtype)
+        x = _empty(out_shape, dtype=dtype, xp=xp)
     if x.size == 0:
         # Nothing to solve (SciPy also returns early without factoring, after
         # checking the inputs).
         if check_finite:
-            _check_finite(ab, name_ab, impl)
-            _check_finite(b, "b", impl)
-        return x, np.zeros(batch, dtype=np.int32)
+            _check_finite(ab, name_ab, impl, xp)
+            _check_finite(b, "b", impl, xp)
+        return x, xp.zeros(batch, dtype=np.int32)
     ab_op = ab if ab.dtype == dtype else ab.astype(dtype)
     b_op = b if b.dtype == dtype else b.astype(dtype)
     fused_check = check_finite and x is not b  # x is ours: check while solving
     if check_finite and not fused_check:
-        _check_finite(ab_op, name_ab, impl)
-        _check_finite(b_op, "b", impl)
+        _check_finite(ab_op, name_ab, impl, xp)
+        _check_finite(b_op, "b", impl, xp)
     elif fused_check:
-        _check_unread_cells(ab_op, name_ab, lower)
+        _check_unread_cells(ab_op, name_ab, lower, xp)
     if b.ndim == 1:  # one vector for the whole batch: a (M, 1) core
         b_op, x_core = b_op[:, None], x[..., None]
     else:
@@ -243,7 +301,7 @@ def _solve(
         # left-hand side): factor every distinct matrix once, then only solve.
         # Failed factors are NaN, so their solutions come out NaN.
         if ab_op is ab:  # a converted ab_op is already ours to factor in place
-            ab_op = np.array(ab, order="C")
+            ab_op = xp.array(ab, order="C")
         own = StridedBatch.from_array(ab_op, ab_op.shape[:-2]).band_view(bw, lower)
         factor_info, (bad_band, _) = impl.run(
             own, bw, factor=True, factor_out=own, rhs=None, out=None, check_finite=fused_check
@@ -267,7 +325,7 @@ def _solve(
     if bad_rhs:
         raise ValueError(_NONFINITE.format("b"))
     if factor_info is not None:
-        info = np.broadcast_to(factor_info.reshape(ab.shape[:-2]), batch).copy()
+        info = xp.broadcast_to(factor_info.reshape(ab.shape[:-2]), batch).copy()
     return x, info.reshape(batch)
 
 

@@ -12,13 +12,31 @@ or broadcast inputs -- each operand is described by
 
 Element ``(a, b)`` of batch element ``i`` is ``buf[offsets[i] + a*strides[0] +
 b*strides[1]]``.
+
+The same description serves NumPy arrays (CPU kernels) and CuPy arrays (GPU
+kernels): ``buf`` and ``offsets`` then live on the array's device, and only
+strides and shapes are read on the host.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
 
 import numpy as np
+
+
+def namespace(x: Any) -> ModuleType:
+    """The array module of ``x``: :mod:`cupy` for CuPy arrays, else :mod:`numpy`.
+
+    CuPy is imported only when a CuPy array is passed, so CPU users never load it.
+    """
+    if type(x).__module__.split(".")[0] == "cupy":
+        import cupy
+
+        return cupy
+    return np
 
 
 @dataclass(frozen=True)
@@ -69,16 +87,19 @@ class StridedBatch:
         )
 
     @classmethod
-    def dummy(cls, dtype: np.dtype, nsys: int) -> StridedBatch:
+    def dummy(cls, dtype: np.dtype, nsys: int, xp: ModuleType = np) -> StridedBatch:
         """A zero-extent placeholder for unused kernel arguments."""
-        return cls(np.zeros(1, dtype=dtype), np.zeros(nsys, dtype=np.int64), (0, 0), (0, 0))
+        return cls(xp.zeros(1, dtype=dtype), xp.zeros(nsys, dtype=np.int64), (0, 0), (0, 0))
 
 
-def addressable(x: np.ndarray) -> bool:
+def addressable(x: Any) -> bool:
     """True when ``x`` can be described without a copy: aligned, and every axis
     longer than 1 has a stride that is a whole number of elements."""
     itemsize = x.dtype.itemsize
-    return x.flags.aligned and all(
+    aligned = getattr(x.flags, "aligned", None)
+    if aligned is None:  # CuPy: check the device pointer
+        aligned = x.size == 0 or x.data.ptr % itemsize == 0
+    return aligned and all(
         s % itemsize == 0 for s, n in zip(x.strides, x.shape, strict=True) if n > 1
     )
 
@@ -118,13 +139,14 @@ def flat_batch(
     length 1) can be indexed as if it had full length.  Only misaligned or
     odd-strided arrays are copied.
     """
+    xp = namespace(x)
     if not addressable(x):
-        x = np.array(x, order="C")
+        x = xp.array(x, order="C")
     itemsize = x.dtype.itemsize
     batch_shape = tuple(batch_shape)
     core = x.shape[x.ndim - core_ndim :]
     xb = (
-        np.broadcast_to(x, batch_shape + core)
+        xp.broadcast_to(x, batch_shape + core)
         if x.shape[: x.ndim - core_ndim] != batch_shape
         else x
     )
@@ -136,14 +158,17 @@ def flat_batch(
     low = sum((n - 1) * s for n, s in zip(xb.shape, el_strides, strict=True) if s < 0)
     high = sum((n - 1) * s for n, s in zip(xb.shape, el_strides, strict=True) if s > 0)
     span = high - low + 1
-    buf = np.lib.stride_tricks.as_strided(
-        lowest, shape=(span,), strides=(itemsize,), writeable=bool(lowest.flags.writeable)
-    )
-    offsets = np.full(batch_shape, -low, dtype=np.int64)
+    if xp is np:
+        buf = np.lib.stride_tricks.as_strided(
+            lowest, shape=(span,), strides=(itemsize,), writeable=bool(lowest.flags.writeable)
+        )
+    else:
+        buf = xp.lib.stride_tricks.as_strided(lowest, shape=(span,), strides=(itemsize,))
+    offsets = xp.full(batch_shape, -low, dtype=np.int64)
     for axis, (n, s) in enumerate(zip(batch_shape, el_strides[: len(batch_shape)], strict=True)):
         if s != 0 and n > 1:
             shape = [1] * len(batch_shape)
             shape[axis] = n
-            offsets = offsets + (np.arange(n, dtype=np.int64) * s).reshape(shape)
-    offsets = np.ascontiguousarray(offsets.reshape(-1))
+            offsets = offsets + (xp.arange(n, dtype=np.int64) * s).reshape(shape)
+    offsets = xp.ascontiguousarray(offsets.reshape(-1))
     return buf, offsets, tuple(el_strides[len(batch_shape) :])

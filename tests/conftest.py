@@ -30,8 +30,8 @@ def rng(request):
 def poisoned_outputs(monkeypatch):
     """Fresh outputs start as NaN, so any element the kernels do not write shows up."""
 
-    def empty(shape, dtype=float):
-        return np.full(shape, np.nan, dtype=dtype)
+    def empty(shape, dtype=float, xp=np):
+        return xp.full(shape, np.nan, dtype=dtype)
 
     monkeypatch.setattr(api, "_empty", empty)
     monkeypatch.setattr(mnn_layer, "_empty", empty)

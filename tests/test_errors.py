@@ -173,13 +173,15 @@ def test_malformed_factor_pair():
 
 
 def test_unknown_backend():
-    with pytest.raises(ValueError, match="backend must be one of 'numba'"):
-        bm.solveh_banded(np.ones((1, 3)), np.ones(3), backend="cupy")
+    with pytest.raises(ValueError, match="backend must be one of 'numba', 'cupy', 'numba-cuda'"):
+        bm.solveh_banded(np.ones((1, 3)), np.ones(3), backend="magma")
 
 
 def test_gpu_arrays_get_a_clear_type_error():
     class FakeDeviceArray:
         __cuda_array_interface__ = {"shape": (2, 3), "typestr": "<f8", "version": 3}
 
-    with pytest.raises(TypeError, match="ab is a GPU array"):
+    with pytest.raises(TypeError, match="ab is a GPU array of type .*FakeDeviceArray.*CuPy"):
         bm.cholesky_banded(FakeDeviceArray())
+    with pytest.raises(TypeError, match="b is a GPU array"):
+        bm.solveh_banded(np.ones((1, 3)), FakeDeviceArray())

@@ -5,11 +5,14 @@ A backend is a module with
 * ``run(band, bw, *, factor, factor_out, rhs, out, check_finite) ->
   (info, (band_nonfinite, rhs_nonfinite))`` -- factor and/or solve a batch
   described by :class:`banded_mnn._strided.StridedBatch` operands, returning
-  the per-system ``info`` (int32, flattened batch) and whether the values read
-  were finite (checked in the same pass when ``check_finite``);
+  the per-system ``info`` (int32, flattened batch, on the operands' device)
+  and whether the values read were finite (checked in the same pass when
+  ``check_finite``);
 * ``all_finite(x) -> bool`` -- a separate finiteness pass, for when results
   are written into the caller's arrays and must not be written at all if the
-  input is bad.
+  input is bad;
+* ``array_namespace()`` -- the array module its operands belong to (NumPy for
+  the CPU backend, CuPy for the GPU backends).
 
 Backends are imported on first use, so ``import banded_mnn`` loads neither
 Numba nor any GPU library.
@@ -20,12 +23,24 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-#: Backend name -> module implementing it.  GPU backends ("numba-cuda",
-#: "cupy") are not part of this version.
-_MODULES = {"numba": "banded_mnn._backends._numba_cpu"}
+#: Backend name -> module implementing it.
+_MODULES = {
+    "numba": "banded_mnn._backends._numba_cpu",
+    "cupy": "banded_mnn._backends._cupy",
+    "numba-cuda": "banded_mnn._backends._numba_cuda",
+}
+
+#: Backends that take device (CuPy) arrays.
+GPU_BACKENDS = ("cupy", "numba-cuda")
 
 #: The backend used for NumPy input when ``backend=None``.
 DEFAULT_CPU_BACKEND = "numba"
+
+#: The backend used for CuPy input when ``backend=None``: the CuPy
+#: RawKernels, which need no second JIT (Numba's) and no Numba/CuPy context
+#: hand-over.  Both GPU backends run the same algorithm and layouts; see
+#: docs/performance.md for how they compare where a GPU was available.
+DEFAULT_GPU_BACKEND = "cupy"
 
 
 def available() -> tuple[str, ...]:
@@ -33,12 +48,28 @@ def available() -> tuple[str, ...]:
     return tuple(_MODULES)
 
 
-def get(name: str | None) -> ModuleType:
-    """The backend module for ``name`` (``None`` selects the default)."""
+def get(name: str | None, gpu_input: bool = False) -> ModuleType:
+    """The backend module for ``name`` (``None`` selects the default for the input)."""
     if name is None:
-        name = DEFAULT_CPU_BACKEND
+        name = DEFAULT_GPU_BACKEND if gpu_input else DEFAULT_CPU_BACKEND
     if name not in _MODULES:
         raise ValueError(
             f"backend must be one of {', '.join(map(repr, _MODULES))} or None; got {name!r}"
         )
-    return importlib.import_module(_MODULES[name])
+    module = importlib.import_module(_MODULES[name])
+    return module
+
+
+def usable(name: str) -> tuple[bool, str]:
+    """Whether backend ``name`` can run on this machine, and why not if it cannot."""
+    try:
+        module = importlib.import_module(_MODULES[name])
+    except Exception as error:  # noqa: BLE001 - report, never raise, for `banded-mnn info`
+        return False, f"cannot be imported: {type(error).__name__}: {error}"
+    check = getattr(module, "usable", None)
+    if check is None:
+        return True, "CPU"
+    try:
+        return check()
+    except Exception as error:  # noqa: BLE001
+        return False, f"{type(error).__name__}: {error}"

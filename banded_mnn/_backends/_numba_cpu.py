@@ -289,3 +289,8 @@ def run(
         check_finite, nonfinite, info, lane_marker(lanes),
     )  # fmt: skip
     return info, (bool(nonfinite[0]), bool(nonfinite[1]))
+
+
+def array_namespace():
+    """The CPU backend works on NumPy arrays."""
+    return np

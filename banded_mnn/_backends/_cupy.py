@@ -1,0 +1,193 @@
+"""The "cupy" backend: the CUDA C++ kernels of ``cuda/band_cholesky.cu`` as CuPy RawKernels.
+
+The source is compiled at run time by NVRTC (through :class:`cupy.RawModule`),
+one module per (device, dtype, half-bandwidth): the kernels are templates on
+the element type and, up to :data:`SPECIALISED_MAX_BW`, on the bandwidth.
+CuPy caches the compiled binaries on disk, and this module keeps the loaded
+modules.  Kernels are launched on CuPy's current stream and on the device of
+the arrays; nothing waits for the device (see :mod:`._gpu`).
+
+Importing this module does not import CuPy; the first call does.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._strided import StridedBatch
+from . import _gpu
+
+#: The kernels' source, shipped inside the package.
+SOURCE_PATH = Path(__file__).with_name("cuda") / "band_cholesky.cu"
+
+#: Half-bandwidths up to this are compiled into the kernels (one module per
+#: value); wider bands use the kernels that read it from an argument.
+SPECIALISED_MAX_BW = 32
+
+#: NVRTC options (the architecture is added by CuPy for the current device).
+OPTIONS = ("-std=c++17",)
+
+#: Parameter kinds of each kernel, in order: ``p`` a pointer (an array, or
+#: ``None`` for a null pointer), ``q`` a ``long long``, ``i`` an ``int``.
+SIGNATURES = {
+    "band_copy": "ppqqppqqqqiipq",
+    "band_factor_solve": "ppqqqqippqqqpq",
+    "band_factor_solve_warp": "ppqqqqippqqqpq",
+}
+
+#: Threads per block of the copy and the thread-per-system kernels.
+COPY_BLOCK = 256
+THREAD_BLOCK = 128
+
+_C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+
+
+def specialised_bandwidth(bw: int) -> int:
+    """The template argument ``BW`` used for half-bandwidth ``bw`` (0: not fixed)."""
+    return bw if 0 < bw <= SPECIALISED_MAX_BW else 0
+
+
+def name_expressions(dtype: np.dtype, bw: int) -> dict[str, str]:
+    """Kernel name -> the template instantiation compiled for (dtype, bw)."""
+    c_type = _C_TYPES[np.dtype(dtype)]
+    fixed = specialised_bandwidth(bw)
+    return {
+        "band_copy": f"band_copy<{c_type}>",
+        "band_factor_solve": f"band_factor_solve<{c_type}, {fixed}>",
+        "band_factor_solve_warp": f"band_factor_solve_warp<{c_type}, {fixed}>",
+    }
+
+
+@functools.cache
+def source() -> str:
+    return SOURCE_PATH.read_text()
+
+
+@functools.cache
+def _module(device_id: int, dtype: np.dtype, fixed_bw: int):
+    """The loaded module for one device, dtype and ``BW`` (compiled on first use)."""
+    import cupy
+
+    del device_id  # part of the cache key: a module is loaded per device
+    names = name_expressions(dtype, fixed_bw)
+    module = cupy.RawModule(code=source(), options=OPTIONS, name_expressions=list(names.values()))
+    module.compile()
+    return module, names
+
+
+class CupyKernels:
+    """The kernel set of :mod:`._gpu`, launching the RawKernels on CuPy arrays."""
+
+    def __init__(self) -> None:
+        try:
+            import cupy
+        except ImportError as error:
+            raise ImportError(
+                "backend 'cupy' needs CuPy: pip install 'banded-mnn[cuda12]' (or [cuda13])"
+            ) from error
+        self.xp = cupy
+
+    # -- what subclasses (the tests' host runner) replace -------------------
+    def multiprocessors(self) -> int:
+        return int(self.xp.cuda.Device().attributes["MultiProcessorCount"])
+
+    def launch(self, kernel: str, dtype: np.dtype, bw: int, grid: int, block: int, args) -> None:
+        """Launch ``kernel`` for (dtype, bw) on the current device and stream."""
+        module, names = _module(self.xp.cuda.Device().id, np.dtype(dtype), specialised_bandwidth(bw))
+        function = module.get_function(names[kernel])
+        function((grid,), (block,), _kernel_arguments(SIGNATURES[kernel], args))
+
+    # -- the kernel set ------------------------------------------------------
+    def copy(self, src, dst, rows, cols, mask, system_fastest, nonfinite) -> None:
+        nsys = src.offsets.shape[0]
+        total = nsys * rows * cols
+        if total == 0:
+            return
+        dst_buf, dst_off, dst_strides = (
+            (None, None, (0, 0)) if dst is None else (dst.buf, dst.offsets, dst.strides)
+        )
+        self.launch(
+            "band_copy", src.buf.dtype, 0, -(-total // COPY_BLOCK), COPY_BLOCK,
+            (src.buf, src.offsets, *src.strides, dst_buf, dst_off, *dst_strides,
+             rows, cols, mask, int(system_fastest), nonfinite, nsys),
+        )  # fmt: skip
+
+    def factor_solve(self, regime, band, bw, do_factor, rhs, nrhs, info) -> None:
+        nsys = band.offsets.shape[0]
+        if nsys == 0:
+            return
+        if regime == "thread":
+            kernel, grid, block = "band_factor_solve", -(-nsys // THREAD_BLOCK), THREAD_BLOCK
+        else:
+            kernel, grid, block = "band_factor_solve_warp", nsys, _gpu.WARP
+        self.launch(
+            kernel, band.buf.dtype, bw, grid, block,
+            (band.buf, band.offsets, *band.strides, band.shape[0], bw, int(do_factor),
+             rhs.buf, rhs.offsets, *rhs.strides, nrhs, info, nsys),
+        )  # fmt: skip
+
+    def device(self, x: Any):
+        """A context that makes ``x``'s device current."""
+        return x.device
+
+
+def _kernel_arguments(kinds: str, args) -> tuple:
+    """Arguments typed for a RawKernel, which packs them by their own type."""
+    if len(kinds) != len(args):
+        raise TypeError(f"internal: kernel takes {len(kinds)} arguments, got {len(args)}")
+    typed = []
+    for kind, value in zip(kinds, args, strict=True):
+        if kind == "p":
+            typed.append(np.uint64(0) if value is None else value)
+        elif kind == "q":
+            typed.append(np.int64(value))
+        else:
+            typed.append(np.int32(value))
+    return tuple(typed)
+
+
+#: The kernel set in use (tests substitute one that runs the same source on the host).
+_kernels: CupyKernels | None = None
+
+
+def kernels() -> CupyKernels:
+    global _kernels
+    if _kernels is None:
+        _kernels = CupyKernels()
+    return _kernels
+
+
+def array_namespace():
+    return kernels().xp
+
+
+def run(band: StridedBatch, bw: int, **options):
+    """Factor and/or solve (the backend contract; see :func:`._gpu.run`)."""
+    impl = kernels()
+    with impl.device(band.buf):
+        return _gpu.run(impl, band, bw, **options)
+
+
+def all_finite(x: StridedBatch) -> bool:
+    impl = kernels()
+    with impl.device(x.buf):
+        return _gpu.all_finite(impl, x)
+
+
+def usable() -> tuple[bool, str]:
+    """Whether this backend can run here, and if not, why."""
+    try:
+        import cupy
+    except ImportError as error:
+        return False, f"CuPy is not installed ({error}); pip install 'banded-mnn[cuda12]'"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as error:  # noqa: BLE001 - any CUDA error means "not here"
+        return False, f"CuPy {cupy.__version__} finds no usable CUDA device ({error})"
+    if count == 0:
+        return False, f"CuPy {cupy.__version__} finds no CUDA device"
+    return True, f"CuPy {cupy.__version__}, {count} device(s)"

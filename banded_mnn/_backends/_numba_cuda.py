@@ -1,0 +1,338 @@
+"""The "numba-cuda" backend: the GPU kernels written with Numba CUDA.
+
+The same three kernels as the CUDA C++ source (``cuda/band_cholesky.cu``),
+with the same arguments and the same algorithm -- the strided batch copy,
+one thread per system, one 32-thread block per system -- driven by the shared
+GPU driver (:mod:`._gpu`).  Kernels are compiled by Numba per dtype and, up
+to :data:`SPECIALISED_MAX_BW`, per half-bandwidth (a closure constant).
+
+On a GPU the arrays are CuPy arrays, handed to Numba through
+``__cuda_array_interface__`` without a copy and without Numba's
+synchronisation on the array's stream, and the kernels go to CuPy's current
+stream.  Under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) the backend
+runs on NumPy arrays instead -- that is how it is tested on machines without
+a GPU.
+
+Importing this module imports ``numba.cuda`` (not CuPy).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from typing import Any
+
+import numba
+import numpy as np
+from numba import cuda
+
+from .._strided import StridedBatch
+from . import _gpu
+
+#: As in the CuPy backend: wider bands read the bandwidth from an argument.
+SPECIALISED_MAX_BW = 32
+
+COPY_BLOCK = 256
+THREAD_BLOCK = 128
+
+SIMULATED = bool(numba.config.ENABLE_CUDASIM)
+
+
+@cuda.jit
+def band_copy(
+    src, src_off, src_r, src_c, dst, dst_off, dst_r, dst_c,
+    rows, cols, mask, system_fastest, has_dst, nonfinite, has_probe, nsys,
+):  # fmt: skip
+    """Copy core (r, c) of every system; see ``band_copy`` in the .cu source."""
+    e = cuda.grid(1)
+    if e >= nsys * rows * cols:
+        return
+    if system_fastest:
+        i = e % nsys
+        c = (e // nsys) % cols
+        r = e // (nsys * cols)
+    else:
+        c = e % cols
+        r = (e // cols) % rows
+        i = e // (rows * cols)
+    if mask != 0 and r + c >= rows:
+        if mask == 1 and has_dst:
+            dst[dst_off[i] + r * dst_r + c * dst_c] = 0
+        return
+    value = src[src_off[i] + r * src_r + c * src_c]
+    if has_probe and not math.isfinite(value):
+        nonfinite[0] = 1
+    if has_dst:
+        dst[dst_off[i] + r * dst_r + c * dst_c] = value
+
+
+@cuda.jit(device=True)
+def _pivot(d):
+    """(factor diagonal, ok): sqrt(d) for a finite d > 0, else (1, False)."""
+    if d > 0 and d < math.inf:
+        return math.sqrt(d), True
+    return d * 0 + 1, False
+
+
+@cuda.jit(device=True)
+def _fail_fill(band, a0, band_sj, band_st, rhs, y0, rhs_sj, rhs_sk, n, bw, nrhs, do_factor,
+               first, step):  # fmt: skip
+    for j in range(first, n, step):
+        m = min(bw, n - 1 - j)
+        if do_factor:
+            for t in range(m + 1):
+                band[a0 + j * band_sj + t * band_st] = math.nan
+        for k in range(nrhs):
+            rhs[y0 + j * rhs_sj + k * rhs_sk] = math.nan
+
+
+@functools.cache
+def factor_kernels(fixed_bw: int, dtype: np.dtype):
+    """The two factor-and-solve kernels with ``BW = fixed_bw`` (0: from the argument)."""
+    scalar = numba.from_dtype(np.dtype(dtype))
+    warp = _gpu.WARP
+
+    @cuda.jit
+    def thread_per_system(
+        band, band_off, band_sj, band_st, n, bw_arg, do_factor,
+        rhs, rhs_off, rhs_sj, rhs_sk, nrhs, info, nsys,
+    ):  # fmt: skip
+        i = cuda.grid(1)
+        if i >= nsys:
+            return
+        bw = fixed_bw if fixed_bw > 0 else bw_arg
+        a0 = band_off[i]
+        y0 = rhs_off[i] if nrhs > 0 else 0
+        failed = 0
+        for j in range(n):
+            m = min(bw, n - 1 - j)
+            p = a0 + j * band_sj
+            d = band[p]
+            if do_factor:
+                d, ok = _pivot(d)
+                if not ok and failed == 0:
+                    failed = j + 1
+                band[p] = d
+            r = 1 / d
+            if do_factor:
+                for t in range(1, m + 1):
+                    band[p + t * band_st] *= r
+                # Rank-1 update of the trailing triangle.
+                for s in range(1, m + 1):
+                    ls = band[p + s * band_st]
+                    q = a0 + (j + s) * band_sj
+                    for u in range(m - s + 1):
+                        band[q + u * band_st] -= band[p + (s + u) * band_st] * ls
+            for k in range(nrhs):  # forward substitution, column j
+                yj = rhs[y0 + j * rhs_sj + k * rhs_sk] * r
+                rhs[y0 + j * rhs_sj + k * rhs_sk] = yj
+                for t in range(1, m + 1):
+                    rhs[y0 + (j + t) * rhs_sj + k * rhs_sk] -= band[p + t * band_st] * yj
+        if nrhs > 0:
+            for jj in range(n):  # backward substitution
+                j = n - 1 - jj
+                m = min(bw, n - 1 - j)
+                p = a0 + j * band_sj
+                for k in range(nrhs):
+                    acc = rhs[y0 + j * rhs_sj + k * rhs_sk]
+                    for t in range(1, m + 1):
+                        acc -= band[p + t * band_st] * rhs[y0 + (j + t) * rhs_sj + k * rhs_sk]
+                    rhs[y0 + j * rhs_sj + k * rhs_sk] = acc / band[p]
+        info[i] = failed
+        if failed:
+            _fail_fill(band, a0, band_sj, band_st, rhs, y0, rhs_sj, rhs_sk, n, bw, nrhs,
+                       do_factor, 0, 1)  # fmt: skip
+
+    @cuda.jit
+    def warp_per_system(
+        band, band_off, band_sj, band_st, n, bw_arg, do_factor,
+        rhs, rhs_off, rhs_sj, rhs_sk, nrhs, info, nsys,
+    ):  # fmt: skip
+        i = cuda.blockIdx.x
+        lane = cuda.threadIdx.x
+        if i >= nsys:
+            return
+        bw = fixed_bw if fixed_bw > 0 else bw_arg
+        part = cuda.shared.array(warp, dtype=scalar)
+        recip = cuda.shared.array(1, dtype=scalar)
+        failed = cuda.shared.array(1, dtype=numba.int32)
+        a0 = band_off[i]
+        y0 = rhs_off[i] if nrhs > 0 else 0
+        if lane == 0:
+            failed[0] = 0
+        for j in range(n):
+            m = min(bw, n - 1 - j)
+            p = a0 + j * band_sj
+            if lane == 0:
+                d = band[p]
+                if do_factor:
+                    d, ok = _pivot(d)
+                    if not ok and failed[0] == 0:
+                        failed[0] = j + 1
+                    band[p] = d
+                recip[0] = 1 / d
+            cuda.syncthreads()
+            r = recip[0]
+            if do_factor:
+                for t in range(1 + lane, m + 1, warp):
+                    band[p + t * band_st] *= r
+                cuda.syncthreads()
+                # Cell (s, q) of the triangle is number (s - 1) m + q of an m x m square.
+                for e in range(lane, m * m, warp):
+                    s = e // m + 1
+                    q = e % m
+                    if q <= m - s:
+                        band[a0 + (j + s) * band_sj + q * band_st] -= (
+                            band[p + (s + q) * band_st] * band[p + s * band_st]
+                        )
+            for k in range(nrhs):
+                yj = rhs[y0 + j * rhs_sj + k * rhs_sk] * r
+                cuda.syncthreads()
+                if lane == 0:
+                    rhs[y0 + j * rhs_sj + k * rhs_sk] = yj
+                for t in range(1 + lane, m + 1, warp):
+                    rhs[y0 + (j + t) * rhs_sj + k * rhs_sk] -= band[p + t * band_st] * yj
+            cuda.syncthreads()
+        if nrhs > 0:
+            for jj in range(n):
+                j = n - 1 - jj
+                m = min(bw, n - 1 - j)
+                p = a0 + j * band_sj
+                for k in range(nrhs):
+                    acc = rhs[y0 + j * rhs_sj + k * rhs_sk] * 0
+                    for t in range(1 + lane, m + 1, warp):
+                        acc += band[p + t * band_st] * rhs[y0 + (j + t) * rhs_sj + k * rhs_sk]
+                    part[lane] = acc
+                    cuda.syncthreads()
+                    acc = rhs[y0 + j * rhs_sj + k * rhs_sk]
+                    for l in range(warp):
+                        acc -= part[l]
+                    acc /= band[p]
+                    cuda.syncthreads()
+                    rhs[y0 + j * rhs_sj + k * rhs_sk] = acc  # the same value from every thread
+        cuda.syncthreads()
+        status = failed[0]
+        if lane == 0:
+            info[i] = status
+        if status:
+            _fail_fill(band, a0, band_sj, band_st, rhs, y0, rhs_sj, rhs_sk, n, bw, nrhs,
+                       do_factor, lane, warp)  # fmt: skip
+
+    return thread_per_system, warp_per_system
+
+
+class NumbaCudaKernels:
+    """The kernel set of :mod:`._gpu` with the Numba CUDA kernels."""
+
+    def __init__(self) -> None:
+        if SIMULATED:
+            self.xp = np
+        else:
+            import cupy
+
+            self.xp = cupy
+
+    def multiprocessors(self) -> int:
+        return int(cuda.get_current_device().MULTIPROCESSOR_COUNT)
+
+    def _launch(self, kernel, grid: int, block: int, *args) -> None:
+        if SIMULATED:
+            kernel[grid, block](*args)
+            return
+        stream = cuda.external_stream(self.xp.cuda.get_current_stream().ptr)
+        args = tuple(
+            cuda.as_cuda_array(a, sync=False) if hasattr(a, "__cuda_array_interface__") else a
+            for a in args
+        )
+        kernel[grid, block, stream](*args)
+
+    def copy(self, src, dst, rows, cols, mask, system_fastest, nonfinite) -> None:
+        nsys = src.offsets.shape[0]
+        total = nsys * rows * cols
+        if total == 0:
+            return
+        spare = self.xp.zeros(1, dtype=src.buf.dtype)
+        dst_buf, dst_off, dst_strides = (
+            (spare, src.offsets, (0, 0)) if dst is None else (dst.buf, dst.offsets, dst.strides)
+        )
+        probe = self.xp.zeros(1, dtype=np.int32) if nonfinite is None else nonfinite
+        self._launch(
+            band_copy, -(-total // COPY_BLOCK), COPY_BLOCK,
+            src.buf, src.offsets, *src.strides, dst_buf, dst_off, *dst_strides,
+            rows, cols, mask, system_fastest, dst is not None, probe, nonfinite is not None, nsys,
+        )  # fmt: skip
+
+    def factor_solve(self, regime, band, bw, do_factor, rhs, nrhs, info) -> None:
+        nsys = band.offsets.shape[0]
+        if nsys == 0:
+            return
+        fixed = bw if 0 < bw <= SPECIALISED_MAX_BW else 0
+        thread_kernel, warp_kernel = factor_kernels(fixed, np.dtype(band.buf.dtype))
+        if regime == "thread":
+            kernel, grid, block = thread_kernel, -(-nsys // THREAD_BLOCK), THREAD_BLOCK
+        else:
+            kernel, grid, block = warp_kernel, nsys, _gpu.WARP
+        self._launch(
+            kernel, grid, block,
+            band.buf, band.offsets, *band.strides, band.shape[0], bw, do_factor,
+            rhs.buf, rhs.offsets, *rhs.strides, nrhs, info, nsys,
+        )  # fmt: skip
+
+    def device(self, x: Any):
+        """A context that makes ``x``'s device current (for CuPy and Numba)."""
+        if SIMULATED:
+            return contextlib.nullcontext()
+        return _both_devices(x.device.id)
+
+
+@contextlib.contextmanager
+def _both_devices(device_id: int):
+    import cupy
+
+    with cupy.cuda.Device(device_id), cuda.gpus[device_id]:
+        yield
+
+
+_kernels: NumbaCudaKernels | None = None
+
+
+def kernels() -> NumbaCudaKernels:
+    global _kernels
+    if _kernels is None:
+        _kernels = NumbaCudaKernels()
+    return _kernels
+
+
+def array_namespace():
+    return kernels().xp
+
+
+def run(band: StridedBatch, bw: int, **options):
+    """Factor and/or solve (the backend contract; see :func:`._gpu.run`)."""
+    impl = kernels()
+    with impl.device(band.buf):
+        return _gpu.run(impl, band, bw, **options)
+
+
+def all_finite(x: StridedBatch) -> bool:
+    impl = kernels()
+    with impl.device(x.buf):
+        return _gpu.all_finite(impl, x)
+
+
+def usable() -> tuple[bool, str]:
+    """Whether this backend can run here, and if not, why."""
+    if SIMULATED:
+        return True, "Numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1): NumPy arrays, no GPU"
+    try:
+        import cupy  # noqa: F401 - the arrays this backend takes
+    except ImportError as error:
+        return False, f"CuPy (for the arrays) is not installed ({error})"
+    try:
+        available = cuda.is_available()
+    except Exception as error:  # noqa: BLE001
+        return False, f"numba-cuda finds no usable CUDA device ({error})"
+    if not available:
+        return False, "numba-cuda finds no usable CUDA device or driver"
+    return True, f"numba-cuda {cuda.get_current_device().name.decode(errors='replace')}"
