@@ -26,13 +26,26 @@ def _version(distribution: str) -> str:
 
 
 def _backend_status(name: str) -> str:
-    """'usable' after a tiny solve checked against the exact answer, else why not."""
+    """'usable' after a tiny solve checked against the exact answer, else why not.
+
+    GPU backends are first asked whether their libraries and a device are
+    there (``_backends.usable``); the solve then runs on the device.
+    """
+    detail = ""
     try:
         ab = np.array([[0.0, 1.0, 1.0], [4.0, 4.0, 4.0]])
-        x = solveh_banded(ab, np.array([5.0, 6.0, 5.0]), backend=name)
+        b = np.array([5.0, 6.0, 5.0])
+        if name in _backends.GPU_BACKENDS:
+            ok, detail = _backends.usable(name)
+            if not ok:
+                return f"NOT usable: {detail}"
+            xp = _backends.get(name).array_namespace()
+            ab, b = xp.asarray(ab), xp.asarray(b)
+        x = solveh_banded(ab, b, backend=name)
+        x = x.get() if hasattr(x, "get") else x
         if not np.allclose(x, 1.0):
             return f"NOT usable: wrong result {x}"
-        return "usable"
+        return f"usable ({detail})" if detail else "usable"
     except Exception as exc:  # report, do not crash: this is a diagnostic
         return f"NOT usable: {type(exc).__name__}: {exc}"
 
@@ -74,17 +87,13 @@ def info(out: Callable[[str], None] = print) -> None:
     out(f"machine    {platform.machine()}, {platform.processor() or 'unknown processor'}")
     for name in _backends.available():
         status = _backend_status(name)
-        out(f"backend {name!r} (CPU): {status}")
+        kind = "GPU" if name in _backends.GPU_BACKENDS else "CPU"
+        out(f"backend {name!r} ({kind}): {status}")
         if name == "numba" and status == "usable":
             import numba
 
             out(f"  threads: {numba.get_num_threads()} (set NUMBA_NUM_THREADS to change)")
-    for name, module in (("numba-cuda", "numba_cuda"), ("cupy", "cupy")):
-        present = importlib.util.find_spec(module) is not None
-        out(
-            f"backend {name!r} (GPU): NOT usable: GPU backends are not part of this version "
-            f"({module} is {'installed' if present else 'not installed'})"
-        )
+    out(f"  default for CuPy arrays: {_backends.DEFAULT_GPU_BACKEND!r}")
     for name in ("torch", "jax"):
         out(f"adapter banded_mnn.{name}: {_adapter_status(name)}")
 

@@ -29,8 +29,22 @@ from banded_mnn._backends import _cupy
 
 HOST = Path(__file__).resolve().parent / "cuda_host"
 
-_FACTOR = ["T*", "const long long*", "long long", "long long", "long long", "long long", "int",
-           "T*", "const long long*", "long long", "long long", "long long", "int*", "long long"]
+_FACTOR = [
+    "T*",
+    "const long long*",
+    "long long",
+    "long long",
+    "long long",
+    "long long",
+    "int",
+    "T*",
+    "const long long*",
+    "long long",
+    "long long",
+    "long long",
+    "int*",
+    "long long",
+]
 PARAMETERS = {
     "band_copy": ["const T*", "const long long*", "long long", "long long",
                   "T*", "const long long*", "long long", "long long",

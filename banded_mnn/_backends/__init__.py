@@ -64,12 +64,12 @@ def usable(name: str) -> tuple[bool, str]:
     """Whether backend ``name`` can run on this machine, and why not if it cannot."""
     try:
         module = importlib.import_module(_MODULES[name])
-    except Exception as error:  # noqa: BLE001 - report, never raise, for `banded-mnn info`
+    except Exception as error:
         return False, f"cannot be imported: {type(error).__name__}: {error}"
     check = getattr(module, "usable", None)
     if check is None:
         return True, "CPU"
     try:
         return check()
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         return False, f"{type(error).__name__}: {error}"

@@ -97,7 +97,9 @@ class CupyKernels:
 
     def launch(self, kernel: str, dtype: np.dtype, bw: int, grid: int, block: int, args) -> None:
         """Launch ``kernel`` for (dtype, bw) on the current device and stream."""
-        module, names = _module(self.xp.cuda.Device().id, np.dtype(dtype), specialised_bandwidth(bw))
+        module, names = _module(
+            self.xp.cuda.Device().id, np.dtype(dtype), specialised_bandwidth(bw)
+        )
         function = module.get_function(names[kernel])
         function((grid,), (block,), _kernel_arguments(SIGNATURES[kernel], args))
 
@@ -186,7 +188,7 @@ def usable() -> tuple[bool, str]:
         return False, f"CuPy is not installed ({error}); pip install 'banded-mnn[cuda12]'"
     try:
         count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as error:  # noqa: BLE001 - any CUDA error means "not here"
+    except Exception as error:
         return False, f"CuPy {cupy.__version__} finds no usable CUDA device ({error})"
     if count == 0:
         return False, f"CuPy {cupy.__version__} finds no CUDA device"

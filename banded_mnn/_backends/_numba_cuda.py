@@ -68,14 +68,6 @@ def band_copy(
 
 
 @cuda.jit(device=True)
-def _pivot(d):
-    """(factor diagonal, ok): sqrt(d) for a finite d > 0, else (1, False)."""
-    if d > 0 and d < math.inf:
-        return math.sqrt(d), True
-    return d * 0 + 1, False
-
-
-@cuda.jit(device=True)
 def _fail_fill(band, a0, band_sj, band_st, rhs, y0, rhs_sj, rhs_sk, n, bw, nrhs, do_factor,
                first, step):  # fmt: skip
     for j in range(first, n, step):
@@ -109,10 +101,13 @@ def factor_kernels(fixed_bw: int, dtype: np.dtype):
             m = min(bw, n - 1 - j)
             p = a0 + j * band_sj
             d = band[p]
-            if do_factor:
-                d, ok = _pivot(d)
-                if not ok and failed == 0:
-                    failed = j + 1
+            if do_factor:  # a pivot that is not finite and > 0 fails (and counts as 1)
+                if d > 0 and d < math.inf:
+                    d = math.sqrt(d)
+                else:
+                    if failed == 0:
+                        failed = j + 1
+                    d = 1.0
                 band[p] = d
             r = 1 / d
             if do_factor:
@@ -167,9 +162,12 @@ def factor_kernels(fixed_bw: int, dtype: np.dtype):
             if lane == 0:
                 d = band[p]
                 if do_factor:
-                    d, ok = _pivot(d)
-                    if not ok and failed[0] == 0:
-                        failed[0] = j + 1
+                    if d > 0 and d < math.inf:
+                        d = math.sqrt(d)
+                    else:
+                        if failed[0] == 0:
+                            failed[0] = j + 1
+                        d = 1.0
                     band[p] = d
                 recip[0] = 1 / d
             cuda.syncthreads()
@@ -234,10 +232,15 @@ class NumbaCudaKernels:
             self.xp = cupy
 
     def multiprocessors(self) -> int:
-        return int(cuda.get_current_device().MULTIPROCESSOR_COUNT)
+        # The simulator's device has no attributes: count it as one multiprocessor.
+        return int(getattr(cuda.get_current_device(), "MULTIPROCESSOR_COUNT", 1))
 
     def _launch(self, kernel, grid: int, block: int, *args) -> None:
-        if SIMULATED:
+        if SIMULATED:  # NumPy arguments; read-only ones are not copied back
+            args = tuple(
+                cuda.In(a) if isinstance(a, np.ndarray) and not a.flags.writeable else a
+                for a in args
+            )
             kernel[grid, block](*args)
             return
         stream = cuda.external_stream(self.xp.cuda.get_current_stream().ptr)
@@ -331,7 +334,7 @@ def usable() -> tuple[bool, str]:
         return False, f"CuPy (for the arrays) is not installed ({error})"
     try:
         available = cuda.is_available()
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         return False, f"numba-cuda finds no usable CUDA device ({error})"
     if not available:
         return False, "numba-cuda finds no usable CUDA device or driver"

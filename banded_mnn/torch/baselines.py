@@ -54,6 +54,27 @@ def blocks(coefficients, rhs_equation, init_vars, steps, weights=(1.0, 1.0, 1.0)
     return a0, a1, beta
 
 
+def block_cholesky(a0: Tensor, a1: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    """Per-step block Cholesky of the block-tridiagonal matrix with diagonal
+    blocks ``a0`` (B, T, n, n) and sub-diagonal blocks ``a1`` (B, T-1, n, n):
+    lists of the factor's diagonal and sub-diagonal blocks, one per step."""
+    l0, l1 = [], []
+    for t in range(a0.shape[1]):
+        d = a0[:, t]
+        if t:
+            m = torch.linalg.solve_triangular(l0[t - 1], a1[:, t - 1].transpose(-1, -2),
+                                              upper=False).transpose(-1, -2)  # fmt: skip
+            l1.append(m)
+            d = d - m @ m.transpose(-1, -2)
+        l0.append(torch.linalg.cholesky_ex(d)[0])
+    return l0, l1
+
+
+def block_solve(a0: Tensor, a1: Tensor, beta: Tensor) -> Tensor:
+    """``x`` (B, T, n) solving the block-tridiagonal system by S-MNN's per-step algorithm."""
+    return _substitute(*block_cholesky(a0, a1), beta)
+
+
 def _substitute(l0: list[Tensor], l1: list[Tensor], rhs: Tensor) -> Tensor:
     """Solve with the block Cholesky factor, one step at a time."""
     T = rhs.shape[1]
@@ -77,15 +98,7 @@ class BlockCholeskySolve(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a0: Tensor, a1: Tensor, beta: Tensor) -> Tensor:
-        l0, l1 = [], []
-        for t in range(a0.shape[1]):
-            d = a0[:, t]
-            if t:
-                m = torch.linalg.solve_triangular(l0[t - 1], a1[:, t - 1].transpose(-1, -2),
-                                                  upper=False).transpose(-1, -2)  # fmt: skip
-                l1.append(m)
-                d = d - m @ m.transpose(-1, -2)
-            l0.append(torch.linalg.cholesky_ex(d)[0])
+        l0, l1 = block_cholesky(a0, a1)
         x = _substitute(l0, l1, beta)
         ctx.factor = (l0, l1)
         ctx.save_for_backward(x)

@@ -1,0 +1,322 @@
+"""The GPU backends through the public functions, against SciPy.
+
+Which GPU backend runs depends on the process (chosen at collection, so
+nothing here is ever skipped for want of a GPU):
+
+* ``cupy-host`` (the normal test run): the "cupy" backend with its kernel set
+  swapped for :class:`gpu_host.HostKernels`, which runs the very same
+  ``band_cholesky.cu`` compiled as host C++ -- every line of the backend's
+  Python (layouts, regimes, launches, argument typing, status) is the
+  production code;
+* ``numba-cuda-sim`` (this file run again with ``NUMBA_ENABLE_CUDASIM=1`` by
+  :func:`test_numba_cuda_backend_under_the_simulator`): the "numba-cuda"
+  backend, unmodified, on NumPy arrays in Numba's CUDA simulator;
+* ``cupy`` and ``numba-cuda`` on CuPy arrays, only where a CUDA GPU is usable
+  (``tools/gpu_check.py`` runs them).
+
+Every test runs in both regimes (one thread per system, one warp per system).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import banded_mnn as bm
+from banded_mnn import _backends
+from banded_mnn._backends import _gpu
+from banded_mnn.problems import lower_to_upper, random_spd_band
+from conftest import scipy_cholesky, scipy_solve
+
+SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+if SIMULATED:
+    # The simulator runs every CUDA thread as a Python thread; at each
+    # syncthreads all 32 threads of a block must take turns with the GIL, and
+    # with the default 5 ms switch interval a warp-per-system test takes ten
+    # times longer.  (Only the simulator run's own interpreter is affected.)
+    sys.setswitchinterval(1e-5)
+
+
+def _variants() -> list[str]:
+    if SIMULATED:
+        return ["numba-cuda-sim"]
+    variants = ["cupy-host"]
+    if _backends.usable("cupy")[0]:
+        variants += ["cupy", "numba-cuda"]
+    return variants
+
+
+class Device:
+    """How a test reaches one GPU backend: its name and the array transfers."""
+
+    def __init__(self, variant: str) -> None:
+        self.variant = variant
+        self.backend = "numba-cuda" if variant.startswith("numba-cuda") else "cupy"
+        self.real = variant in ("cupy", "numba-cuda")
+        if self.real:
+            import cupy
+
+            self.xp = cupy
+        else:
+            self.xp = np
+
+    def put(self, x: np.ndarray):
+        return self.xp.asarray(x) if self.real else np.array(x, copy=True)
+
+    def get(self, x) -> np.ndarray:
+        return self.xp.asnumpy(x) if self.real else np.asarray(x)
+
+
+@pytest.fixture(params=_variants())
+def device(request, monkeypatch):
+    if request.param == "cupy-host":
+        from gpu_host import HostKernels
+
+        from banded_mnn._backends import _cupy
+
+        monkeypatch.setattr(_cupy, "_kernels", HostKernels())
+    return Device(request.param)
+
+
+@pytest.fixture(params=["thread", "warp"])
+def regime(request, monkeypatch):
+    """Force one regime (the size-based choice is tested on its own)."""
+    monkeypatch.setattr(_gpu, "choose_regime", lambda nsys, sms: request.param)
+    return request.param
+
+
+def tolerance(dtype) -> float:
+    return 1e-10 if np.dtype(dtype) == np.float64 else 2e-4
+
+
+def make_band(rng, batch, m, u, lower, dtype=np.float64):
+    return random_spd_band(batch, m, u, lower=lower, rng=rng).astype(dtype)
+
+
+# --------------------------------------------------------------------------
+# Results against SciPy
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("lower", [False, True])
+@pytest.mark.parametrize("batch,m,u,k", [((5,), 12, 3, 2), ((2, 3), 7, 1, 1), ((4,), 3, 5, 3)])
+def test_solveh_banded(device, regime, rng, dtype, lower, batch, m, u, k):
+    ab = make_band(rng, batch, m, u, lower, dtype)
+    b = rng.standard_normal(batch + (m, k)).astype(dtype)
+    x = bm.solveh_banded(device.put(ab), device.put(b), lower=lower, backend=device.backend)
+    assert x.dtype == dtype and x.shape == b.shape
+    ref = scipy_solve(ab.astype(np.float64), b.astype(np.float64), lower)
+    np.testing.assert_allclose(device.get(x), ref, rtol=tolerance(dtype), atol=tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("lower", [False, True])
+def test_cholesky_then_cho_solve(device, regime, rng, dtype, lower):
+    ab = make_band(rng, (6,), 15, 4, lower, dtype)
+    b = rng.standard_normal((6, 15, 2)).astype(dtype)
+    c = bm.cholesky_banded(device.put(ab), lower=lower, backend=device.backend)
+    tol = tolerance(dtype)
+    np.testing.assert_allclose(device.get(c), scipy_cholesky(ab, lower), rtol=tol, atol=tol)
+    x = bm.cho_solve_banded((c, lower), device.put(b), backend=device.backend)
+    np.testing.assert_allclose(device.get(x), scipy_solve(ab, b, lower), rtol=tol, atol=tol)
+
+
+def test_default_backend_and_vector_rhs(device, regime, rng):
+    """One vector b for the whole batch; results agree with the CPU backend."""
+    ab = make_band(rng, (4,), 9, 2, False)
+    b = rng.standard_normal(9)
+    x = bm.solveh_banded(device.put(ab), device.put(b), backend=device.backend)
+    assert x.shape == (4, 9)
+    np.testing.assert_allclose(device.get(x), bm.solveh_banded(ab, b), rtol=1e-12, atol=1e-12)
+
+
+def test_broadcasting_and_shared_matrix(device, regime, rng):
+    ab = make_band(rng, (3, 1), 8, 2, True)
+    b = rng.standard_normal((1, 4, 8, 2))
+    x = bm.solveh_banded(device.put(ab), device.put(b), lower=True, backend=device.backend)
+    assert x.shape == (3, 4, 8, 2)
+    np.testing.assert_allclose(device.get(x), scipy_solve(ab, b, True), rtol=1e-10)
+    one = make_band(rng, (), 8, 2, True)  # one matrix, many right-hand sides (factored once)
+    x = bm.solveh_banded(device.put(one), device.put(b[0]), lower=True, backend=device.backend)
+    np.testing.assert_allclose(device.get(x), scipy_solve(one, b[0], True), rtol=1e-10)
+
+
+def test_strided_inputs(device, regime, rng):
+    ab = make_band(rng, (5,), 10, 2, False)
+    b = rng.standard_normal((5, 10, 6))
+    ab_s = device.put(np.asfortranarray(ab))[::-1]  # Fortran order, reversed batch
+    b_s = device.put(b)[..., ::2]  # every other column
+    x = bm.solveh_banded(ab_s, b_s, backend=device.backend)
+    np.testing.assert_allclose(device.get(x), scipy_solve(ab[::-1], b[..., ::2], False), rtol=1e-10)
+
+
+def test_wide_band_uses_the_unspecialised_kernels(device, regime, rng):
+    ab = make_band(rng, (2,), 40, 34, False)  # u = 34 > SPECIALISED_MAX_BW
+    b = rng.standard_normal((2, 40, 1))
+    x = bm.solveh_banded(device.put(ab), device.put(b), backend=device.backend)
+    np.testing.assert_allclose(device.get(x), scipy_solve(ab, b, False), rtol=1e-9)
+
+
+def test_band_wider_than_the_matrix(device, regime, rng):
+    ab = make_band(rng, (3,), 4, 3, False)
+    wide = np.concatenate([np.full((3, 2, 4), np.pi), ab], axis=1)  # u + 1 = 6 > M = 4
+    b = rng.standard_normal((3, 4, 1))
+    x = bm.solveh_banded(device.put(wide), device.put(b), backend=device.backend)
+    np.testing.assert_allclose(device.get(x), scipy_solve(ab, b, False), rtol=1e-10)
+
+
+def test_integer_input_is_converted(device, regime):
+    ab = np.array([[0, 1, 1], [4, 4, 4]])
+    x = bm.solveh_banded(device.put(ab), device.put(np.array([5, 6, 5])), backend=device.backend)
+    assert x.dtype == np.float64
+    np.testing.assert_allclose(device.get(x), [1.0, 1.0, 1.0], rtol=1e-14)
+
+
+def test_empty_inputs(device, regime):
+    ab = np.ones((0, 2, 5))
+    x = bm.solveh_banded(device.put(ab), device.put(np.ones((0, 5, 1))), backend=device.backend)
+    assert x.shape == (0, 5, 1)
+    c, info = bm.cholesky_banded_ex(device.put(ab), backend=device.backend)
+    assert c.shape == (0, 2, 5) and info.shape == (0,)
+    x = bm.solveh_banded(device.put(np.ones((2, 2, 5)) * [[0.0], [2.0]]),
+                         device.put(np.ones((2, 5, 0))), backend=device.backend)  # fmt: skip
+    assert x.shape == (2, 5, 0)
+
+
+# --------------------------------------------------------------------------
+# Overwrite flags, errors, status
+# --------------------------------------------------------------------------
+
+
+def test_overwrite_flags(device, regime, rng):
+    ab = make_band(rng, (3,), 8, 2, False)
+    b = rng.standard_normal((3, 8, 2))
+    ab_d, b_d = device.put(ab), device.put(b)
+    c = bm.cholesky_banded(ab_d, overwrite_ab=True, backend=device.backend)
+    assert c is ab_d
+    np.testing.assert_allclose(device.get(ab_d), scipy_cholesky(ab, False), rtol=1e-10)
+    x = bm.cho_solve_banded((c, False), b_d, overwrite_b=True, backend=device.backend)
+    assert x is b_d
+    np.testing.assert_allclose(device.get(b_d), scipy_solve(ab, b, False), rtol=1e-10)
+    # Without the flags the inputs are left alone.
+    ab_d, b_d = device.put(ab), device.put(b)
+    bm.solveh_banded(ab_d, b_d, backend=device.backend)
+    assert np.array_equal(device.get(ab_d), ab) and np.array_equal(device.get(b_d), b)
+
+
+@pytest.mark.parametrize("where", ["ab", "b"])
+def test_non_finite_input_raises_and_writes_nothing(device, regime, rng, where):
+    ab = make_band(rng, (3,), 8, 2, False)
+    b = rng.standard_normal((3, 8, 1))
+    (ab if where == "ab" else b)[1, 1, 4 if where == "ab" else 0] = np.nan
+    ab_d, b_d = device.put(ab), device.put(b)
+    with pytest.raises(ValueError, match=f"{where} must not contain infs or NaNs"):
+        bm.solveh_banded(ab_d, b_d, overwrite_b=True, backend=device.backend)
+    assert np.array_equal(device.get(b_d), b, equal_nan=True)
+    with pytest.raises(ValueError, match=f"{where} must not contain infs or NaNs"):
+        bm.solveh_banded(ab_d, b_d, backend=device.backend)
+    if where == "ab":
+        with pytest.raises(ValueError, match="ab must not contain"):
+            bm.cholesky_banded(ab_d, overwrite_ab=True, backend=device.backend)
+        assert np.array_equal(device.get(ab_d), ab, equal_nan=True)
+
+
+def test_not_positive_definite(device, regime, rng):
+    ab = make_band(rng, (4,), 10, 2, False)
+    ab[2, -1, 6] = -1.0  # system 2: the 7th leading minor fails
+    b = rng.standard_normal((4, 10, 1))
+    x, info = bm.solveh_banded_ex(device.put(ab), device.put(b), backend=device.backend)
+    assert device.get(info).tolist() == [0, 0, 7, 0]
+    x = device.get(x)
+    assert np.isnan(x[2]).all()
+    np.testing.assert_allclose(np.delete(x, 2, 0), scipy_solve(np.delete(ab, 2, 0),
+                                                               np.delete(b, 2, 0), False))  # fmt: skip
+    c, info = bm.cholesky_banded_ex(device.put(ab), backend=device.backend)
+    assert device.get(info).tolist() == [0, 0, 7, 0] and np.isnan(device.get(c)[2, -1]).all()
+    with pytest.raises(bm.NotPositiveDefiniteError) as caught:
+        bm.solveh_banded(device.put(ab), device.put(b), backend=device.backend)
+    assert caught.value.batch_index == (2,) and caught.value.order == 7
+    ab[1, -1, 3] = np.inf  # an infinite pivot fails too (check_finite=False lets it through)
+    _, info = bm.cholesky_banded_ex(device.put(ab), check_finite=False, backend=device.backend)
+    assert device.get(info).tolist() == [0, 4, 7, 0]
+
+
+def test_no_wait_for_the_device_without_checks(device, regime, rng, monkeypatch):
+    """The _ex functions with check_finite=False never copy to the host."""
+    waits = []
+    real = _gpu._to_host
+    monkeypatch.setattr(_gpu, "_to_host", lambda x: waits.append(1) or real(x))
+    ab = make_band(rng, (3,), 8, 2, False)
+    b = rng.standard_normal((3, 8, 1))
+    bm.solveh_banded_ex(device.put(ab), device.put(b), check_finite=False, backend=device.backend)
+    bm.cholesky_banded_ex(device.put(ab), check_finite=False, backend=device.backend)
+    assert waits == []
+    bm.solveh_banded_ex(device.put(ab), device.put(b), backend=device.backend)
+    assert waits  # checking needs the answer
+
+
+# --------------------------------------------------------------------------
+# Regime choice, backend selection (no kernels needed)
+# --------------------------------------------------------------------------
+
+
+def test_regime_rule():
+    sms = 132
+    assert _gpu.choose_regime(16, sms) == "warp"
+    assert _gpu.choose_regime(_gpu.WARP_REGIME_SYSTEMS_PER_SM * sms - 1, sms) == "warp"
+    assert _gpu.choose_regime(_gpu.WARP_REGIME_SYSTEMS_PER_SM * sms, sms) == "thread"
+
+
+@pytest.mark.skipif(SIMULATED, reason="uses the host runner of the .cu")
+def test_regime_follows_the_batch_size_host(rng, monkeypatch):
+    from gpu_host import HostKernels
+
+    from banded_mnn._backends import _cupy
+
+    kernels = HostKernels(multiprocessors=1)
+    monkeypatch.setattr(_cupy, "_kernels", kernels)
+    few = _gpu.WARP_REGIME_SYSTEMS_PER_SM - 1
+    for nsys, expected in ((few, "band_factor_solve_warp"), (few + 1, "band_factor_solve")):
+        ab = make_band(rng, (nsys,), 4, 1, False)
+        bm.cholesky_banded(ab, backend="cupy")
+        assert [k for k, _, _ in kernels.launches if k.startswith("band_factor")][-1] == expected
+
+
+def test_lower_and_upper_agree(device, regime, rng):
+    ab_lower = make_band(rng, (3,), 9, 3, True)
+    ab_upper = lower_to_upper(ab_lower)
+    b = rng.standard_normal((3, 9, 1))
+    x_lower = bm.solveh_banded(device.put(ab_lower), device.put(b), lower=True,
+                               backend=device.backend)  # fmt: skip
+    x_upper = bm.solveh_banded(device.put(ab_upper), device.put(b), backend=device.backend)
+    np.testing.assert_allclose(device.get(x_lower), device.get(x_upper), rtol=1e-12)
+
+
+# --------------------------------------------------------------------------
+# The simulator run, from the normal test run
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(SIMULATED, reason="this is the simulator run itself")
+def test_numba_cuda_backend_under_the_simulator(tmp_path):
+    """Run this file again with NUMBA_ENABLE_CUDASIM=1 (the "numba-cuda" backend)."""
+    pytest.importorskip("numba_cuda", reason="numba-cuda is in the test extra")
+    report = tmp_path / "report.json"
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider",
+         "-k", "not simulator and not _host", f"--junitxml={report.with_suffix('.xml')}"],
+        capture_output=True, text=True, env=env, cwd=root, timeout=1500,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
+    summary = result.stdout.strip().splitlines()[-1]
+    report.write_text(json.dumps(summary))
+    assert "passed" in summary and "skipped" not in summary and "failed" not in summary, summary

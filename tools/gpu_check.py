@@ -1,0 +1,208 @@
+"""GPU check: tests and timings of the GPU backends on a machine with an NVIDIA GPU.
+
+Run from the repository root, after ``pip install -e ".[test,cuda12,torch]"``
+(or ``cuda13``)::
+
+    python tools/gpu_check.py            # about 3-6 minutes
+    python tools/gpu_check.py --quick    # fewer repeats, no test run
+
+It
+
+1. runs the GPU test subset (``tests/test_gpu_backends.py`` on CuPy arrays
+   through both GPU backends, ``tests/test_cuda_kernels.py``);
+2. measures the device-to-device copy bandwidth (CuPy copy, CUDA events);
+3. times ``solveh_banded`` (fused factor and solve, no checks, the status
+   left on the device) through both GPU backends in both regimes, against
+   (a) S-MNN's algorithm as batched torch ops -- per step ``cholesky_ex``,
+   ``solve_triangular`` and matmul on ``n x n`` blocks -- captured in a CUDA
+   graph (run eagerly past 20,000 steps, where capturing is impractical), and
+   (b) the CPU backend on the host;
+
+and prints one table: median time, speed-ups, and the achieved bandwidth
+(the bytes ``solveh_banded`` must move at least -- read the band and the
+right-hand side, write the solution -- over the time) as a fraction of the
+copy bandwidth.  GPU times are CUDA-event medians of warm runs; CPU times are
+wall-clock medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: (label, B, T, n, dtype): the band has M = T n columns and u = 2 n - 1.
+CASES = [
+    ("Lorenz", 1536, 50, 3, np.float64),
+    ("MNN", 16, 2048, 9, np.float64),
+    ("many-f32", 1024, 1000, 12, np.float32),
+    ("long", 1, 100_000, 9, np.float64),
+    ("few-long", 4, 10_000, 9, np.float64),
+    ("few-longer", 4, 100_000, 9, np.float64),
+]
+
+GRAPH_MAX_STEPS = 20_000
+
+
+def gpu_events_median(function, repeat: int) -> float:
+    import cupy
+
+    function()  # warm (compiles on first use)
+    times = []
+    for _ in range(repeat):
+        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        function()
+        stop.record()
+        stop.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(start, stop) / 1e3)
+    return statistics.median(times)
+
+
+def copy_bandwidth() -> float:
+    import cupy
+
+    src = cupy.ones(1 << 27, dtype=np.float64)  # 1 GiB
+    dst = cupy.empty_like(src)
+    seconds = gpu_events_median(lambda: dst.__setitem__(Ellipsis, src), 10)
+    return 2 * src.nbytes / seconds
+
+
+def torch_baseline(lower: np.ndarray, b: np.ndarray, steps: int, n: int, repeat: int) -> float:
+    """S-MNN's per-step block Cholesky in torch on the GPU (CUDA graph when it fits)."""
+    import torch
+
+    from banded_mnn._blocks import band_to_blocks
+    from banded_mnn.torch.baselines import block_solve
+
+    a0, a1 = (torch.as_tensor(x, device="cuda") for x in band_to_blocks(lower, steps, n, 2))
+    beta = torch.as_tensor(b.reshape(b.shape[0], steps, n), device="cuda")
+    if steps <= GRAPH_MAX_STEPS:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            block_solve(a0, a1, beta)  # warm-up before capture
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            block_solve(a0, a1, beta)
+        run = graph.replay
+    else:
+
+        def run():
+            block_solve(a0, a1, beta)
+
+    run()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeat):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run()
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop) / 1e3)
+    return statistics.median(times)
+
+
+def cpu_time(ab: np.ndarray, b: np.ndarray, repeat: int) -> float:
+    import banded_mnn as bm
+
+    bm.solveh_banded_ex(ab, b, lower=True, check_finite=False)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        bm.solveh_banded_ex(ab, b, lower=True, check_finite=False)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, no test run")
+    args = parser.parse_args(argv)
+    repeat = 3 if args.quick else 10
+
+    import cupy
+
+    import banded_mnn as bm
+    from banded_mnn._backends import _gpu
+    from banded_mnn.problems import mnn_normal_band
+
+    device = cupy.cuda.Device()
+    name = cupy.cuda.runtime.getDeviceProperties(device.id)["name"].decode()
+    print(f"# GPU check, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(f"# {name}, CuPy {cupy.__version__}, {platform.processor() or platform.machine()}")
+
+    if not args.quick:
+        tests = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
+             "not simulator and not asv", "tests/test_gpu_backends.py",
+             "tests/test_cuda_kernels.py", "tests/test_package.py"],
+            cwd=ROOT, capture_output=True, text=True,
+        )  # fmt: skip
+        print(f"# GPU tests: {tests.stdout.strip().splitlines()[-1]}")
+        if tests.returncode:
+            print(tests.stdout[-4000:])
+
+    bandwidth = copy_bandwidth()
+    print(f"# device-to-device copy bandwidth: {bandwidth / 1e9:.0f} GB/s")
+    print(
+        "| case | B | T | n | dtype | backend | regime | GPU time | vs torch per-step | "
+        "vs CPU backend | bandwidth / copy |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    rng = np.random.default_rng(0)
+    for label, B, T, n, dtype in CASES:
+        ab = mnn_normal_band((B,), T, n, lower=True, dtype=dtype, rng=rng)
+        b = rng.standard_normal((B, T * n, 1)).astype(dtype)
+        ab_d, b_d = cupy.asarray(ab), cupy.asarray(b)
+        minimal_bytes = ab.nbytes + 2 * b.nbytes
+        try:
+            baseline = torch_baseline(ab, b, T, n, max(1, repeat // 3))
+        except Exception as error:
+            print(f"# torch baseline failed for {label}: {error}")
+            baseline = float("nan")
+        cpu = cpu_time(ab, b, max(1, repeat // 3))
+        automatic = _gpu.choose_regime(B, device.attributes["MultiProcessorCount"])
+        for backend in ("cupy", "numba-cuda"):
+            for regime in ("thread", "warp"):
+                original = _gpu.choose_regime
+                _gpu.choose_regime = lambda nsys, sms, regime=regime: regime
+                try:
+                    seconds = gpu_events_median(
+                        lambda backend=backend, ab_d=ab_d, b_d=b_d: bm.solveh_banded_ex(
+                            ab_d, b_d, lower=True, check_finite=False, backend=backend
+                        ),
+                        repeat,
+                    )
+                finally:
+                    _gpu.choose_regime = original
+                x, info = bm.solveh_banded_ex(ab_d, b_d, lower=True, backend=backend)
+                error = float(abs(cupy.asnumpy(x) - bm.solveh_banded(ab, b, lower=True)).max())
+                mark = "*" if regime == automatic else ""
+                print(
+                    f"| {label} | {B} | {T} | {n} | {np.dtype(dtype).name} | {backend} | "
+                    f"{regime}{mark} | {seconds * 1e3:.3f} ms | {baseline / seconds:.1f}x | "
+                    f"{cpu / seconds:.1f}x | {minimal_bytes / seconds / bandwidth:.1%} |"
+                    + (
+                        f" max diff vs CPU {error:.1e}, info {int(info.max())}"
+                        if error > 1e-6 or int(info.max())
+                        else ""
+                    )  # fmt: skip
+                )
+        print(f"# {label}: torch per-step {baseline * 1e3:.2f} ms, CPU backend {cpu * 1e3:.2f} ms")
+    print("# * = the regime chosen automatically at this size")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
