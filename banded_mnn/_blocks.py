@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _api
+from . import _api, _backends
 
 
 def _check_blocks(blocks: Sequence[Any]) -> tuple[list[np.ndarray], int, int, np.dtype]:
@@ -106,6 +106,7 @@ def solveh_block_banded_ex(
     block row whose pivot block failed (in elimination order).  Failed
     systems' solutions are NaN.
     """
+    _backends.cpu_only(backend, "solveh_block_banded")
     arrays, steps, n, dtype = _check_blocks(blocks)
     rhs, shape, vector = _rhs(b, steps, n)
     if algorithm == "cyclic":

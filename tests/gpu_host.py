@@ -48,7 +48,7 @@ _FACTOR = [
 PARAMETERS = {
     "band_copy": ["const T*", "const long long*", "long long", "long long",
                   "T*", "const long long*", "long long", "long long",
-                  "long long", "long long", "int", "int", "int*", "long long"],
+                  "long long", "long long", "int", "int", "int*", "const int*", "long long"],
     "band_factor_solve": _FACTOR,
     "band_factor_solve_warp": _FACTOR,
 }  # fmt: skip

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from numba import types as numba_types
 
 import banded_mnn as bm
 from banded_mnn import _backends
@@ -34,13 +35,42 @@ from banded_mnn._backends import _gpu
 from banded_mnn.problems import lower_to_upper, random_spd_band
 from conftest import scipy_cholesky, scipy_solve
 
+# In the simulator run (see the last test) tests named *_host are deselected.
 SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+
+
+def _make_simulator_shared_arrays_thread_safe() -> None:
+    """Numba's simulator creates a block's ``cuda.shared.array`` on the first
+    call from any of its threads with an unlocked check-then-set, so two
+    threads can get different arrays (seen here as a rare wrong result in the
+    warp-per-system kernel).  The same lookup, under a lock."""
+    import threading
+    import traceback
+
+    from numba.cuda.simulator import kernelapi
+    from numba.np import numpy_support
+
+    lock = threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        if isinstance(dtype, numba_types.Type):
+            dtype = numpy_support.as_dtype(dtype)
+        caller = traceback.extract_stack(sys._getframe())[-2][0:2]  # as the simulator does
+        with lock:
+            if caller not in self._allocations:
+                self._allocations[caller] = np.empty(shape, dtype)
+            return self._allocations[caller]
+
+    kernelapi.FakeCUDAShared.array = array
+
+
 if SIMULATED:
     # The simulator runs every CUDA thread as a Python thread; at each
     # syncthreads all 32 threads of a block must take turns with the GIL, and
     # with the default 5 ms switch interval a warp-per-system test takes ten
     # times longer.  (Only the simulator run's own interpreter is affected.)
     sys.setswitchinterval(1e-5)
+    _make_simulator_shared_arrays_thread_safe()
 
 
 def _variants() -> list[str]:
@@ -320,3 +350,31 @@ def test_numba_cuda_backend_under_the_simulator(tmp_path):
     summary = result.stdout.strip().splitlines()[-1]
     report.write_text(json.dumps(summary))
     assert "passed" in summary and "skipped" not in summary and "failed" not in summary, summary
+
+
+@pytest.mark.skipif(SIMULATED, reason="the CPU-only functions are the same in every run")
+def test_cpu_only_functions_refuse_gpu_backends_host(rng):
+    from banded_mnn.mnn import ode_forward
+
+    with pytest.raises(ValueError, match="the MNN layer runs on NumPy arrays.*'cupy'"):
+        ode_forward(np.ones((1, 4, 1, 1, 2)), np.ones((1, 4, 1)), np.ones((1, 1, 1, 1)),
+                    np.full((1, 3), 0.1), backend="cupy")  # fmt: skip
+    a0 = np.broadcast_to(np.eye(2) * 4, (3, 2, 2))
+    with pytest.raises(ValueError, match="solveh_block_banded runs on NumPy arrays"):
+        bm.solveh_block_banded((a0, np.zeros((2, 2, 2))), np.ones((3, 2)), backend="numba-cuda")
+
+
+@pytest.mark.skipif(SIMULATED, reason="about the production kernel set, not the simulator's")
+def test_gpu_backend_with_numpy_input_is_refused_host(monkeypatch):
+    """Without the test runner, backend="cupy" wants CuPy arrays (or CuPy itself)."""
+    from banded_mnn._backends import _cupy
+
+    monkeypatch.setattr(_cupy, "_kernels", None)
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        expected = (ImportError, "backend 'cupy' needs CuPy: pip install 'banded-mnn\\[cuda12\\]'")
+    else:
+        expected = (TypeError, "ab must be a CuPy array for GPU backend 'cupy'")
+    with pytest.raises(expected[0], match=expected[1]):
+        bm.cholesky_banded(np.ones((2, 3)), backend="cupy")

@@ -73,3 +73,14 @@ def usable(name: str) -> tuple[bool, str]:
         return check()
     except Exception as error:
         return False, f"{type(error).__name__}: {error}"
+
+
+def cpu_only(name: str | None, what: str) -> str | None:
+    """Validate ``backend=`` for a function that runs on NumPy arrays only."""
+    if name in GPU_BACKENDS:
+        raise ValueError(
+            f"{what} runs on NumPy arrays (the CPU) in this version; backend must be None or "
+            f"{DEFAULT_CPU_BACKEND!r}, got {name!r}"
+        )
+    get(name)  # unknown names raise here
+    return name

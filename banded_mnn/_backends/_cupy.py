@@ -34,7 +34,7 @@ OPTIONS = ("-std=c++17",)
 #: Parameter kinds of each kernel, in order: ``p`` a pointer (an array, or
 #: ``None`` for a null pointer), ``q`` a ``long long``, ``i`` an ``int``.
 SIGNATURES = {
-    "band_copy": "ppqqppqqqqiipq",
+    "band_copy": "ppqqppqqqqiippq",
     "band_factor_solve": "ppqqqqippqqqpq",
     "band_factor_solve_warp": "ppqqqqippqqqpq",
 }
@@ -104,7 +104,7 @@ class CupyKernels:
         function((grid,), (block,), _kernel_arguments(SIGNATURES[kernel], args))
 
     # -- the kernel set ------------------------------------------------------
-    def copy(self, src, dst, rows, cols, mask, system_fastest, nonfinite) -> None:
+    def copy(self, src, dst, rows, cols, mask, system_fastest, nonfinite, status=None) -> None:
         nsys = src.offsets.shape[0]
         total = nsys * rows * cols
         if total == 0:
@@ -115,7 +115,7 @@ class CupyKernels:
         self.launch(
             "band_copy", src.buf.dtype, 0, -(-total // COPY_BLOCK), COPY_BLOCK,
             (src.buf, src.offsets, *src.strides, dst_buf, dst_off, *dst_strides,
-             rows, cols, mask, int(system_fastest), nonfinite, nsys),
+             rows, cols, mask, int(system_fastest), nonfinite, status, nsys),
         )  # fmt: skip
 
     def factor_solve(self, regime, band, bw, do_factor, rhs, nrhs, info) -> None:

@@ -13,7 +13,8 @@ One call of :func:`run` is
    workspace laid out for the regime; the copy also probes for non-finite
    values when asked to check;
 2. the factor-and-solve kernel, in place on the workspace;
-3. a *scatter* of the factor and the solutions into the outputs.
+3. a *scatter* of the factor and the solutions into the outputs, with NaN
+   for every value of a system that failed.
 
 Regimes (:func:`choose_regime`):
 
@@ -69,6 +70,7 @@ class KernelSet(Protocol):
         mask: int,
         system_fastest: bool,
         nonfinite: Any,
+        status: Any = None,
     ) -> None: ...
 
     def factor_solve(
@@ -137,10 +139,11 @@ def run(
     else:
         nrhs, rhs_work = 0, StridedBatch.dummy(dtype, nsys, xp)
     kernels.factor_solve(regime, work, bw, factor, rhs_work, nrhs, info)
+    # The scatters write NaN for the systems that failed (info != 0).
     if factor_out is not None:
-        kernels.copy(work, factor_out, n, width, SCATTER_BAND, system_fastest, None)
+        kernels.copy(work, factor_out, n, width, SCATTER_BAND, system_fastest, None, info)
     if out is not None:
-        kernels.copy(rhs_work, out, n, nrhs, COPY_ALL, system_fastest, None)
+        kernels.copy(rhs_work, out, n, nrhs, COPY_ALL, system_fastest, None, info)
     if check_finite:
         bad_band, bad_rhs = (int(v) for v in _to_host(flags))  # waits for the device
         return info, (bool(bad_band), bool(bad_rhs))

@@ -42,7 +42,7 @@ SIMULATED = bool(numba.config.ENABLE_CUDASIM)
 @cuda.jit
 def band_copy(
     src, src_off, src_r, src_c, dst, dst_off, dst_r, dst_c,
-    rows, cols, mask, system_fastest, has_dst, nonfinite, has_probe, nsys,
+    rows, cols, mask, system_fastest, has_dst, nonfinite, has_probe, status, has_status, nsys,
 ):  # fmt: skip
     """Copy core (r, c) of every system; see ``band_copy`` in the .cu source."""
     e = cuda.grid(1)
@@ -60,23 +60,14 @@ def band_copy(
         if mask == 1 and has_dst:
             dst[dst_off[i] + r * dst_r + c * dst_c] = 0
         return
+    if has_status and status[i] != 0:  # a failed system: NaN out
+        dst[dst_off[i] + r * dst_r + c * dst_c] = math.nan
+        return
     value = src[src_off[i] + r * src_r + c * src_c]
     if has_probe and not math.isfinite(value):
         nonfinite[0] = 1
     if has_dst:
         dst[dst_off[i] + r * dst_r + c * dst_c] = value
-
-
-@cuda.jit(device=True)
-def _fail_fill(band, a0, band_sj, band_st, rhs, y0, rhs_sj, rhs_sk, n, bw, nrhs, do_factor,
-               first, step):  # fmt: skip
-    for j in range(first, n, step):
-        m = min(bw, n - 1 - j)
-        if do_factor:
-            for t in range(m + 1):
-                band[a0 + j * band_sj + t * band_st] = math.nan
-        for k in range(nrhs):
-            rhs[y0 + j * rhs_sj + k * rhs_sk] = math.nan
 
 
 @functools.cache
@@ -134,10 +125,7 @@ def factor_kernels(fixed_bw: int, dtype: np.dtype):
                     for t in range(1, m + 1):
                         acc -= band[p + t * band_st] * rhs[y0 + (j + t) * rhs_sj + k * rhs_sk]
                     rhs[y0 + j * rhs_sj + k * rhs_sk] = acc / band[p]
-        info[i] = failed
-        if failed:
-            _fail_fill(band, a0, band_sj, band_st, rhs, y0, rhs_sj, rhs_sk, n, bw, nrhs,
-                       do_factor, 0, 1)  # fmt: skip
+        info[i] = failed  # (the scatter writes NaN for a failed system)
 
     @cuda.jit
     def warp_per_system(
@@ -209,13 +197,8 @@ def factor_kernels(fixed_bw: int, dtype: np.dtype):
                     acc /= band[p]
                     cuda.syncthreads()
                     rhs[y0 + j * rhs_sj + k * rhs_sk] = acc  # the same value from every thread
-        cuda.syncthreads()
-        status = failed[0]
         if lane == 0:
-            info[i] = status
-        if status:
-            _fail_fill(band, a0, band_sj, band_st, rhs, y0, rhs_sj, rhs_sk, n, bw, nrhs,
-                       do_factor, lane, warp)  # fmt: skip
+            info[i] = failed[0]  # (the scatter writes NaN for a failed system)
 
     return thread_per_system, warp_per_system
 
@@ -250,7 +233,7 @@ class NumbaCudaKernels:
         )
         kernel[grid, block, stream](*args)
 
-    def copy(self, src, dst, rows, cols, mask, system_fastest, nonfinite) -> None:
+    def copy(self, src, dst, rows, cols, mask, system_fastest, nonfinite, status=None) -> None:
         nsys = src.offsets.shape[0]
         total = nsys * rows * cols
         if total == 0:
@@ -259,11 +242,15 @@ class NumbaCudaKernels:
         dst_buf, dst_off, dst_strides = (
             (spare, src.offsets, (0, 0)) if dst is None else (dst.buf, dst.offsets, dst.strides)
         )
+        # Numba needs arrays for the unused pointers; distinct ones, since the
+        # simulator copies every array argument back after the launch.
         probe = self.xp.zeros(1, dtype=np.int32) if nonfinite is None else nonfinite
+        failed = self.xp.zeros(1, dtype=np.int32) if status is None else status
         self._launch(
             band_copy, -(-total // COPY_BLOCK), COPY_BLOCK,
             src.buf, src.offsets, *src.strides, dst_buf, dst_off, *dst_strides,
-            rows, cols, mask, system_fastest, dst is not None, probe, nonfinite is not None, nsys,
+            rows, cols, mask, system_fastest, dst is not None, probe, nonfinite is not None,
+            failed, status is not None, nsys,
         )  # fmt: skip
 
     def factor_solve(self, regime, band, bw, do_factor, rhs, nrhs, info) -> None:

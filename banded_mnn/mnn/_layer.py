@@ -318,7 +318,7 @@ def _run_core(
     ``batch`` (equal to it when factoring); ``rhs``: (batch..., M, 1).  Both
     are the layer's own temporaries, so the backend may use workspaces as
     large as they are.  Returns ``info`` with shape ``batch``."""
-    impl = _backends.get(backend)
+    impl = _backends.get(_backends.cpu_only(backend, "the MNN layer"))
     bw = band.shape[-2] - 1
     view = StridedBatch.from_array(band, batch).band_view(bw, lower=True)
     described = None if rhs is None else StridedBatch.from_array(rhs, batch)
@@ -600,7 +600,7 @@ class OdeSystem:
         the solution (systems, M) or ``None``."""
         from ._cpu import factor_lanes
 
-        _backends.get(backend)  # validates the name; the layer runs on the CPU kernels
+        _backends.cpu_only(backend, "the MNN layer")
         use_cyclic = _choose_algorithm(algorithm) == "cyclic"
         spec, dtype, lhs_batch = inputs.spec, inputs.dtype, inputs.lhs_batch
         nsys, m, bw = math.prod(lhs_batch), spec.n_unknowns, spec.bandwidth

@@ -19,8 +19,8 @@
 // the Numba CUDA kernels' (_numba_cuda.py): right-looking band Cholesky with
 // the forward substitution fused, then the backward substitution.  info[i]
 // receives LAPACK's 1-based order of the first leading minor that is not
-// positive definite (an infinite pivot fails too), and a failed system's
-// outputs are NaN.
+// positive definite (an infinite pivot fails too); the scatter (band_copy
+// with the status) makes a failed system's outputs NaN.
 //
 // BW > 0 fixes the half-bandwidth at compile time (the loops over the band
 // then have constant trip counts in the interior of the matrix); BW == 0
@@ -53,13 +53,15 @@ __device__ inline bool band_pivot_ok(T d) {
 // system_fastest orders the threads so that writes are coalesced for a
 // destination interleaved by system (otherwise for one contiguous per system).
 // dst == nullptr only probes.  A non-finite value read sets *nonfinite
-// (when non-null).
+// (when non-null).  With status non-null (scattering results), a system with
+// status[i] != 0 failed: NaN is written instead of its values, so a failed
+// factor or solution cannot be used by mistake.
 template <typename T>
 __global__ void band_copy(
     const T* src, const long long* src_off, long long src_r, long long src_c,
     T* dst, const long long* dst_off, long long dst_r, long long dst_c,
     long long rows, long long cols, int mask, int system_fastest,
-    int* nonfinite, long long nsys)
+    int* nonfinite, const int* status, long long nsys)
 {
     const long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (e >= nsys * rows * cols) return;
@@ -78,24 +80,13 @@ __global__ void band_copy(
         if (mask == 1 && dst != nullptr) dst[dst_off[i] + r * dst_r + c * dst_c] = T(0);
         return;
     }
+    if (status != nullptr && status[i] != 0) {
+        dst[dst_off[i] + r * dst_r + c * dst_c] = band_nan<T>();
+        return;
+    }
     const T value = src[src_off[i] + r * src_r + c * src_c];
     if (nonfinite != nullptr && !isfinite(value)) *nonfinite = 1;
     if (dst != nullptr) dst[dst_off[i] + r * dst_r + c * dst_c] = value;
-}
-
-// Writes NaN over everything a failed system's outputs hold.
-template <typename T>
-__device__ inline void band_fail_fill(T* a, long long band_sj, long long band_st, T* y,
-                                      long long rhs_sj, long long rhs_sk, long long n,
-                                      long long bw, long long nrhs, int do_factor,
-                                      long long first, long long step) {
-    const T nan = band_nan<T>();
-    for (long long j = first; j < n; j += step) {
-        const long long m = (bw < n - 1 - j) ? bw : n - 1 - j;
-        if (do_factor)
-            for (long long t = 0; t <= m; ++t) a[j * band_sj + t * band_st] = nan;
-        for (long long k = 0; k < nrhs; ++k) y[j * rhs_sj + k * rhs_sk] = nan;
-    }
 }
 
 template <typename T, int BW>
@@ -148,8 +139,7 @@ __global__ void band_factor_solve(
             Y(j, k) = acc / A(j, 0);
         }
     }
-    info[i] = failed;
-    if (failed) band_fail_fill(a, band_sj, band_st, y, rhs_sj, rhs_sk, n, bw, nrhs, do_factor, 0, 1);
+    info[i] = failed;  // (the scatter writes NaN for a failed system)
 #undef A
 #undef Y
 }
@@ -230,12 +220,7 @@ __global__ void band_factor_solve_warp(
             Y(j, k) = acc;    // the same value from every thread
         }
     }
-    __syncthreads();
-    const int failed = s_failed;
-    if (lane == 0) info[i] = failed;
-    if (failed)
-        band_fail_fill(a, band_sj, band_st, y, rhs_sj, rhs_sk, n, bw, nrhs, do_factor,
-                       (long long)lane, (long long)BAND_WARP);
+    if (lane == 0) info[i] = s_failed;  // (the scatter writes NaN for a failed system)
 #undef A
 #undef Y
 }
