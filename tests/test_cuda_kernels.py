@@ -91,3 +91,38 @@ def test_nvrtc_compiles_what_the_backend_asks_for(arch, dtype, bw):
     err, cubin_size = nvrtc.nvrtcGetCUBINSize(program)
     assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS and cubin_size > 0
     nvrtc.nvrtcDestroyProgram(program)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bw", [3, 40])
+def test_numba_cuda_kernels_compile_for_the_gpu(dtype, bw):
+    """The simulator runs the Numba kernels as Python; this compiles them as the
+    GPU would (to PTX for sm_90, no GPU needed) with the argument types of the
+    backend's actual launches, captured from a run of the GPU driver."""
+    import numba
+    from numba import cuda
+
+    from banded_mnn._backends import _gpu, _numba_cuda
+    from banded_mnn._strided import StridedBatch
+
+    launches = []
+    kernels = object.__new__(_numba_cuda.NumbaCudaKernels)  # no CuPy: record, don't run
+    kernels.xp = np
+    kernels.multiprocessors = lambda: 1
+    kernels._launch = lambda kernel, grid, block, *args: launches.append((kernel, args))
+    ab = np.ones((3, bw + 1, 50), dtype=dtype)
+    b = np.ones((3, 50, 2), dtype=dtype)
+    band = StridedBatch.from_array(ab, (3,)).band_view(bw, lower=True)
+    for regime in ("thread", "warp"):
+        _gpu.run(kernels, band, bw, factor=True, factor_out=band,
+                 rhs=StridedBatch.from_array(b, (3,)), out=StridedBatch.from_array(b, (3,)),
+                 check_finite=True, regime=regime)  # fmt: skip
+    compiled = set()
+    for kernel, args in launches:
+        signature = tuple(numba.typeof(a) for a in args)
+        if (kernel, signature) in compiled:
+            continue
+        ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=(9, 0))
+        assert ".entry" in ptx and ".local" not in ptx  # no local memory (no spills)
+        compiled.add((kernel, signature))
+    assert len({kernel for kernel, _ in compiled}) == 3  # copy, thread and warp kernels
