@@ -7,7 +7,10 @@ triangle, so ``ab[r, j]`` (lower form) stands for ``A[j + r, j]`` and, for
 ``r > 0``, also for ``A[j, j + r]``.  Cells outside the matrix get zero.
 
 All functions take batched arrays with equal batch shapes (the adapters sum
-over broadcast axes themselves).
+over broadcast axes themselves).  ``solve_gradient`` and ``cho_solve_gradient``
+are written against the array module of their inputs, so they run on CuPy
+arrays (on the GPU) as well as on NumPy arrays; ``cholesky_gradient`` is a
+Numba CPU kernel.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import functools
 
 import numpy as np
 
+from ._strided import namespace
 from .problems import lower_to_upper
 
 
@@ -32,12 +36,13 @@ def solve_gradient(lam: np.ndarray, x: np.ndarray, u: int, lower: bool) -> np.nd
     ``-lam_i x_i``.  ``lam`` and ``x`` are ``(..., M, K)``; the result is
     ``(..., u + 1, M)``.
     """
+    xp = namespace(x)
     m = x.shape[-2]
-    g = np.zeros(x.shape[:-2] + (u + 1, m), dtype=x.dtype)
+    g = xp.zeros(x.shape[:-2] + (u + 1, m), dtype=x.dtype)
     for r in range(min(u, m - 1) + 1):
-        v = np.einsum("...ik,...ik->...i", lam[..., r:, :], x[..., : m - r, :])
+        v = xp.einsum("...ik,...ik->...i", lam[..., r:, :], x[..., : m - r, :])
         if r:
-            v = v + np.einsum("...ik,...ik->...i", lam[..., : m - r, :], x[..., r:, :])
+            v = v + xp.einsum("...ik,...ik->...i", lam[..., : m - r, :], x[..., r:, :])
         rows, cols = _band_index(u, lower, r, m)
         g[..., rows, cols] = -v[..., None, :]
     return g
@@ -46,7 +51,8 @@ def solve_gradient(lam: np.ndarray, x: np.ndarray, u: int, lower: bool) -> np.nd
 def _lower_t_matvec(c: np.ndarray, v: np.ndarray, u: int, lower: bool) -> np.ndarray:
     """``L^T v`` for the band factor ``c`` (``(..., u+1, M)``) and ``v`` (``(..., M, K)``)."""
     m = v.shape[-2]
-    out = np.zeros(np.broadcast_shapes(c.shape[:-2], v.shape[:-2]) + v.shape[-2:], dtype=v.dtype)
+    xp = namespace(v)
+    out = xp.zeros(np.broadcast_shapes(c.shape[:-2], v.shape[:-2]) + v.shape[-2:], dtype=v.dtype)
     for r in range(min(u, m - 1) + 1):
         rows, cols = _band_index(u, lower, r, m)
         band = c[..., rows, cols][..., 0, :, None]  # L[j + r, j], j < m - r
@@ -65,10 +71,11 @@ def cho_solve_gradient(c: np.ndarray, lam: np.ndarray, x: np.ndarray, lower: boo
     m = x.shape[-2]
     y = _lower_t_matvec(c, x, u, lower)
     z = _lower_t_matvec(c, lam, u, lower)
-    g = np.zeros(x.shape[:-2] + (u + 1, m), dtype=x.dtype)
+    xp = namespace(x)
+    g = xp.zeros(x.shape[:-2] + (u + 1, m), dtype=x.dtype)
     for r in range(min(u, m - 1) + 1):
-        v = np.einsum("...ik,...ik->...i", lam[..., r:, :], y[..., : m - r, :])
-        v = v + np.einsum("...ik,...ik->...i", x[..., r:, :], z[..., : m - r, :])
+        v = xp.einsum("...ik,...ik->...i", lam[..., r:, :], y[..., : m - r, :])
+        v = v + xp.einsum("...ik,...ik->...i", x[..., r:, :], z[..., : m - r, :])
         rows, cols = _band_index(u, lower, r, m)
         g[..., rows, cols] = -v[..., None, :]
     return g

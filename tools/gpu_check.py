@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         tests = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
              "not simulator and not asv", "tests/test_gpu_backends.py",
-             "tests/test_cuda_kernels.py", "tests/test_package.py"],
+             "tests/test_cuda_kernels.py", "tests/test_package.py", "tests/test_torch_cuda.py"],
             cwd=ROOT, capture_output=True, text=True,
         )  # fmt: skip
         print(f"# GPU tests: {tests.stdout.strip().splitlines()[-1]}")

@@ -6,19 +6,23 @@ Each public function is a thin Python wrapper around a
 (``register_autograd``) and a vmap rule.  Tensor data crosses to NumPy without
 a copy (``Tensor.numpy()`` on a detached, conjugation-resolved view: any
 strides); results come back with ``torch.from_numpy``, also without a copy.
+CUDA tensors cross to CuPy the same way, through DLPack, and the GPU kernels
+run on torch's current stream of the tensors' device (the band routines only;
+the MNN layer runs on the CPU).
 The derivative formulas live in :mod:`banded_mnn._vjp` and
 :meth:`banded_mnn.mnn.OdeSystem.vjp`, shared with the JAX adapter.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .. import _api, _vjp
+from .. import _api, _backends, _vjp
 from ..mnn import _layer
 
 # --------------------------------------------------------------------------
@@ -28,30 +32,62 @@ from ..mnn import _layer
 _FLOATS = (torch.float32, torch.float64)
 
 
-def _check(t: Any, name: str, dtype: torch.dtype | None = None) -> Tensor:
-    """Validate a tensor argument: floating, CPU, and (if given) of ``dtype``."""
+def _check(t: Any, name: str, dtype: torch.dtype | None = None, *, gpu: bool = False) -> Tensor:
+    """Validate a tensor argument: floating, on the CPU (or, with ``gpu``, on a
+    CUDA device), and (if given) of ``dtype``."""
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
     if t.dtype not in _FLOATS:
         raise TypeError(f"{name} must be float32 or float64; got {t.dtype}")
     if dtype is not None and t.dtype != dtype:
         raise TypeError(f"{name} has dtype {t.dtype}, but the other inputs are {dtype}")
-    if t.device.type != "cpu":
-        raise NotImplementedError(
-            f"{name} is on {t.device}: this version of banded_mnn runs on the CPU only "
-            "(the GPU backends are not part of it yet)"
-        )
+    if t.device.type == "cuda" and gpu:
+        usable, why = _backends.usable("cupy")
+        if not usable:
+            raise RuntimeError(f"{name} is a CUDA tensor, but the GPU backend cannot run: {why}")
+    elif t.device.type != "cpu":
+        where = "the band routines take CPU or CUDA tensors" if gpu else "it runs on the CPU"
+        raise NotImplementedError(f"{name} is on {t.device}: {where} in this version")
     return t
 
 
-def _np(t: Tensor) -> np.ndarray:
-    """A NumPy view of ``t`` (no copy; conjugate/negative bits resolved first)."""
-    return t.detach().resolve_conj().resolve_neg().numpy()
+def _same_device(*tensors: tuple[str, Tensor]) -> None:
+    devices = {t.device for _, t in tensors}
+    if len(devices) > 1:
+        where = ", ".join(f"{name} on {t.device}" for name, t in tensors)
+        raise ValueError(f"the tensors must be on one device; got {where}")
 
 
-def _t(a: np.ndarray) -> Tensor:
+def _on_device(t: Tensor):
+    """For a CUDA tensor: make its device and torch's current stream there
+    CuPy's current ones, so that the kernels run in torch's stream order."""
+    if t.device.type != "cuda":
+        return contextlib.nullcontext()
+    import cupy
+
+    stream = torch.cuda.current_stream(t.device)
+    stack = contextlib.ExitStack()
+    stack.enter_context(cupy.cuda.Device(t.device.index))
+    stack.enter_context(cupy.cuda.ExternalStream(stream.cuda_stream, t.device.index))
+    return stack
+
+
+def _np(t: Tensor) -> Any:
+    """A NumPy view of a CPU ``t``, or a CuPy view of a CUDA ``t`` (no copy;
+    conjugate/negative bits resolved first)."""
+    t = t.detach().resolve_conj().resolve_neg()
+    if t.device.type == "cuda":
+        import cupy
+
+        return cupy.from_dlpack(t)
+    return t.numpy()
+
+
+def _t(a: Any) -> Tensor:
     """A tensor over ``a`` (no copy; ``a`` must be our own, writable array)."""
-    return torch.from_numpy(np.require(a, requirements="W"))
+    if isinstance(a, np.ndarray):
+        return torch.from_numpy(np.require(a, requirements="W"))
+    return torch.from_dlpack(a)  # a CuPy array
 
 
 def _sum_to(g: Tensor, shape: torch.Size) -> Tensor:
@@ -83,10 +119,11 @@ def _as_matrix(x: Tensor) -> Tensor:
 @torch.library.custom_op("banded_mnn::cholesky_banded", mutates_args=())
 def _cholesky(ab: Tensor, lower: bool, check: bool) -> tuple[Tensor, Tensor]:
     """Factor and status; with ``check``, raise for a failed system."""
-    c, info = _api.cholesky_banded_ex(_np(ab), lower=lower)
-    if check:
-        _api._raise_if_failed(info, "cholesky_banded")
-    return _t(c), _t(np.asarray(info, dtype=np.int32).reshape(ab.shape[:-2]))
+    with _on_device(ab):
+        c, info = _api.cholesky_banded_ex(_np(ab), lower=lower)
+        if check:
+            _api._raise_if_failed(info, "cholesky_banded")
+        return _t(c), _t(info.astype(np.int32).reshape(ab.shape[:-2]))
 
 
 @_cholesky.register_fake
@@ -96,6 +133,10 @@ def _(ab, lower, check):
 
 @torch.library.custom_op("banded_mnn::cholesky_banded_backward", mutates_args=())
 def _cholesky_backward(c: Tensor, grad_c: Tensor, lower: bool) -> Tensor:
+    if c.device.type == "cuda":
+        # The banded reverse-mode Cholesky is a CPU (Numba) kernel: CUDA
+        # tensors make a round trip through the host here (documented).
+        return _cholesky_backward(c.cpu(), grad_c.cpu(), lower).to(c.device)
     return _t(_vjp.cholesky_gradient(_np(c), _np(grad_c), lower))
 
 
@@ -122,7 +163,8 @@ _cholesky.register_autograd(_cholesky_bwd, setup_context=_cholesky_setup)
 
 @torch.library.custom_op("banded_mnn::cho_solve_banded", mutates_args=())
 def _cho_solve(cb: Tensor, b: Tensor, lower: bool) -> Tensor:
-    return _t(_api.cho_solve_banded((_np(cb), lower), _np(b), check_finite=False))
+    with _on_device(cb):
+        return _t(_api.cho_solve_banded((_np(cb), lower), _np(b), check_finite=False))
 
 
 @_cho_solve.register_fake
@@ -133,12 +175,13 @@ def _(cb, b, lower):
 @torch.library.custom_op("banded_mnn::band_gradient", mutates_args=())
 def _band_gradient(c: Tensor, lam: Tensor, x: Tensor, lower: bool, factored: bool) -> Tensor:
     """dL/d(band) for x = A^{-1} b: of the factor (``factored``) or of A."""
-    c_, lam_, x_ = _np(c), _np(_as_matrix(lam)), _np(_as_matrix(x))
-    if factored:
-        g = _vjp.cho_solve_gradient(c_, lam_, x_, lower)
-    else:
-        g = _vjp.solve_gradient(lam_, x_, c_.shape[-2] - 1, lower)
-    return _t(g)
+    with _on_device(c):
+        c_, lam_, x_ = _np(c), _np(_as_matrix(lam)), _np(_as_matrix(x))
+        if factored:
+            g = _vjp.cho_solve_gradient(c_, lam_, x_, lower)
+        else:
+            g = _vjp.solve_gradient(lam_, x_, c_.shape[-2] - 1, lower)
+        return _t(g)
 
 
 @_band_gradient.register_fake
@@ -182,11 +225,12 @@ _cho_solve.register_autograd(_cho_solve_bwd, setup_context=_solve_setup)
 def _solveh(ab: Tensor, b: Tensor, lower: bool, check: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Solution, factor (for the backward) and per-system status; with
     ``check``, raise for a failed system."""
-    c, info = _api.cholesky_banded_ex(_np(ab), lower=lower)
-    if check:
-        _api._raise_if_failed(info, "solveh_banded")
-    x = _api.cho_solve_banded((c, lower), _np(b), check_finite=False)
-    return _t(x), _t(c), _t(np.asarray(info, dtype=np.int32).reshape(ab.shape[:-2]))
+    with _on_device(ab):
+        c, info = _api.cholesky_banded_ex(_np(ab), lower=lower)
+        if check:
+            _api._raise_if_failed(info, "solveh_banded")
+        x = _api.cho_solve_banded((c, lower), _np(b), check_finite=False)
+        return _t(x), _t(c), _t(info.astype(np.int32).reshape(ab.shape[:-2]))
 
 
 @_solveh.register_fake
@@ -269,7 +313,7 @@ def cholesky_banded(ab: Tensor, lower: bool = False) -> Tensor:
     """Band Cholesky factor of a batch of SPD matrices (differentiable).
 
     Torch counterpart of :func:`banded_mnn.cholesky_banded`: ``ab`` is a
-    float32/float64 CPU tensor ``(..., u+1, M)`` in LAPACK band form (upper
+    float32/float64 CPU or CUDA tensor ``(..., u+1, M)`` in LAPACK band form (upper
     by default).  Raises :class:`~banded_mnn.NotPositiveDefiniteError` naming
     the first failed system (:func:`cholesky_banded_ex` returns the status
     instead).
@@ -282,7 +326,7 @@ def cholesky_banded(ab: Tensor, lower: bool = False) -> Tensor:
     >>> c = cholesky_banded(ab)
     >>> c.sum().backward()
     """
-    return _cholesky(_check(ab, "ab"), lower, True)[0]
+    return _cholesky(_check(ab, "ab", gpu=True), lower, True)[0]
 
 
 def cholesky_banded_ex(ab: Tensor, lower: bool = False) -> tuple[Tensor, Tensor]:
@@ -310,7 +354,7 @@ def cholesky_banded_ex(ab: Tensor, lower: bool = False) -> tuple[Tensor, Tensor]
     >>> info.item()
     2
     """
-    return _cholesky(_check(ab, "ab"), lower, False)
+    return _cholesky(_check(ab, "ab", gpu=True), lower, False)
 
 
 def cho_solve_banded(cb_and_lower: tuple[Tensor, bool], b: Tensor) -> Tensor:
@@ -344,8 +388,9 @@ def cho_solve_banded(cb_and_lower: tuple[Tensor, bool], b: Tensor) -> Tensor:
     torch.Size([3])
     """
     cb, lower = cb_and_lower
-    cb = _check(cb, "cb")
-    return _cho_solve(cb, _check(b, "b", cb.dtype), bool(lower))
+    cb, b = _check(cb, "cb", gpu=True), _check(b, "b", cb.dtype, gpu=True)
+    _same_device(("cb", cb), ("b", b))
+    return _cho_solve(cb, b, bool(lower))
 
 
 def solveh_banded(ab: Tensor, b: Tensor, lower: bool = False) -> Tensor:
@@ -364,8 +409,9 @@ def solveh_banded(ab: Tensor, b: Tensor, lower: bool = False) -> Tensor:
     >>> x.round(decimals=8).tolist()
     [1.0, 1.0, 1.0]
     """
-    ab = _check(ab, "ab")
-    return _solveh(ab, _check(b, "b", ab.dtype), lower, True)[0]
+    ab, b = _check(ab, "ab", gpu=True), _check(b, "b", ab.dtype, gpu=True)
+    _same_device(("ab", ab), ("b", b))
+    return _solveh(ab, b, lower, True)[0]
 
 
 def solveh_banded_ex(ab: Tensor, b: Tensor, lower: bool = False) -> tuple[Tensor, Tensor]:
@@ -396,8 +442,9 @@ def solveh_banded_ex(ab: Tensor, b: Tensor, lower: bool = False) -> tuple[Tensor
     >>> int(info)
     0
     """
-    ab = _check(ab, "ab")
-    x, _, info = _solveh(ab, _check(b, "b", ab.dtype), lower, False)
+    ab, b = _check(ab, "ab", gpu=True), _check(b, "b", ab.dtype, gpu=True)
+    _same_device(("ab", ab), ("b", b))
+    x, _, info = _solveh(ab, b, lower, False)
     return x, info
 
 

@@ -1,0 +1,96 @@
+"""The torch adapter's band routines on CUDA tensors (needs a CUDA GPU).
+
+Collected everywhere, run only where torch sees a CUDA device and CuPy is
+usable (``tools/gpu_check.py`` runs this file); on machines without a GPU
+every test here is reported as skipped, never as passed.  The CPU path of the
+same functions is tested in test_torch.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from banded_mnn import _backends  # noqa: E402
+from banded_mnn.problems import random_spd_band  # noqa: E402
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not (torch.cuda.is_available() and _backends.usable("cupy")[0]),
+        reason="needs a CUDA GPU, torch with CUDA and CuPy",
+    ),
+]
+
+
+@pytest.fixture
+def bmt():
+    import banded_mnn.torch as bmt
+
+    return bmt
+
+
+def _pair(rng, lower=False, batch=(4,), m=12, u=3, k=2):
+    ab = random_spd_band(batch, m, u, lower=lower, rng=rng)
+    b = rng.standard_normal(batch + (m, k))
+    return ab, b
+
+
+@pytest.mark.parametrize("lower", [False, True])
+def test_values_match_the_cpu(bmt, rng, lower):
+    ab, b = _pair(rng, lower)
+    cpu = bmt.solveh_banded(torch.from_numpy(ab), torch.from_numpy(b), lower=lower)
+    gpu = bmt.solveh_banded(torch.from_numpy(ab).cuda(), torch.from_numpy(b).cuda(), lower=lower)
+    assert gpu.device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-10, atol=1e-10)
+    c = bmt.cholesky_banded(torch.from_numpy(ab).cuda(), lower=lower)
+    x = bmt.cho_solve_banded(c, torch.from_numpy(b).cuda(), lower=lower)
+    torch.testing.assert_close(x.cpu(), cpu, rtol=1e-10, atol=1e-10)
+
+
+def test_gradcheck_on_the_gpu(bmt, rng):
+    ab, b = _pair(rng, batch=(2,), m=6, u=2, k=1)
+    ab_t = torch.from_numpy(ab).cuda().requires_grad_()
+    b_t = torch.from_numpy(b).cuda().requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, y: bmt.solveh_banded(a, y), (ab_t, b_t))
+    assert torch.autograd.gradcheck(
+        lambda a, y: bmt.cho_solve_banded(bmt.cholesky_banded(a), y), (ab_t, b_t)
+    )
+
+
+def test_current_stream_and_no_copies(bmt, rng):
+    ab, b = _pair(rng)
+    ab_t, b_t = torch.from_numpy(ab).cuda(), torch.from_numpy(b).cuda()
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        x, info = bmt.solveh_banded_ex(ab_t, b_t)
+    stream.synchronize()
+    assert int(info.max()) == 0
+    torch.testing.assert_close(x.cpu(), bmt.solveh_banded(ab_t.cpu(), b_t.cpu()))
+
+
+def test_status_and_errors(bmt, rng):
+    ab, b = _pair(rng)
+    ab[1, -1, 5] = -1.0
+    x, info = bmt.solveh_banded_ex(torch.from_numpy(ab).cuda(), torch.from_numpy(b).cuda())
+    assert info.cpu().tolist() == [0, 6, 0, 0] and bool(torch.isnan(x[1]).all())
+    with pytest.raises(ValueError, match="one device"):
+        bmt.solveh_banded(torch.from_numpy(ab).cuda(), torch.from_numpy(b))
+    with pytest.raises(NotImplementedError, match="runs on the CPU"):
+        bmt.ode_forward(torch.ones(1, 4, 1, 1, 2, device="cuda", dtype=torch.float64),
+                        torch.ones(1, 4, 1, device="cuda", dtype=torch.float64),
+                        torch.ones(1, 1, 1, 1, device="cuda", dtype=torch.float64),
+                        torch.full((1, 3), 0.1, device="cuda", dtype=torch.float64))  # fmt: skip
+
+
+def test_compiled_model_on_the_gpu(bmt, rng):
+    ab, b = _pair(rng)
+    ab_t, b_t = torch.from_numpy(ab).cuda(), torch.from_numpy(b).cuda()
+
+    def loss(a, y):
+        return bmt.solveh_banded(a, y).square().sum()
+
+    compiled = torch.compile(loss, fullgraph=True)
+    np.testing.assert_allclose(float(compiled(ab_t, b_t)), float(loss(ab_t, b_t)), rtol=1e-12)
