@@ -10,9 +10,11 @@ parametrised over
 * ``(B, M, u)`` -- batch size, matrix order and number of off-diagonals;
 * ``dtype`` -- ``"float32"`` or ``"float64"``.
 
-A backend that cannot run here (a GPU name this version does not implement, or
-a backend whose import fails) raises :class:`NotImplementedError` in ``setup``,
-which asv records as skipped (``n/a``) rather than failed.
+GPU backends (``"cupy"``, ``"numba-cuda"``) take the same inputs copied to the
+device once in ``setup``, and every measurement waits for the device.  A
+backend that cannot run here (no GPU, CuPy not installed, an import that
+fails) raises :class:`NotImplementedError` in ``setup``, which asv records as
+skipped (``n/a``) rather than failed.
 
 Timings use Numba's default thread count (all cores unless
 ``NUMBA_NUM_THREADS`` is set); BLAS/OpenBLAS threading, which only the SciPy
@@ -23,12 +25,13 @@ can make the loop several times faster and much less noisy.  Record both
 variables with published results; ``banded-mnn info`` prints Numba's thread
 count.
 
-Set ``BANDED_MNN_ASV_BACKENDS`` (comma separated, e.g. ``numba,scipy,cupy``)
-to benchmark another list of backends.
+Set ``BANDED_MNN_ASV_BACKENDS`` (comma separated; default
+``numba,scipy,cupy,numba-cuda``) to benchmark another list of backends.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -42,6 +45,7 @@ __all__ = [
     "DTYPES",
     "Backend",
     "BackendBenchmark",
+    "GpuBackend",
     "get_backend",
     "make_problem",
 ]
@@ -49,7 +53,7 @@ __all__ = [
 #: Backend parameter values (see the module docstring).
 BACKENDS: tuple[str, ...] = tuple(
     name.strip()
-    for name in os.environ.get("BANDED_MNN_ASV_BACKENDS", "numba,scipy").split(",")
+    for name in os.environ.get("BANDED_MNN_ASV_BACKENDS", "numba,scipy,cupy,numba-cuda").split(",")
     if name.strip()
 )
 
@@ -117,11 +121,10 @@ class Backend:
 
     CPU backends work on NumPy arrays and finish before returning, so
     :meth:`asarray` and :meth:`synchronize` do nothing.  GPU backends
-    (``"numba-cuda"``, ``"cupy"``; not part of this version) will override
-    :meth:`asarray` to copy inputs to the device once, in ``setup``, and
-    :meth:`synchronize` to wait for the device's queued work (for CuPy,
-    ``cupy.cuda.get_current_stream().synchronize()``), so that the time and
-    memory measured are those of the computation, not of its launch.
+    (:class:`GpuBackend`) override :meth:`asarray` to copy inputs to the
+    device once, in ``setup``, and :meth:`synchronize` to wait for the
+    device's queued work, so that the time measured is that of the
+    computation, not of its launch.
     """
 
     name: str = ""
@@ -210,19 +213,59 @@ class ScipyLoopBackend(Backend):
         return out
 
 
-#: Backend names that need a device-aware :class:`Backend` not written yet.
-_GPU_BACKENDS = ("numba-cuda", "cupy")
+class GpuBackend(BandedMnnBackend):
+    """banded_mnn's public functions on CuPy arrays with ``backend=name``.
+
+    The routines are called with ``check_finite=False`` through the ``_ex``
+    variants' no-wait path where SciPy semantics allow it, so that the time is
+    the device's, not a host round trip's.  ``peakmem_`` numbers of a GPU
+    backend are host memory and say little; device memory is reported in
+    docs/performance.md from the GPU check script.
+    """
+
+    def __init__(self, name: str) -> None:
+        usable, why = _gpu_usable(name)
+        if not usable:
+            raise NotImplementedError(f"GPU backend {name!r} is not usable here: {why}")
+        import cupy
+
+        import banded_mnn
+
+        self.name = name
+        self._bm = banded_mnn
+        self._cupy = cupy
+
+    def asarray(self, x):
+        return self._cupy.asarray(x)
+
+    def synchronize(self) -> None:
+        self._cupy.cuda.get_current_stream().synchronize()
+
+    def cholesky_banded(self, ab):
+        return self._bm.cholesky_banded_ex(ab, check_finite=False, backend=self.name)[0]
+
+    def cho_solve_banded(self, cb, b):
+        return self._bm.cho_solve_banded((cb, False), b, check_finite=False, backend=self.name)
+
+    def solveh_banded(self, ab, b):
+        return self._bm.solveh_banded_ex(ab, b, check_finite=False, backend=self.name)[0]
+
+
+@functools.cache
+def _gpu_usable(name: str) -> tuple[bool, str]:
+    from banded_mnn import _backends
+
+    return _backends.usable(name)
 
 
 def get_backend(name: str) -> Backend:
     """The :class:`Backend` called ``name``; :class:`NotImplementedError` if unusable here."""
+    from banded_mnn import _backends
+
     if name == "scipy":
         return ScipyLoopBackend()
-    if name in _GPU_BACKENDS:
-        raise NotImplementedError(
-            f"backend {name!r}: GPU benchmarks are not part of this version (they need a "
-            "Backend with device-side asarray() and synchronize())"
-        )
+    if name in _backends.GPU_BACKENDS:
+        return GpuBackend(name)
     return BandedMnnBackend(name)
 
 
