@@ -54,3 +54,30 @@ def test_fuzz_against_scipy(problem):
         np.testing.assert_allclose(c, scipy_cholesky(ab, lower), rtol=tol, atol=tol)
         if x.size:
             np.testing.assert_allclose(bm.cho_solve_banded((c, lower), b), x, rtol=tol, atol=tol)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems(), st.sampled_from(["thread", "warp"]))
+def test_fuzz_gpu_backend_on_the_host_against_scipy(problem, regime):
+    """The "cupy" backend's Python and its .cu kernels (run on the host by
+    tests/gpu_host.py) on the same random problems, in a random regime."""
+    from gpu_host import HostKernels
+
+    from banded_mnn._backends import _cupy, _gpu
+
+    ab, b, lower = problem
+    saved = _cupy._kernels, _gpu.choose_regime
+    _cupy._kernels, _gpu.choose_regime = HostKernels(), lambda nsys, sms: regime
+    try:
+        x = bm.solveh_banded(ab, b, lower=lower, backend="cupy")
+        c = bm.cholesky_banded(ab, lower=lower, backend="cupy")
+        y = bm.cho_solve_banded((c, lower), b, backend="cupy")
+    finally:
+        _cupy._kernels, _gpu.choose_regime = saved
+    tol = 200 * np.finfo(ab.dtype).eps
+    assert x.dtype == ab.dtype and x.shape == y.shape
+    if x.size:
+        np.testing.assert_allclose(x, scipy_solve(ab, b, lower), rtol=tol, atol=tol)
+        np.testing.assert_allclose(y, x, rtol=tol, atol=tol)
+    if c.size:
+        np.testing.assert_allclose(c, scipy_cholesky(ab, lower), rtol=tol, atol=tol)
