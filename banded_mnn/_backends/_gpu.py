@@ -34,6 +34,7 @@ nothing here waits for the device unless the caller asked for a check
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -72,6 +73,10 @@ class KernelSet(Protocol):
         nonfinite: Any,
         status: Any = None,
     ) -> None: ...
+
+    def device(self, x: Any) -> Any:
+        """A context manager that makes the device of array ``x`` current."""
+        ...
 
     def factor_solve(
         self,
@@ -157,6 +162,28 @@ def all_finite(kernels: KernelSet, x: StridedBatch) -> bool:
     flag = kernels.xp.zeros(1, dtype=np.int32)
     kernels.copy(x, None, x.shape[0], x.shape[1], COPY_ALL, False, flag)
     return int(_to_host(flag)[0]) == 0
+
+
+def entry_points(kernels: Callable[[], KernelSet]):
+    """A GPU backend module's ``array_namespace``, ``run`` and ``all_finite``,
+    on the kernel set ``kernels()`` returns (looked up at every call, so tests
+    can substitute it), with the operands' device made current."""
+
+    def array_namespace():
+        return kernels().xp
+
+    def run_on_device(band: StridedBatch, bw: int, **options):
+        """Factor and/or solve (the backend contract; see :func:`run`)."""
+        impl = kernels()
+        with impl.device(band.buf):
+            return run(impl, band, bw, **options)
+
+    def all_finite_on_device(x: StridedBatch) -> bool:
+        impl = kernels()
+        with impl.device(x.buf):
+            return all_finite(impl, x)
+
+    return array_namespace, run_on_device, all_finite_on_device
 
 
 def _to_host(x: Any) -> np.ndarray:

@@ -27,7 +27,6 @@ import numba
 import numpy as np
 from numba import cuda
 
-from .._strided import StridedBatch
 from . import _gpu
 
 #: As in the CuPy backend: wider bands read the bandwidth from an argument.
@@ -294,21 +293,8 @@ def kernels() -> NumbaCudaKernels:
     return _kernels
 
 
-def array_namespace():
-    return kernels().xp
-
-
-def run(band: StridedBatch, bw: int, **options):
-    """Factor and/or solve (the backend contract; see :func:`._gpu.run`)."""
-    impl = kernels()
-    with impl.device(band.buf):
-        return _gpu.run(impl, band, bw, **options)
-
-
-def all_finite(x: StridedBatch) -> bool:
-    impl = kernels()
-    with impl.device(x.buf):
-        return _gpu.all_finite(impl, x)
+#: The backend contract (see banded_mnn._backends), on the kernel set in use.
+array_namespace, run, all_finite = _gpu.entry_points(kernels)
 
 
 def usable() -> tuple[bool, str]:
