@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .. import _api, _backends, _vjp
 from ..mnn import _layer
+from . import _mnn_gpu
 
 # --------------------------------------------------------------------------
 # Crossing between torch and NumPy
@@ -613,6 +614,23 @@ torch.library.register_vmap(_ode_backward, _vmap_rule(_ode_backward, (0, 1, 4, 5
 # Public MNN function
 # --------------------------------------------------------------------------
 
+#: Tests set this to send CPU tensors through the CUDA tensors' path (which is
+#: device-agnostic torch code) and compare it with the CPU layer.
+_ROUTE_CPU_TENSORS_TO_GPU_PATH = False
+
+#: Core dimensions of each input (the rest is batch).
+_CORE = {"coefficients": 4, "rhs_equation": 2, "init_vars": 3, "steps": 1}
+
+
+def _layer_solve(ab: Tensor | None, beta: Tensor, factor: Tensor | None):
+    """The CUDA layer's solve: factor ``ab`` (lower form) and solve, returning
+    ``(x, factor)``; or, given a frozen ``factor``, only solve."""
+    if factor is not None:
+        return _cho_solve(factor, beta, True)
+    x, c, _ = _solveh(ab, beta, True, True)
+    return x, c
+
+
 #: Frozen left-hand sides: version -> (factor, lanes, spec, lhs batch, dtype).
 _FROZEN: dict[int, tuple[Tensor, int, Any, tuple[int, ...], torch.dtype]] = {}
 
@@ -660,36 +678,55 @@ def ode_forward(
     >>> u[:, 0, 0].sum().backward()
     """
     del prefer_cuda_graph
-    dtype = _check(coefficients, "coefficients").dtype
+    dtype = _check(coefficients, "coefficients", gpu=True).dtype
     tensors = [coefficients] + [
-        _check(t, name, dtype)
+        _check(t, name, dtype, gpu=True)
         for t, name in zip((rhs_equation, init_vars, steps), _MNN_NAMES[1:], strict=True)
     ]
+    _same_device(*zip(_MNN_NAMES, tensors, strict=True))
+    on_gpu = coefficients.device.type == "cuda" or _ROUTE_CPU_TENSORS_TO_GPU_PATH
     if is_step_dim_first:
-        core = {"coefficients": 4, "rhs_equation": 2, "init_vars": 3, "steps": 1}
         tensors = [
-            t.movedim(0, t.ndim - core[name]) if t.ndim >= core[name] else t
+            t.movedim(0, t.ndim - _CORE[name]) if t.ndim >= _CORE[name] else t
             for t, name in zip(tensors, _MNN_NAMES, strict=True)
         ]
     weights = (weight_equation, weight_init_var, weight_smooth)
     # Validate and fix the sizes on shapes alone (same rules and messages as NumPy).
-    spec, lhs_batch, _ = _layer.check_shapes(
+    spec, lhs_batch, batch = _layer.check_shapes(
         {name: tuple(t.shape) for name, t in zip(_MNN_NAMES, tensors, strict=True)},
         n_steps, n_init_var_steps, weights, enable_central_smoothness,
     )  # fmt: skip
     static = (spec.n_steps, spec.n_init_var_steps, [float(w) for w in weights],
               spec.enable_central_smoothness)  # fmt: skip
     version = _layer._count(frozen_lhs_cache_version, "frozen_lhs_cache_version", 0)
-    if version and version in _FROZEN:
-        factor, lanes, cached_spec, cached_batch, cached_dtype = _FROZEN[version]
-        if cached_spec != spec or cached_dtype != dtype or cached_batch != lhs_batch:
+    frozen = _FROZEN.get(version) if version else None
+    if frozen is not None:
+        factor, lanes, cached_spec, cached_batch, cached_dtype = frozen
+        if (cached_spec, cached_dtype, cached_batch, factor.device) != (
+            spec,
+            dtype,
+            lhs_batch,
+            coefficients.device,
+        ):
             raise ValueError(
                 f"frozen_lhs_cache_version={version} holds a left-hand side of a different "
-                "problem; use a new version or clear_frozen_lhs_cache()"
+                "problem (or device); use a new version or clear_frozen_lhs_cache()"
             )
+    if on_gpu:
+        if enable_central_smoothness:
+            raise NotImplementedError(
+                "enable_central_smoothness=True is not available for CUDA tensors in this "
+                "version (the CPU layer has it)"
+            )
+        u, factor = _mnn_gpu.ode_forward(
+            tensors, spec, lhs_batch, tuple(batch), tuple(float(w) for w in weights),
+            _layer_solve, None if frozen is None else frozen[0],
+        )  # fmt: skip
+        lanes = 0
+    elif frozen is not None:
         u = _ode_solve(factor, lanes, *tensors, *static)
     else:
         u, factor, lanes = _ode_forward(*tensors, *static)
-        if version:
-            _FROZEN[version] = (factor.detach(), lanes, spec, lhs_batch, dtype)
+    if version and frozen is None:
+        _FROZEN[version] = (factor.detach(), lanes, spec, lhs_batch, dtype)
     return u.movedim(-3, 0) if is_step_dim_first else u

@@ -20,20 +20,23 @@ from ..mnn._kernels import smoothness_tables
 def blocks(coefficients, rhs_equation, init_vars, steps, weights=(1.0, 1.0, 1.0)):
     """``(a0, a1, beta)``: diagonal (B, T, n, n) and sub-diagonal (B, T-1, n, n)
     blocks and the right-hand side (B, T, n), for canonical, unbroadcast inputs."""
+    a0, a1 = lhs_blocks(coefficients, steps, init_vars.shape[1], init_vars.shape[-1], weights)
+    return a0, a1, rhs_vector(coefficients, rhs_equation, init_vars, weights)
+
+
+def lhs_blocks(coefficients, steps, n_init_steps, n_init_orders, weights=(1.0, 1.0, 1.0)):
+    """``(a0, a1)``: the normal matrix's diagonal (B, T, n, n) and sub-diagonal
+    (B, T-1, n, n) blocks, from coefficients (B, T, E, D, O) and steps (B, T-1),
+    with ``u[t, d, o]`` pinned for ``t < n_init_steps`` and ``o < n_init_orders``."""
     weq2, wiv2, ws2 = (w * w for w in weights)
     B, T, E, D, O = coefficients.shape
     n = D * O
     dtype, device = coefficients.dtype, coefficients.device
     c = coefficients.reshape(B, T, E, n)
     a0 = weq2 * c.transpose(-1, -2) @ c
-    beta = weq2 * (c * rhs_equation[..., None]).sum(-2)
-    S, I = init_vars.shape[1], init_vars.shape[-1]
     pinned = torch.zeros(T, n, dtype=dtype, device=device)
-    pinned.view(T, D, O)[:S, :, :I] = 1.0
+    pinned.view(T, D, O)[:n_init_steps, :, :n_init_orders] = 1.0
     a0 = a0 + wiv2 * torch.diag_embed(pinned)
-    values = torch.zeros(B, T, D, O, dtype=dtype, device=device)
-    values[:, :S, :, :I] = init_vars
-    beta = beta + wiv2 * values.reshape(B, T, n)
     p0, p1, q = (
         torch.as_tensor(t, dtype=dtype, device=device) for t in smoothness_tables(O, False)
     )
@@ -51,7 +54,21 @@ def blocks(coefficients, rhs_equation, init_vars, steps, weights=(1.0, 1.0, 1.0)
         + torch.cat([zero, per_dim(ws2 * hp * p1)], 1)
     )
     a1 = per_dim(ws2 * hp * q)
-    return a0, a1, beta
+    return a0, a1
+
+
+def rhs_vector(coefficients, rhs_equation, init_vars, weights=(1.0, 1.0, 1.0)):
+    """The right-hand side ``beta`` (B, T, n) of the normal equations, from
+    coefficients (B, T, E, D, O), rhs_equation (B, T, E) and init_vars (B, S, D, I)."""
+    weq2, wiv2 = weights[0] ** 2, weights[1] ** 2
+    B, T, E, D, O = coefficients.shape
+    n = D * O
+    c = coefficients.reshape(B, T, E, n)
+    beta = weq2 * (c * rhs_equation[..., None]).sum(-2)
+    S, I = init_vars.shape[1], init_vars.shape[-1]
+    values = torch.zeros(B, T, D, O, dtype=coefficients.dtype, device=coefficients.device)
+    values[:, :S, :, :I] = init_vars
+    return beta + wiv2 * values.reshape(B, T, n)
 
 
 def block_cholesky(a0: Tensor, a1: Tensor) -> tuple[list[Tensor], list[Tensor]]:

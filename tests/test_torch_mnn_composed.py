@@ -1,0 +1,148 @@
+"""``banded_mnn.torch.ode_forward``'s CUDA path, run on CPU tensors.
+
+For CUDA tensors the adapter composes the layer from batched torch ops (the
+normal equations' blocks), a gather into band form and the banded solve
+operator (:mod:`banded_mnn.torch._mnn_gpu`).  That composition is
+device-agnostic, so it is checked here on the CPU against the CPU layer --
+values and gradients, broadcasting, a shared left-hand side, pinned steps and
+orders, weights, float32, a frozen left-hand side -- by routing CPU tensors
+through it.  test_torch_cuda.py runs it on CUDA tensors where a GPU exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import banded_mnn.torch as bt  # noqa: E402
+from banded_mnn.torch import _ops  # noqa: E402
+
+F64 = torch.float64
+
+
+@pytest.fixture
+def composed(monkeypatch):
+    """Route CPU tensors through the CUDA path; returns a log of its calls."""
+    calls = []
+    original = _ops._mnn_gpu.ode_forward
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_ops._mnn_gpu, "ode_forward", spy)
+    return calls
+
+
+@contextlib.contextmanager
+def routed():
+    _ops._ROUTE_CPU_TENSORS_TO_GPU_PATH = True
+    try:
+        yield
+    finally:
+        _ops._ROUTE_CPU_TENSORS_TO_GPU_PATH = False
+
+
+def inputs(rng, c_batch=(2,), r_batch=(2,), T=7, E=2, D=2, O=3, S=1, I=2, dtype=F64):
+    c = torch.tensor(rng.standard_normal(c_batch + (T, E, D, O)), dtype=dtype)
+    r = torch.tensor(rng.standard_normal(r_batch + (T, E)), dtype=dtype)
+    v = torch.tensor(rng.standard_normal(r_batch + (S, D, I)), dtype=dtype)
+    h = torch.tensor(rng.uniform(0.2, 0.6, c_batch + (T - 1,)), dtype=dtype)
+    return [c, r, v, h]
+
+
+def both(tensors, **options):
+    """(CPU layer, composed path) results of ode_forward for the same inputs."""
+    reference = bt.ode_forward(*tensors, **options)
+    with routed():
+        composed = bt.ode_forward(*tensors, **options)
+    return reference, composed
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        {},
+        {"c_batch": (1,), "r_batch": (3,)},  # shared left-hand side
+        {"c_batch": (2, 1), "r_batch": (1, 3)},  # [b] broadcasting both ways
+        {"S": 2, "I": 3, "O": 3},  # pinned steps and every order
+        {"D": 1, "O": 2, "E": 1, "T": 2},
+    ],
+)
+def test_values_and_gradients_match_the_cpu_layer(rng, composed, case):
+    tensors = [t.requires_grad_() for t in inputs(rng, **case)]
+    weights = {"weight_equation": 1.3, "weight_init_var": 0.7, "weight_smooth": 1.1}
+    reference, result = both(tensors, **weights)
+    assert composed  # the composed path ran
+    torch.testing.assert_close(result, reference, rtol=1e-9, atol=1e-9)
+    probe = torch.tensor(rng.standard_normal(reference.shape), dtype=F64)
+    grads_ref = torch.autograd.grad((reference * probe).sum(), tensors)
+    grads = torch.autograd.grad((result * probe).sum(), tensors)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-8, atol=1e-9)
+
+
+def test_gradcheck(rng, composed):
+    tensors = [t.requires_grad_() for t in inputs(rng, T=4, D=1, O=2, E=1)]
+    with routed():
+        assert torch.autograd.gradcheck(lambda *t: bt.ode_forward(*t), tensors)
+
+
+def test_float32_and_step_first(rng, composed):
+    tensors = inputs(rng, dtype=torch.float32)
+    moved = [tensors[0].movedim(-4, 0), tensors[1].movedim(-2, 0), tensors[2].movedim(-3, 0),
+             tensors[3].movedim(-1, 0)]  # fmt: skip
+    reference, result = both(moved, is_step_dim_first=True)
+    assert result.dtype == torch.float32 and result.shape == reference.shape
+    torch.testing.assert_close(result, reference, rtol=2e-4, atol=2e-4)
+
+
+def test_frozen_left_hand_side_as_on_the_cpu(rng, composed):
+    """The second call reuses the first call's left-hand side; gradients reach
+    only rhs_equation and init_vars -- as the CPU layer (and S-MNN) do."""
+    c, r, v, h = inputs(rng)
+    c2, r2, v2, h2 = (t.requires_grad_() for t in inputs(rng))
+    bt.clear_frozen_lhs_cache()
+    try:
+        bt.ode_forward(c, r, v, h, frozen_lhs_cache_version=8)
+        reference = bt.ode_forward(c2, r2, v2, h2, frozen_lhs_cache_version=8)
+        with routed():
+            bt.ode_forward(c, r, v, h, frozen_lhs_cache_version=7)
+            result = bt.ode_forward(c2, r2, v2, h2, frozen_lhs_cache_version=7)
+    finally:
+        bt.clear_frozen_lhs_cache()
+    torch.testing.assert_close(result, reference, rtol=1e-9, atol=1e-9)
+    probe = torch.tensor(rng.standard_normal(result.shape), dtype=F64)
+    grads_ref = torch.autograd.grad((reference * probe).sum(), (r2, v2))
+    grads = torch.autograd.grad((result * probe).sum(), (c2, r2, v2, h2), allow_unused=True)
+    assert grads[0] is None and grads[3] is None  # nothing for coefficients and steps
+    for g, g_ref in zip(grads[1:3], grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-8, atol=1e-9)
+
+
+def test_central_smoothness_is_refused(rng, composed):
+    with routed(), pytest.raises(NotImplementedError, match="enable_central_smoothness"):
+        bt.ode_forward(*inputs(rng), enable_central_smoothness=True)
+
+
+def test_band_from_blocks_matches_the_dense_matrix(rng):
+    from banded_mnn.torch._mnn_gpu import band_from_blocks
+
+    L, T, n, u = 2, 4, 3, 5
+    a0 = torch.tensor(rng.standard_normal((L, T, n, n)))
+    a0 = a0 + a0.transpose(-1, -2)
+    a1 = torch.tensor(rng.standard_normal((L, T - 1, n, n)))
+    dense = torch.zeros(L, T * n, T * n, dtype=a0.dtype)
+    for t in range(T):
+        dense[:, t * n : (t + 1) * n, t * n : (t + 1) * n] = a0[:, t]
+        if t + 1 < T:
+            dense[:, (t + 1) * n : (t + 2) * n, t * n : (t + 1) * n] = a1[:, t]
+    ab = band_from_blocks(a0, a1, u)
+    m = T * n
+    for r in range(u + 1):
+        j = np.arange(m - r)
+        torch.testing.assert_close(ab[:, r, : m - r], dense[:, j + r, j])
