@@ -662,8 +662,10 @@ def ode_forward(
     with respect to all four tensors, except that a frozen left-hand side
     (``frozen_lhs_cache_version > 0`` after its first call) gives no gradient
     to ``coefficients`` and ``steps``, as in S-MNN.  ``prefer_cuda_graph`` is
-    accepted and has no effect.  CPU tensors, float32 or float64 (all four of
-    one dtype).
+    accepted and has no effect.  Tensors are float32 or float64 (all four of
+    one dtype), on the CPU (the CPU layer) or on one CUDA device (S-MNN's
+    assembly as batched torch ops and the GPU band solve, see
+    ``docs/adapters.md``; central smoothness is CPU-only there).
 
     Examples
     --------
