@@ -15,17 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from . import _api, _backends
+from . import _api
+from ._strided import namespace
 
 
-def _check_blocks(blocks: Sequence[Any]) -> tuple[list[np.ndarray], int, int, np.dtype]:
-    """Validated block arrays, ``T``, ``n`` and the result dtype."""
-    if not isinstance(blocks, (tuple, list)) or not 1 <= len(blocks) <= 3:
-        raise TypeError(
-            "blocks must be a sequence (A0, A1) or (A0, A1, A2) of block arrays, "
-            "blocks[k][..., t, :, :] = A[t+k, t]"
-        )
-    arrays = [_api._as_real_array(a, f"blocks[{k}]") for k, a in enumerate(blocks)]
+def _check_blocks(
+    blocks: Sequence[Any], xp: Any, backend: str | None
+) -> tuple[list[Any], int, int, np.dtype]:
+    """Validated block arrays (of ``xp``), ``T``, ``n`` and the result dtype."""
+    arrays = [_api._as_real_array(a, f"blocks[{k}]", xp, backend) for k, a in enumerate(blocks)]
     a0 = arrays[0]
     if a0.ndim < 3 or a0.shape[-1] != a0.shape[-2]:
         raise ValueError(f"blocks[0] must have shape (..., T, n, n); got {a0.shape}")
@@ -46,11 +44,11 @@ def _check_blocks(blocks: Sequence[Any]) -> tuple[list[np.ndarray], int, int, np
     return arrays, steps, n, _api._result_dtype(*arrays)
 
 
-def _block_band(arrays: list[np.ndarray], steps: int, n: int, dtype: np.dtype) -> np.ndarray:
-    """The lower band form of the block matrix."""
+def _block_band(arrays: list[Any], steps: int, n: int, dtype: np.dtype) -> Any:
+    """The lower band form of the block matrix (NumPy or CuPy, as the blocks)."""
     batch = np.broadcast_shapes(*(a.shape[:-3] for a in arrays))
     u = len(arrays) * n - 1
-    ab = np.zeros(batch + (u + 1, steps, n), dtype=dtype)
+    ab = namespace(arrays[0]).zeros(batch + (u + 1, steps, n), dtype=dtype)
     # A[t*n + k*n + p, t*n + q] = blocks[k][t, p, q] sits at band row k*n + p - q.
     for k, a in enumerate(arrays):
         for p in range(n):
@@ -78,10 +76,10 @@ def band_to_blocks(ab: np.ndarray, steps: int, n: int, levels: int) -> list[np.n
     return blocks
 
 
-def _rhs(b: Any, steps: int, n: int) -> tuple[np.ndarray, tuple[int, ...], bool]:
+def _rhs(b: Any, steps: int, n: int, xp: Any, backend: str | None) -> tuple[Any, tuple, bool]:
     """``b`` as (..., T*n, K); whether it was given as vectors (..., T, n).
     A shape that fits both, (..., T, n, K) with K = n = T, is taken as matrices."""
-    b = _api._as_real_array(b, "b")
+    b = _api._as_real_array(b, "b", xp, backend)
     if b.ndim >= 3 and b.shape[-3:-1] == (steps, n):
         return b.reshape(b.shape[:-3] + (steps * n, b.shape[-1])), b.shape, False
     if b.ndim >= 2 and b.shape[-2:] == (steps, n):
@@ -106,18 +104,22 @@ def solveh_block_banded_ex(
     block row whose pivot block failed (in elimination order).  Failed
     systems' solutions are NaN.
     """
-    _backends.cpu_only(backend, "solveh_block_banded")
-    arrays, steps, n, dtype = _check_blocks(blocks)
-    rhs, shape, vector = _rhs(b, steps, n)
+    if not isinstance(blocks, (tuple, list)) or not 1 <= len(blocks) <= 3:
+        raise TypeError(
+            "blocks must be a sequence (A0, A1) or (A0, A1, A2) of block arrays, "
+            "blocks[k][..., t, :, :] = A[t+k, t]"
+        )
+    named = {f"blocks[{k}]": a for k, a in enumerate(blocks)} | {"b": b}
+    _, xp = _api._select(backend, named)
+    arrays, steps, n, dtype = _check_blocks(blocks, xp, backend)
+    rhs, shape, vector = _rhs(b, steps, n, xp, backend)
     if algorithm == "cyclic":
         from ._cyclic import solveh_block_cyclic
 
         if check_finite:
-            for k, a in enumerate(arrays):
-                if not np.isfinite(a).all():
-                    raise ValueError(f"blocks[{k}] must not contain infs or NaNs")
-            if not np.isfinite(rhs).all():
-                raise ValueError("b must not contain infs or NaNs")
+            for name, a in [*((f"blocks[{k}]", a) for k, a in enumerate(arrays)), ("b", rhs)]:
+                if not bool(xp.isfinite(a).all()):
+                    raise ValueError(f"{name} must not contain infs or NaNs")
         x, info = solveh_block_cyclic(arrays, rhs.reshape(rhs.shape[:-2] + (steps, n, -1)))
         x = x.astype(np.result_type(dtype, _api._result_dtype(rhs)), copy=False)
     elif algorithm == "sequential":

@@ -24,8 +24,11 @@ as block-tridiagonal ones with blocks of size 2n (pairs of block rows).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from ._strided import namespace
 
 
 @dataclass
@@ -46,94 +49,112 @@ class CyclicFactor:
     info: np.ndarray
 
 
-def _cholesky(blocks: np.ndarray, rows: np.ndarray, info: np.ndarray) -> np.ndarray:
-    """Batched Cholesky of (..., k, n, n); systems with a failed block get
-    ``info`` (first failing block row, 1-based, from ``rows``) and identity."""
-    try:
-        return np.linalg.cholesky(blocks)
-    except np.linalg.LinAlgError:
-        pass
-    out = np.empty_like(blocks)
-    eye = np.eye(blocks.shape[-1], dtype=blocks.dtype)
-    for index in np.ndindex(*blocks.shape[:-2]):
-        try:
-            out[index] = np.linalg.cholesky(blocks[index])
-        except np.linalg.LinAlgError:
-            out[index] = eye
-            system = index[:-1]
-            row = int(rows[index[-1]]) + 1
-            if info[system] == 0 or row < info[system]:
-                info[system] = row
-    return out
+def _cholesky(blocks: Any, rows: Any, info: Any) -> Any:
+    """Batched Cholesky of (..., k, n, n), one column at a time over the whole
+    batch (``n`` steps of array operations: the same on NumPy and CuPy).  A
+    block with a pivot that is not positive and finite is replaced by the
+    identity, and a system's ``info`` becomes the first failing block row
+    (1-based, from ``rows``: the smallest one of the first level that fails;
+    later failures may be artefacts of the repair) -- per system, never an
+    exception.  NaN and inf fail too."""
+    xp = namespace(blocks)
+    n = blocks.shape[-1]
+    chol = xp.zeros_like(blocks)
+    failed = xp.zeros(blocks.shape[:-2], dtype=bool)  # (..., k)
+    for j in range(n):
+        pivot = blocks[..., j, j] - (chol[..., j, :j] ** 2).sum(-1)
+        ok = (pivot > 0) & xp.isfinite(pivot)
+        failed |= ~ok
+        diagonal = xp.sqrt(xp.where(ok, pivot, 1))
+        chol[..., j, j] = diagonal
+        if j + 1 < n:
+            below = blocks[..., j + 1 :, j] - (chol[..., j + 1 :, :j] * chol[..., j, None, :j]).sum(
+                -1
+            )
+            chol[..., j + 1 :, j] = below / diagonal[..., None]
+    if bool(failed.any()):  # rare: the answer is needed to repair the blocks
+        chol[failed] = xp.eye(n, dtype=blocks.dtype)
+        first = xp.where(failed, rows + 1, xp.iinfo(xp.int32).max).min(-1)
+        hit = first < xp.iinfo(xp.int32).max
+        info[...] = xp.where(hit & (info == 0), first, info)  # the first failure counts
+    return chol
 
 
-def _right_solve_t(x: np.ndarray, chol: np.ndarray) -> np.ndarray:
+def _right_solve_t(x: Any, chol: Any) -> Any:
     """``x L^{-T}`` for lower-triangular ``L`` (batched)."""
-    return np.swapaxes(np.linalg.solve(chol, np.swapaxes(x, -1, -2)), -1, -2)
+    xp = namespace(x)
+    return xp.swapaxes(xp.linalg.solve(chol, xp.swapaxes(x, -1, -2)), -1, -2)
 
 
-def factor_tridiagonal(a0: np.ndarray, a1: np.ndarray) -> CyclicFactor:
+def _counts(m: int) -> tuple[int, int]:
+    """Nodes ``0..m-1`` of a level: the number of odd nodes (eliminated), and
+    of those that have a right neighbour (all but the last when ``m`` is even)."""
+    odd = m // 2
+    return odd, odd if m % 2 else odd - 1
+
+
+def factor_tridiagonal(a0: Any, a1: Any) -> CyclicFactor:
     """Block cyclic reduction of SPD block-tridiagonal matrices.
 
     ``a0`` (..., T, n, n) diagonal blocks (symmetric), ``a1`` (..., T-1, n, n)
-    with ``a1[t] = A[t+1, t]``; equal batch shapes.
+    with ``a1[t] = A[t+1, t]``; equal batch shapes; NumPy or CuPy arrays.
+    Odd node ``i`` couples to ``i-1`` (``A[i-1, i] = c[i-1]^T``) and ``i+1``
+    (``A[i+1, i] = c[i]``); with odd nodes ``1, 3, ...`` the even neighbours
+    ``i - 1`` and ``i + 1`` are entries ``(i-1)/2`` and ``(i+1)/2`` of the even
+    nodes, so every selection below is a strided slice.
     """
+    xp = namespace(a0)
     batch = a0.shape[:-3]
-    info = np.zeros(batch, dtype=np.int32)
-    rows = np.arange(a0.shape[-3])  # original block row of every current node
+    info = xp.zeros(batch, dtype=np.int32)
+    rows = xp.arange(a0.shape[-3])  # original block row of every current node
     levels = []
     d, c = a0, a1
+    t = xp.swapaxes
     while d.shape[-3] > 1:
-        m = d.shape[-3]
-        odd, even = np.arange(1, m, 2), np.arange(0, m, 2)
-        chol = _cholesky(d[..., odd, :, :], rows[odd], info)
-        # Odd node i couples to i-1 (above: A[i-1, i] = c[i-1]^T) and i+1 (below: A[i+1, i] = c[i]).
-        left = _right_solve_t(np.swapaxes(c[..., odd - 1, :, :], -1, -2), chol)  # L[i-1, i]
-        below = odd + 1 < m
-        right = np.zeros_like(left)
-        right[..., below, :, :] = _right_solve_t(c[..., odd[below], :, :], chol[..., below, :, :])
+        n_odd, n_below = _counts(d.shape[-3])
+        chol = _cholesky(d[..., 1::2, :, :], rows[1::2], info)
+        left = _right_solve_t(t(c[..., 0::2, :, :], -1, -2), chol)  # L[i-1, i]
+        right = xp.zeros_like(left)  # L[i+1, i]
+        right[..., :n_below, :, :] = _right_solve_t(c[..., 1::2, :, :], chol[..., :n_below, :, :])
         levels.append((chol, left, right))
-        # Schur complement on the even nodes.
-        s = d[..., even, :, :].copy()
-        s[..., odd // 2, :, :] -= left @ np.swapaxes(left, -1, -2)  # even node i-1 = 2*(i//2)
-        s[..., odd[below] // 2 + 1, :, :] -= right[..., below, :, :] @ np.swapaxes(
-            right[..., below, :, :], -1, -2
-        )
-        # New coupling between even nodes i-1 and i+1 (both neighbours of odd i).
-        c = -(right[..., below, :, :] @ np.swapaxes(left[..., below, :, :], -1, -2))
+        # Schur complement on the even nodes, and their new couplings (i-1, i+1).
+        s = d[..., 0::2, :, :].copy()
+        s[..., :n_odd, :, :] -= left @ t(left, -1, -2)
+        near = right[..., :n_below, :, :]
+        s[..., 1 : n_below + 1, :, :] -= near @ t(near, -1, -2)
+        c = -(near @ t(left[..., :n_below, :, :], -1, -2))
         d = s
-        rows = rows[even]
+        rows = rows[0::2]
     last = _cholesky(d, rows, info)
     return CyclicFactor(levels, last, info)
 
 
-def solve_tridiagonal(factor: CyclicFactor, b: np.ndarray) -> np.ndarray:
+def solve_tridiagonal(factor: CyclicFactor, b: Any) -> Any:
     """Solve with the factor; ``b`` (..., T, n, K) with the factor's batch
     shape (or one that broadcasts with it)."""
+    xp = namespace(b)
+    t = xp.swapaxes
     ys = []
     r = b
     for chol, left, right in factor.levels:  # forward: L y = b, level by level
-        m = r.shape[-3]
-        odd, even = np.arange(1, m, 2), np.arange(0, m, 2)
-        y = np.linalg.solve(chol, r[..., odd, :, :])
+        _, n_below = _counts(r.shape[-3])
+        y = xp.linalg.solve(chol, r[..., 1::2, :, :])
         ys.append(y)
-        r_even = r[..., even, :, :].copy()
-        r_even[..., odd // 2, :, :] -= left @ y
-        below = odd + 1 < m
-        r_even[..., odd[below] // 2 + 1, :, :] -= right[..., below, :, :] @ y[..., below, :, :]
+        r_even = r[..., 0::2, :, :].copy()
+        r_even[..., : y.shape[-3], :, :] -= left @ y
+        r_even[..., 1 : n_below + 1, :, :] -= right[..., :n_below, :, :] @ y[..., :n_below, :, :]
         r = r_even
-    x = np.linalg.solve(np.swapaxes(factor.last, -1, -2), np.linalg.solve(factor.last, r))
+    x = xp.linalg.solve(t(factor.last, -1, -2), xp.linalg.solve(factor.last, r))
     for (chol, left, right), y in zip(reversed(factor.levels), reversed(ys), strict=True):
-        m_even = x.shape[-3]
-        m = 2 * m_even - 1 + (y.shape[-3] == m_even)  # nodes at this level
-        odd = np.arange(1, m, 2)
-        below = odd + 1 < m
-        rhs = y - np.swapaxes(left, -1, -2) @ x[..., odd // 2, :, :]
-        rhs[..., below, :, :] -= (
-            np.swapaxes(right[..., below, :, :], -1, -2) @ x[..., odd[below] // 2 + 1, :, :]
+        n_odd = y.shape[-3]
+        m = x.shape[-3] + n_odd  # nodes at this level
+        _, n_below = _counts(m)
+        rhs = y - t(left, -1, -2) @ x[..., :n_odd, :, :]
+        rhs[..., :n_below, :, :] -= (
+            t(right[..., :n_below, :, :], -1, -2) @ x[..., 1 : n_below + 1, :, :]
         )
-        x_odd = np.linalg.solve(np.swapaxes(chol, -1, -2), rhs)
-        full = np.empty(x.shape[:-3] + (m,) + x.shape[-2:], dtype=x.dtype)
+        x_odd = xp.linalg.solve(t(chol, -1, -2), rhs)
+        full = xp.empty(x.shape[:-3] + (m,) + x.shape[-2:], dtype=x.dtype)
         full[..., 0::2, :, :] = x
         full[..., 1::2, :, :] = x_odd
         x = full
@@ -154,17 +175,20 @@ class BlockFactor:
     def info(self) -> np.ndarray:
         """0, or the 1-based block row whose pivot block failed."""
         info = self.factor.info
-        return np.where(info > 0, 2 * info - 1, 0).astype(np.int32) if self.pentadiagonal else info
+        if not self.pentadiagonal:
+            return info
+        return namespace(info).where(info > 0, 2 * info - 1, 0).astype(np.int32)
 
 
 def factor_blocks(blocks) -> BlockFactor:
     """Factor ``(A0, A1)`` or ``(A0, A1, A2)`` (``blocks[k][..., t] = A[t+k, t]``,
     equal batch shapes) by block cyclic reduction."""
-    a = [np.asarray(x) for x in blocks]
+    a = list(blocks)
+    xp = namespace(a[0])
     steps, n = a[0].shape[-3], a[0].shape[-1]
     batch = a[0].shape[:-3]
     if len(a) == 1:
-        a.append(np.zeros(batch + (max(steps - 1, 0), n, n), dtype=a[0].dtype))
+        a.append(xp.zeros(batch + (max(steps - 1, 0), n, n), dtype=a[0].dtype))
     pentadiagonal = len(a) == 3
     if pentadiagonal:
         a = _pair_matrix(a, steps, n)
@@ -177,7 +201,8 @@ def solve_blocks(factor: BlockFactor, b: np.ndarray) -> np.ndarray:
     if factor.pentadiagonal:
         pad = steps % 2
         if pad:
-            b = np.concatenate([b, np.zeros(b.shape[:-3] + (1,) + b.shape[-2:], b.dtype)], -3)
+            xp = namespace(b)
+            b = xp.concatenate([b, xp.zeros(b.shape[:-3] + (1,) + b.shape[-2:], b.dtype)], -3)
         b = b.reshape(b.shape[:-3] + ((steps + pad) // 2, 2 * n, b.shape[-1]))
     x = solve_tridiagonal(factor.factor, b)
     if factor.pentadiagonal:
@@ -188,14 +213,16 @@ def solve_blocks(factor: BlockFactor, b: np.ndarray) -> np.ndarray:
 def solveh_block_cyclic(blocks, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(x, info)`` for block-tridiagonal (``blocks = (A0, A1)``) or
     block-pentadiagonal (``(A0, A1, A2)``) SPD systems by block cyclic
-    reduction; ``b`` (..., T, n, K).  Failed systems' solutions are NaN."""
-    a = [np.asarray(x) for x in blocks]
+    reduction; ``b`` (..., T, n, K).  Failed systems' solutions are NaN.
+    NumPy or CuPy arrays (all of one kind)."""
+    xp = namespace(b)
+    a = list(blocks)
     batch = np.broadcast_shapes(*(x.shape[:-3] for x in a), b.shape[:-3])
-    dtype = np.result_type(*a, b)
-    a = [np.broadcast_to(x, batch + x.shape[-3:]).astype(dtype) for x in a]
-    b = np.broadcast_to(b, batch + b.shape[-3:]).astype(dtype)
+    dtype = np.result_type(*(x.dtype for x in a), b.dtype)
+    a = [xp.broadcast_to(x, batch + x.shape[-3:]).astype(dtype) for x in a]
+    b = xp.broadcast_to(b, batch + b.shape[-3:]).astype(dtype)
     if a[0].shape[-3] == 0:
-        return np.empty(b.shape, dtype=dtype), np.zeros(batch, dtype=np.int32)
+        return xp.empty(b.shape, dtype=dtype), xp.zeros(batch, dtype=np.int32)
     factor = factor_blocks(a)
     x = solve_blocks(factor, b)
     info = factor.info
@@ -208,20 +235,21 @@ def _pair_matrix(a, steps, n):
     one decoupled identity block row appended when ``steps`` is odd."""
     pad = steps % 2
     a0, a1, a2 = a
+    xp = namespace(a0)
     batch = a0.shape[:-3]
     if pad:
-        eye = np.broadcast_to(np.eye(n, dtype=a0.dtype), batch + (1, n, n))
-        zeros = np.zeros(batch + (1, n, n), dtype=a0.dtype)
-        a0 = np.concatenate([a0, eye], -3)
-        a1 = np.concatenate([a1, zeros], -3)
-        a2 = np.concatenate([a2, zeros], -3)
+        eye = xp.broadcast_to(xp.eye(n, dtype=a0.dtype), batch + (1, n, n))
+        zeros = xp.zeros(batch + (1, n, n), dtype=a0.dtype)
+        a0 = xp.concatenate([a0, eye], -3)
+        a1 = xp.concatenate([a1, zeros], -3)
+        a2 = xp.concatenate([a2, zeros], -3)
     t2 = (steps + pad) // 2
-    d = np.zeros(batch + (t2, 2 * n, 2 * n), dtype=np.result_type(a0, a1, a2))
+    d = xp.zeros(batch + (t2, 2 * n, 2 * n), dtype=np.result_type(a0.dtype, a1.dtype, a2.dtype))
     d[..., :n, :n] = a0[..., 0::2, :, :]
     d[..., n:, n:] = a0[..., 1::2, :, :]
     d[..., n:, :n] = a1[..., 0::2, :, :]  # A[2s+1, 2s]
-    d[..., :n, n:] = np.swapaxes(a1[..., 0::2, :, :], -1, -2)
-    c = np.zeros(batch + (t2 - 1, 2 * n, 2 * n), dtype=d.dtype)
+    d[..., :n, n:] = xp.swapaxes(a1[..., 0::2, :, :], -1, -2)
+    c = xp.zeros(batch + (t2 - 1, 2 * n, 2 * n), dtype=d.dtype)
     c[..., :n, :n] = a2[..., 0::2, :, :][..., : t2 - 1, :, :]  # A[2s+2, 2s]
     c[..., :n, n:] = a1[..., 1::2, :, :][..., : t2 - 1, :, :]  # A[2s+2, 2s+1]
     c[..., n:, n:] = a2[..., 1::2, :, :][..., : t2 - 1, :, :]  # A[2s+3, 2s+1]

@@ -292,6 +292,24 @@ def test_no_wait_for_the_device_without_checks(device, regime, rng, monkeypatch)
     assert waits  # checking needs the answer
 
 
+@pytest.mark.parametrize("algorithm", ["sequential", "cyclic"])
+@pytest.mark.parametrize("levels", [2, 3])
+def test_solveh_block_banded(device, regime, rng, algorithm, levels):
+    """Blocks on the device: the band path through the GPU backend, or block
+    cyclic reduction as array operations of the blocks' array module."""
+    from test_blocks import random_blocks
+
+    blocks = random_blocks(rng, (3,), 7, 2, levels)
+    blocks[0][1, 3] = -np.eye(2)  # system 1: block row 4 is not positive definite
+    b = rng.standard_normal((3, 7, 2, 2))
+    x, info = bm.solveh_block_banded_ex([device.put(a) for a in blocks], device.put(b),
+                                        algorithm=algorithm, backend=device.backend)  # fmt: skip
+    ref, ref_info = bm.solveh_block_banded_ex(blocks, b, algorithm=algorithm)
+    np.testing.assert_array_equal(device.get(info), ref_info)
+    np.testing.assert_allclose(device.get(x), ref, rtol=1e-10, atol=1e-12)
+    assert np.isnan(device.get(x)[1]).all()
+
+
 # --------------------------------------------------------------------------
 # Regime choice, backend selection (no kernels needed)
 # --------------------------------------------------------------------------
@@ -359,9 +377,6 @@ def test_cpu_only_functions_refuse_gpu_backends_host(rng):
     with pytest.raises(ValueError, match="the MNN layer runs on NumPy arrays.*'cupy'"):
         ode_forward(np.ones((1, 4, 1, 1, 2)), np.ones((1, 4, 1)), np.ones((1, 1, 1, 1)),
                     np.full((1, 3), 0.1), backend="cupy")  # fmt: skip
-    a0 = np.broadcast_to(np.eye(2) * 4, (3, 2, 2))
-    with pytest.raises(ValueError, match="solveh_block_banded runs on NumPy arrays"):
-        bm.solveh_block_banded((a0, np.zeros((2, 2, 2))), np.ones((3, 2)), backend="numba-cuda")
 
 
 @pytest.mark.skipif(SIMULATED, reason="about the production kernel set, not the simulator's")
@@ -378,3 +393,6 @@ def test_gpu_backend_with_numpy_input_is_refused_host(monkeypatch):
         expected = (TypeError, "ab must be a CuPy array for GPU backend 'cupy'")
     with pytest.raises(expected[0], match=expected[1]):
         bm.cholesky_banded(np.ones((2, 3)), backend="cupy")
+    a0 = np.broadcast_to(np.eye(2) * 4, (3, 2, 2))
+    with pytest.raises(expected[0], match=expected[1].replace("ab", "blocks\\[0\\]")):
+        bm.solveh_block_banded((a0, np.zeros((2, 2, 2))), np.ones((3, 2)), backend="cupy")

@@ -208,10 +208,15 @@ class NumbaCudaKernels:
     def __init__(self) -> None:
         if SIMULATED:
             self.xp = np
-        else:
+            return
+        try:
             import cupy
-
-            self.xp = cupy
+        except ImportError as error:
+            raise ImportError(
+                "backend 'numba-cuda' takes CuPy arrays and needs CuPy: "
+                "pip install 'banded-mnn[cuda12]' (or [cuda13])"
+            ) from error
+        self.xp = cupy
 
     def multiprocessors(self) -> int:
         # The simulator's device has no attributes: count it as one multiprocessor.

@@ -714,11 +714,8 @@ class OdeSystem:
         blocks = band_to_blocks(band, spec.n_steps, spec.block_size, min(levels, spec.n_steps))
         self.cyclic = factor_blocks(blocks)
         self._band = None
-        info = self.cyclic.info.reshape(self.info.shape).copy()
-        # A NaN block passes NumPy's Cholesky: report non-finite systems (block row 1).
-        finite = np.isfinite(band).all(axis=(-1, -2))
-        info[(info == 0) & ~finite] = 1
-        self.info = info
+        # (a NaN or inf reaching a pivot block fails it, as in the band kernels)
+        self.info = self.cyclic.info.reshape(self.info.shape).copy()
 
     def _solve_batch(self, b: np.ndarray) -> np.ndarray:
         """Solve in place for ``b`` of shape ``batch + (M, 1)`` (our own array)."""
