@@ -72,11 +72,12 @@ def _cholesky(blocks: Any, rows: Any, info: Any) -> Any:
                 -1
             )
             chol[..., j + 1 :, j] = below / diagonal[..., None]
-    if bool(failed.any()):  # rare: the answer is needed to repair the blocks
-        chol[failed] = xp.eye(n, dtype=blocks.dtype)
-        first = xp.where(failed, rows + 1, xp.iinfo(xp.int32).max).min(-1)
-        hit = first < xp.iinfo(xp.int32).max
-        info[...] = xp.where(hit & (info == 0), first, info)  # the first failure counts
+    # Failed blocks become the identity, and the first failure is recorded;
+    # done unconditionally, so that the device is never waited for.
+    chol = xp.where(failed[..., None, None], xp.eye(n, dtype=blocks.dtype), chol)
+    never = np.iinfo(np.int32).max
+    first = xp.where(failed, rows + 1, never).min(-1) if failed.shape[-1] else never
+    info[...] = xp.where((first < never) & (info == 0), first, info)
     return chol
 
 
