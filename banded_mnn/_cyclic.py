@@ -81,10 +81,19 @@ def _cholesky(blocks: Any, rows: Any, info: Any) -> Any:
     return chol
 
 
+def _solve(a: Any, b: Any) -> Any:
+    """Batched ``a^{-1} b`` with the batch axes broadcast (``numpy.linalg.solve``
+    broadcasts them, ``cupy.linalg.solve`` wants them equal)."""
+    xp = namespace(b)
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    return xp.linalg.solve(xp.broadcast_to(a, batch + a.shape[-2:]),
+                           xp.broadcast_to(b, batch + b.shape[-2:]))  # fmt: skip
+
+
 def _right_solve_t(x: Any, chol: Any) -> Any:
     """``x L^{-T}`` for lower-triangular ``L`` (batched)."""
     xp = namespace(x)
-    return xp.swapaxes(xp.linalg.solve(chol, xp.swapaxes(x, -1, -2)), -1, -2)
+    return xp.swapaxes(_solve(chol, xp.swapaxes(x, -1, -2)), -1, -2)
 
 
 def _counts(m: int) -> tuple[int, int]:
@@ -139,13 +148,13 @@ def solve_tridiagonal(factor: CyclicFactor, b: Any) -> Any:
     r = b
     for chol, left, right in factor.levels:  # forward: L y = b, level by level
         _, n_below = _counts(r.shape[-3])
-        y = xp.linalg.solve(chol, r[..., 1::2, :, :])
+        y = _solve(chol, r[..., 1::2, :, :])
         ys.append(y)
         r_even = r[..., 0::2, :, :].copy()
         r_even[..., : y.shape[-3], :, :] -= left @ y
         r_even[..., 1 : n_below + 1, :, :] -= right[..., :n_below, :, :] @ y[..., :n_below, :, :]
         r = r_even
-    x = xp.linalg.solve(t(factor.last, -1, -2), xp.linalg.solve(factor.last, r))
+    x = _solve(t(factor.last, -1, -2), _solve(factor.last, r))
     for (chol, left, right), y in zip(reversed(factor.levels), reversed(ys), strict=True):
         n_odd = y.shape[-3]
         m = x.shape[-3] + n_odd  # nodes at this level
@@ -154,7 +163,7 @@ def solve_tridiagonal(factor: CyclicFactor, b: Any) -> Any:
         rhs[..., :n_below, :, :] -= (
             t(right[..., :n_below, :, :], -1, -2) @ x[..., 1 : n_below + 1, :, :]
         )
-        x_odd = xp.linalg.solve(t(chol, -1, -2), rhs)
+        x_odd = _solve(t(chol, -1, -2), rhs)
         full = xp.empty(x.shape[:-3] + (m,) + x.shape[-2:], dtype=x.dtype)
         full[..., 0::2, :, :] = x
         full[..., 1::2, :, :] = x_odd
