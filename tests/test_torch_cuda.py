@@ -110,3 +110,15 @@ def test_ode_forward_on_cuda_matches_the_cpu_layer(bmt, rng):
     u_gpu.square().sum().backward()
     for a, b in zip(gpu, cpu, strict=True):
         torch.testing.assert_close(a.grad.cpu(), b.grad, rtol=1e-7, atol=1e-8)
+
+
+def test_ode_forward_cyclic_on_cuda(bmt, rng):
+    shapes = ((2, 300, 2, 2, 3), (2, 300, 2), (2, 1, 2, 2), (2, 299))
+    cpu = [torch.tensor(rng.standard_normal(s)) for s in shapes]
+    cpu[3] = cpu[3].abs() * 0.01 + 0.005
+    gpu = [t.cuda().requires_grad_() for t in cpu]
+    u_cpu = bmt.ode_forward(*cpu)
+    u_gpu = bmt.ode_forward(*gpu, algorithm="cyclic")
+    torch.testing.assert_close(u_gpu.cpu(), u_cpu, rtol=1e-7, atol=1e-8)
+    u_gpu.square().sum().backward()
+    assert all(t.grad is not None and bool(torch.isfinite(t.grad).all()) for t in gpu)

@@ -18,6 +18,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import banded_mnn as bt_errors  # noqa: E402
 import banded_mnn.torch as bt  # noqa: E402
 from banded_mnn.torch import _ops  # noqa: E402
 
@@ -55,12 +56,16 @@ def inputs(rng, c_batch=(2,), r_batch=(2,), T=7, E=2, D=2, O=3, S=1, I=2, dtype=
     return [c, r, v, h]
 
 
-def both(tensors, **options):
-    """(CPU layer, composed path) results of ode_forward for the same inputs."""
+def both(tensors, algorithm=None, **options):
+    """(CPU layer, composed path) results of ode_forward for the same inputs;
+    ``algorithm="cyclic"`` takes the composed path on its own."""
     reference = bt.ode_forward(*tensors, **options)
-    with routed():
-        composed = bt.ode_forward(*tensors, **options)
+    with routed() if algorithm is None else contextlib.nullcontext():
+        composed = bt.ode_forward(*tensors, algorithm=algorithm, **options)
     return reference, composed
+
+
+ALGORITHMS = [None, "cyclic"]
 
 
 @pytest.mark.parametrize(
@@ -73,10 +78,11 @@ def both(tensors, **options):
         {"D": 1, "O": 2, "E": 1, "T": 2},
     ],
 )
-def test_values_and_gradients_match_the_cpu_layer(rng, composed, case):
+@pytest.mark.parametrize("algorithm", ALGORITHMS, ids=["band", "cyclic"])
+def test_values_and_gradients_match_the_cpu_layer(rng, composed, case, algorithm):
     tensors = [t.requires_grad_() for t in inputs(rng, **case)]
     weights = {"weight_equation": 1.3, "weight_init_var": 0.7, "weight_smooth": 1.1}
-    reference, result = both(tensors, **weights)
+    reference, result = both(tensors, algorithm, **weights)
     assert composed  # the composed path ran
     torch.testing.assert_close(result, reference, rtol=1e-9, atol=1e-9)
     probe = torch.tensor(rng.standard_normal(reference.shape), dtype=F64)
@@ -86,10 +92,11 @@ def test_values_and_gradients_match_the_cpu_layer(rng, composed, case):
         torch.testing.assert_close(g, g_ref, rtol=1e-8, atol=1e-9)
 
 
-def test_gradcheck(rng, composed):
-    tensors = [t.requires_grad_() for t in inputs(rng, T=4, D=1, O=2, E=1)]
+@pytest.mark.parametrize("algorithm", ALGORITHMS, ids=["band", "cyclic"])
+def test_gradcheck(rng, composed, algorithm):
+    tensors = [t.requires_grad_() for t in inputs(rng, c_batch=(1,), T=5, D=1, O=2, E=1)]
     with routed():
-        assert torch.autograd.gradcheck(lambda *t: bt.ode_forward(*t), tensors)
+        assert torch.autograd.gradcheck(lambda *t: bt.ode_forward(*t, algorithm=algorithm), tensors)
 
 
 def test_float32_and_step_first(rng, composed):
@@ -101,7 +108,8 @@ def test_float32_and_step_first(rng, composed):
     torch.testing.assert_close(result, reference, rtol=2e-4, atol=2e-4)
 
 
-def test_frozen_left_hand_side_as_on_the_cpu(rng, composed):
+@pytest.mark.parametrize("algorithm", ALGORITHMS, ids=["band", "cyclic"])
+def test_frozen_left_hand_side_as_on_the_cpu(rng, composed, algorithm):
     """The second call reuses the first call's left-hand side; gradients reach
     only rhs_equation and init_vars -- as the CPU layer (and S-MNN) do."""
     c, r, v, h = inputs(rng)
@@ -111,8 +119,12 @@ def test_frozen_left_hand_side_as_on_the_cpu(rng, composed):
         bt.ode_forward(c, r, v, h, frozen_lhs_cache_version=8)
         reference = bt.ode_forward(c2, r2, v2, h2, frozen_lhs_cache_version=8)
         with routed():
-            bt.ode_forward(c, r, v, h, frozen_lhs_cache_version=7)
-            result = bt.ode_forward(c2, r2, v2, h2, frozen_lhs_cache_version=7)
+            bt.ode_forward(c, r, v, h, frozen_lhs_cache_version=7, algorithm=algorithm)
+            result = bt.ode_forward(c2, r2, v2, h2, frozen_lhs_cache_version=7,
+                                    algorithm=algorithm)  # fmt: skip
+            with pytest.raises(ValueError, match="different problem"):
+                other = "sequential" if algorithm == "cyclic" else "cyclic"
+                bt.ode_forward(c2, r2, v2, h2, frozen_lhs_cache_version=7, algorithm=other)
     finally:
         bt.clear_frozen_lhs_cache()
     torch.testing.assert_close(result, reference, rtol=1e-9, atol=1e-9)
@@ -146,3 +158,12 @@ def test_band_from_blocks_matches_the_dense_matrix(rng):
     for r in range(u + 1):
         j = np.arange(m - r)
         torch.testing.assert_close(ab[:, r, : m - r], dense[:, j + r, j])
+
+
+def test_cyclic_reports_failed_systems(rng):
+    c, r, v, h = inputs(rng)
+    c[1, 3] = float("nan")
+    with pytest.raises(bt_errors.NotPositiveDefiniteError, match=r"batch index \(1,\)"):
+        bt.ode_forward(c, r, v, h, algorithm="cyclic")
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        bt.ode_forward(c, r, v, h, algorithm="parallel")

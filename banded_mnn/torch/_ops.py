@@ -631,8 +631,10 @@ def _layer_solve(ab: Tensor | None, beta: Tensor, factor: Tensor | None):
     return x, c
 
 
-#: Frozen left-hand sides: version -> (factor, lanes, spec, lhs batch, dtype).
-_FROZEN: dict[int, tuple[Tensor, int, Any, tuple[int, ...], torch.dtype]] = {}
+#: Frozen left-hand sides: version -> (factor, lanes, spec, lhs batch, dtype,
+#: device, kind), kind "lanes" (the CPU layer's workspace), "band" (a band
+#: factor tensor) or "cyclic" (a cyclic-reduction factor).
+_FROZEN: dict[int, tuple] = {}
 
 
 def clear_frozen_lhs_cache() -> None:
@@ -654,6 +656,8 @@ def ode_forward(
     enable_central_smoothness: bool = False,
     prefer_cuda_graph: bool = True,
     frozen_lhs_cache_version: int = 0,
+    *,
+    algorithm: str | None = None,
 ) -> Tensor:
     """S-MNN's ``ode_forward`` on torch tensors: a drop-in replacement.
 
@@ -666,6 +670,12 @@ def ode_forward(
     one dtype), on the CPU (the CPU layer) or on one CUDA device (S-MNN's
     assembly as batched torch ops and the GPU band solve, see
     ``docs/adapters.md``; central smoothness is CPU-only there).
+
+    ``algorithm`` (keyword only, not in S-MNN): ``None`` or ``"sequential"``
+    (the band Cholesky) or ``"cyclic"`` (block cyclic reduction, parallel in
+    time, through the same torch-ops assembly on either device; no central
+    smoothness).  ``None`` is "sequential" everywhere until GPU timings
+    calibrate a rule.
 
     Examples
     --------
@@ -686,7 +696,11 @@ def ode_forward(
         for t, name in zip((rhs_equation, init_vars, steps), _MNN_NAMES[1:], strict=True)
     ]
     _same_device(*zip(_MNN_NAMES, tensors, strict=True))
-    on_gpu = coefficients.device.type == "cuda" or _ROUTE_CPU_TENSORS_TO_GPU_PATH
+    cyclic = _layer._choose_algorithm(algorithm) == "cyclic"
+    # The composed path (torch-ops assembly + banded solve or cyclic reduction)
+    # serves CUDA tensors, and cyclic reduction on either device.
+    composed = coefficients.device.type == "cuda" or cyclic or _ROUTE_CPU_TENSORS_TO_GPU_PATH
+    kind = "cyclic" if cyclic else ("band" if composed else "lanes")
     if is_step_dim_first:
         tensors = [
             t.movedim(0, t.ndim - _CORE[name]) if t.ndim >= _CORE[name] else t
@@ -702,33 +716,29 @@ def ode_forward(
               spec.enable_central_smoothness)  # fmt: skip
     version = _layer._count(frozen_lhs_cache_version, "frozen_lhs_cache_version", 0)
     frozen = _FROZEN.get(version) if version else None
-    if frozen is not None:
-        factor, lanes, cached_spec, cached_batch, cached_dtype = frozen
-        if (cached_spec, cached_dtype, cached_batch, factor.device) != (
-            spec,
-            dtype,
-            lhs_batch,
-            coefficients.device,
-        ):
-            raise ValueError(
-                f"frozen_lhs_cache_version={version} holds a left-hand side of a different "
-                "problem (or device); use a new version or clear_frozen_lhs_cache()"
-            )
-    if on_gpu:
+    key = (spec, lhs_batch, dtype, coefficients.device, kind)
+    if frozen is not None and frozen[2:] != key:
+        raise ValueError(
+            f"frozen_lhs_cache_version={version} holds a left-hand side of a different "
+            "problem (or device, or algorithm); use a new version or clear_frozen_lhs_cache()"
+        )
+    if composed:
         if enable_central_smoothness:
             raise NotImplementedError(
-                "enable_central_smoothness=True is not available for CUDA tensors in this "
-                "version (the CPU layer has it)"
+                "enable_central_smoothness=True is available only with the CPU layer in this "
+                "version (CPU tensors, algorithm 'sequential')"
             )
         u, factor = _mnn_gpu.ode_forward(
             tensors, spec, lhs_batch, tuple(batch), tuple(float(w) for w in weights),
-            _layer_solve, None if frozen is None else frozen[0],
+            _layer_solve, None if frozen is None else frozen[0], cyclic=cyclic,
         )  # fmt: skip
         lanes = 0
     elif frozen is not None:
+        factor, lanes = frozen[:2]
         u = _ode_solve(factor, lanes, *tensors, *static)
     else:
         u, factor, lanes = _ode_forward(*tensors, *static)
     if version and frozen is None:
-        _FROZEN[version] = (factor.detach(), lanes, spec, lhs_batch, dtype)
+        kept = factor.detach() if isinstance(factor, Tensor) else factor
+        _FROZEN[version] = (kept, lanes, *key)
     return u.movedim(-3, 0) if is_step_dim_first else u
