@@ -11,6 +11,7 @@ backend (NumPy or CuPy), and only shapes and strides are read on the host.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from types import ModuleType
 from typing import Any
@@ -215,9 +216,21 @@ def _as_batched(x: Any) -> Any:
 # --------------------------------------------------------------------------
 
 
+def _on_device_of(x: Any, xp: ModuleType):
+    """For CuPy arrays, a context making ``x``'s device current: every
+    temporary, output and launch of a call goes to the device of its arrays."""
+    return x.device if xp is not np else contextlib.nullcontext()
+
+
 def _factor(ab: Any, overwrite_ab: bool, lower: bool, check_finite: bool, backend: str | None):
     impl, xp = _select(backend, {"ab": ab})
     ab = _as_real_array(ab, "ab", xp, backend)
+    with _on_device_of(ab, xp):
+        return _factor_checked(ab, impl, xp, overwrite_ab, lower, check_finite)
+
+
+def _factor_checked(ab: Any, impl: ModuleType, xp: ModuleType, overwrite_ab: bool, lower: bool,
+                    check_finite: bool):  # fmt: skip
     m, bw = _check_band(ab, "ab")
     dtype = _result_dtype(ab)
     batch = ab.shape[:-2]
@@ -264,6 +277,13 @@ def _solve(
     b = _as_real_array(b, "b", xp, backend)
     if xp is not np:
         _same_device({name_ab: ab, "b": b})
+    with _on_device_of(ab, xp):
+        return _solve_checked(ab, b, impl, xp, factored, overwrite_b, lower, check_finite,
+                              name_ab)  # fmt: skip
+
+
+def _solve_checked(ab: Any, b: Any, impl: ModuleType, xp: ModuleType, factored: bool,
+                   overwrite_b: bool, lower: bool, check_finite: bool, name_ab: str):  # fmt: skip
     m, bw = _check_band(ab, name_ab)
     batch, out_shape = _rhs_layout(ab, b, name_ab, "b")
     dtype = _result_dtype(ab, b)

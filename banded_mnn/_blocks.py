@@ -113,6 +113,18 @@ def solveh_block_banded_ex(
     _, xp = _api._select(backend, named)
     arrays, steps, n, dtype = _check_blocks(blocks, xp, backend)
     rhs, shape, vector = _rhs(b, steps, n, xp, backend)
+    if xp is not np:
+        _api._same_device({**{f"blocks[{k}]": a for k, a in enumerate(arrays)}, "b": rhs})
+    with _api._on_device_of(rhs, xp):
+        x, info = _solve_blocks(arrays, rhs, steps, n, dtype, xp, check_finite, algorithm,
+                                backend)  # fmt: skip
+    batch = x.shape[: x.ndim - (3 if algorithm == "cyclic" else 2)]
+    x = x.reshape(batch + (steps, n) + (() if vector else (shape[-1],)))
+    return x, info
+
+
+def _solve_blocks(arrays, rhs, steps, n, dtype, xp, check_finite, algorithm, backend):
+    """``(x, info)`` on the arrays' device; ``x`` (..., T n, K) or (..., T, n, K)."""
     if algorithm == "cyclic":
         from ._cyclic import solveh_block_cyclic
 
@@ -128,8 +140,6 @@ def solveh_block_banded_ex(
                                         check_finite=check_finite, backend=backend)  # fmt: skip
     else:
         raise ValueError(f"algorithm must be 'sequential' or 'cyclic'; got {algorithm!r}")
-    batch = x.shape[: x.ndim - (3 if algorithm == "cyclic" else 2)]
-    x = x.reshape(batch + (steps, n) + (() if vector else (shape[-1],)))
     return x, info
 
 

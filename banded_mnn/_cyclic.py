@@ -56,25 +56,26 @@ def _cholesky(blocks: Any, rows: Any, info: Any) -> Any:
     identity, and a system's ``info`` becomes the first failing block row
     (1-based, from ``rows``: the smallest one of the first level that fails;
     later failures may be artefacts of the repair) -- per system, never an
-    exception.  NaN and inf fail too."""
+    exception.  NaN and inf fail too.  Nothing waits for the device."""
     xp = namespace(blocks)
     n = blocks.shape[-1]
-    chol = xp.zeros_like(blocks)
+    chol = xp.zeros(blocks.shape, dtype=np.result_type(blocks.dtype, np.float32))
     failed = xp.zeros(blocks.shape[:-2], dtype=bool)  # (..., k)
-    for j in range(n):
-        pivot = blocks[..., j, j] - (chol[..., j, :j] ** 2).sum(-1)
-        ok = (pivot > 0) & xp.isfinite(pivot)
-        failed |= ~ok
-        diagonal = xp.sqrt(xp.where(ok, pivot, 1))
-        chol[..., j, j] = diagonal
-        if j + 1 < n:
-            below = blocks[..., j + 1 :, j] - (chol[..., j + 1 :, :j] * chol[..., j, None, :j]).sum(
-                -1
-            )
-            chol[..., j + 1 :, j] = below / diagonal[..., None]
-    # Failed blocks become the identity, and the first failure is recorded;
-    # done unconditionally, so that the device is never waited for.
-    chol = xp.where(failed[..., None, None], xp.eye(n, dtype=blocks.dtype), chol)
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf pivots are reported below
+        for j in range(n):
+            pivot = blocks[..., j, j] - (chol[..., j, :j] ** 2).sum(-1)
+            ok = (pivot > 0) & xp.isfinite(pivot)
+            failed |= ~ok
+            diagonal = xp.sqrt(xp.where(ok, pivot, 1))
+            chol[..., j, j] = diagonal
+            if j + 1 < n:
+                products = chol[..., j + 1 :, :j] * chol[..., j, None, :j]
+                chol[..., j + 1 :, j] = (blocks[..., j + 1 :, j] - products.sum(-1)) / diagonal[
+                    ..., None
+                ]
+    # Failed blocks become the identity and the first failure is recorded,
+    # unconditionally, so that the device is never waited for.
+    chol = xp.where(failed[..., None, None], xp.eye(n, dtype=chol.dtype), chol)
     never = np.iinfo(np.int32).max
     first = xp.where(failed, rows + 1, never).min(-1) if failed.shape[-1] else never
     info[...] = xp.where((first < never) & (info == 0), first, info)
@@ -228,7 +229,9 @@ def solveh_block_cyclic(blocks, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     xp = namespace(b)
     a = list(blocks)
     batch = np.broadcast_shapes(*(x.shape[:-3] for x in a), b.shape[:-3])
-    dtype = np.result_type(*(x.dtype for x in a), b.dtype)
+    # SciPy's rule: float32 if every input fits, else float64 (never integers).
+    dtype = np.result_type(*(x.dtype for x in a), b.dtype, np.float32)
+    dtype = np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
     a = [xp.broadcast_to(x, batch + x.shape[-3:]).astype(dtype) for x in a]
     b = xp.broadcast_to(b, batch + b.shape[-3:]).astype(dtype)
     if a[0].shape[-3] == 0:
@@ -236,8 +239,8 @@ def solveh_block_cyclic(blocks, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     factor = factor_blocks(a)
     x = solve_blocks(factor, b)
     info = factor.info
-    x[info != 0] = np.nan
-    return x, info
+    failed = (info != 0).reshape(info.shape + (1,) * (x.ndim - info.ndim))
+    return xp.where(failed, xp.nan, x), info  # (no boolean-mask assignment: CuPy would wait)
 
 
 def _pair_matrix(a, steps, n):

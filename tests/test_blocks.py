@@ -97,3 +97,20 @@ def test_ill_conditioned(rng, algorithm, condition):
 def test_unknown_algorithm(rng):
     with pytest.raises(ValueError, match="algorithm must be"):
         bm.solveh_block_banded(random_blocks(rng, (), 3, 2, 2), np.ones((3, 2)), algorithm="x")
+
+
+def test_integer_blocks_and_non_finite_blocks():
+    """Integers are converted as SciPy does (both algorithms); NaN and inf in
+    blocks are reported per system with check_finite=False, without warnings."""
+    blocks = (np.array([[[5, 1], [1, 3]], [[4, 0], [0, 4]]]), np.array([[[1, 0], [0, 1]]]))
+    b = np.array([[1, 2], [3, 4]])
+    x_seq = bm.solveh_block_banded(blocks, b)
+    x_cyc = bm.solveh_block_banded(blocks, b, algorithm="cyclic")
+    assert x_seq.dtype == x_cyc.dtype == np.float64
+    np.testing.assert_allclose(x_cyc, x_seq, rtol=1e-12)
+    bad = [blk.astype(float)[None].repeat(2, 0) for blk in blocks]
+    bad[0][1, 1, 0, 0] = np.inf
+    bad[1][0, 0, 1, 1] = np.nan
+    x, info = bm.solveh_block_banded_ex(bad, b[None].repeat(2, 0).astype(float),
+                                        check_finite=False, algorithm="cyclic")  # fmt: skip
+    assert (info != 0).all() and np.isnan(x).all()

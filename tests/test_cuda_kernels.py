@@ -124,5 +124,7 @@ def test_numba_cuda_kernels_compile_for_the_gpu(dtype, bw):
             continue
         ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=(9, 0))
         assert ".entry" in ptx and ".local" not in ptx  # no local memory (no spills)
+        if dtype == np.float32:
+            assert ".f64" not in ptx  # float32 kernels compute in float32
         compiled.add((kernel, signature))
     assert len({kernel for kernel, _ in compiled}) == 3  # copy, thread and warp kernels

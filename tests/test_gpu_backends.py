@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from numba import types as numba_types
 
 import banded_mnn as bm
 from banded_mnn import _backends
@@ -39,38 +38,10 @@ from conftest import scipy_cholesky, scipy_solve
 SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
 
-def _make_simulator_shared_arrays_thread_safe() -> None:
-    """Numba's simulator creates a block's ``cuda.shared.array`` on the first
-    call from any of its threads with an unlocked check-then-set, so two
-    threads can get different arrays (seen here as a rare wrong result in the
-    warp-per-system kernel).  The same lookup, under a lock."""
-    import threading
-    import traceback
-
-    from numba.cuda.simulator import kernelapi
-    from numba.np import numpy_support
-
-    lock = threading.Lock()
-
-    def array(self, shape, dtype, alignment=None):
-        if isinstance(dtype, numba_types.Type):
-            dtype = numpy_support.as_dtype(dtype)
-        caller = traceback.extract_stack(sys._getframe())[-2][0:2]  # as the simulator does
-        with lock:
-            if caller not in self._allocations:
-                self._allocations[caller] = np.empty(shape, dtype)
-            return self._allocations[caller]
-
-    kernelapi.FakeCUDAShared.array = array
-
-
 if SIMULATED:
-    # The simulator runs every CUDA thread as a Python thread; at each
-    # syncthreads all 32 threads of a block must take turns with the GIL, and
-    # with the default 5 ms switch interval a warp-per-system test takes ten
-    # times longer.  (Only the simulator run's own interpreter is affected.)
-    sys.setswitchinterval(1e-5)
-    _make_simulator_shared_arrays_thread_safe()
+    from cudasim import prepare_simulator
+
+    prepare_simulator()
 
 
 def _variants() -> list[str]:

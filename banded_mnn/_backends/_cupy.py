@@ -62,6 +62,14 @@ def name_expressions(dtype: np.dtype, bw: int) -> dict[str, str]:
 
 
 @functools.cache
+def _multiprocessors(device_id: int) -> int:
+    import cupy
+
+    runtime = cupy.cuda.runtime
+    return int(runtime.deviceGetAttribute(runtime.cudaDevAttrMultiProcessorCount, device_id))
+
+
+@functools.cache
 def source() -> str:
     return SOURCE_PATH.read_text()
 
@@ -92,7 +100,7 @@ class CupyKernels:
 
     # -- what subclasses (the tests' host runner) replace -------------------
     def multiprocessors(self) -> int:
-        return int(self.xp.cuda.Device().attributes["MultiProcessorCount"])
+        return _multiprocessors(self.xp.cuda.Device().id)
 
     def launch(self, kernel: str, dtype: np.dtype, bw: int, grid: int, block: int, args) -> None:
         """Launch ``kernel`` for (dtype, bw) on the current device and stream."""

@@ -73,6 +73,7 @@ def band_copy(
 def factor_kernels(fixed_bw: int, dtype: np.dtype):
     """The two factor-and-solve kernels with ``BW = fixed_bw`` (0: from the argument)."""
     scalar = numba.from_dtype(np.dtype(dtype))
+    one, zero = np.dtype(dtype).type(1), np.dtype(dtype).type(0)  # typed: float32 stays float32
     warp = _gpu.WARP
 
     @cuda.jit
@@ -97,9 +98,9 @@ def factor_kernels(fixed_bw: int, dtype: np.dtype):
                 else:
                     if failed == 0:
                         failed = j + 1
-                    d = 1.0
+                    d = one
                 band[p] = d
-            r = 1 / d
+            r = one / d
             if do_factor:
                 for t in range(1, m + 1):
                     band[p + t * band_st] *= r
@@ -154,9 +155,9 @@ def factor_kernels(fixed_bw: int, dtype: np.dtype):
                     else:
                         if failed[0] == 0:
                             failed[0] = j + 1
-                        d = 1.0
+                        d = one
                     band[p] = d
-                recip[0] = 1 / d
+                recip[0] = one / d
             cuda.syncthreads()
             r = recip[0]
             if do_factor:
@@ -185,7 +186,7 @@ def factor_kernels(fixed_bw: int, dtype: np.dtype):
                 m = min(bw, n - 1 - j)
                 p = a0 + j * band_sj
                 for k in range(nrhs):
-                    acc = rhs[y0 + j * rhs_sj + k * rhs_sk] * 0
+                    acc = zero
                     for t in range(1 + lane, m + 1, warp):
                         acc += band[p + t * band_st] * rhs[y0 + (j + t) * rhs_sj + k * rhs_sk]
                     part[lane] = acc
@@ -195,7 +196,8 @@ def factor_kernels(fixed_bw: int, dtype: np.dtype):
                         acc -= part[l]
                     acc /= band[p]
                     cuda.syncthreads()
-                    rhs[y0 + j * rhs_sj + k * rhs_sk] = acc  # the same value from every thread
+                    if lane == 0:  # read again by lane 0 itself or after two more barriers
+                        rhs[y0 + j * rhs_sj + k * rhs_sk] = acc
         if lane == 0:
             info[i] = failed[0]  # (the scatter writes NaN for a failed system)
 

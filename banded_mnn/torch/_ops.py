@@ -121,7 +121,9 @@ def _as_matrix(x: Tensor) -> Tensor:
 def _cholesky(ab: Tensor, lower: bool, check: bool) -> tuple[Tensor, Tensor]:
     """Factor and status; with ``check``, raise for a failed system."""
     with _on_device(ab):
-        c, info = _api.cholesky_banded_ex(_np(ab), lower=lower)
+        # No finiteness pass (it would wait for the device): a NaN or inf
+        # reaching a pivot is reported in info, as torch.linalg.cholesky_ex does.
+        c, info = _api.cholesky_banded_ex(_np(ab), lower=lower, check_finite=False)
         if check:
             _api._raise_if_failed(info, "cholesky_banded")
         return _t(c), _t(info.astype(np.int32).reshape(ab.shape[:-2]))
@@ -227,7 +229,7 @@ def _solveh(ab: Tensor, b: Tensor, lower: bool, check: bool) -> tuple[Tensor, Te
     """Solution, factor (for the backward) and per-system status; with
     ``check``, raise for a failed system."""
     with _on_device(ab):
-        c, info = _api.cholesky_banded_ex(_np(ab), lower=lower)
+        c, info = _api.cholesky_banded_ex(_np(ab), lower=lower, check_finite=False)
         if check:
             _api._raise_if_failed(info, "solveh_banded")
         x = _api.cho_solve_banded((c, lower), _np(b), check_finite=False)

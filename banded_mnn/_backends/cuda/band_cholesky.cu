@@ -217,7 +217,9 @@ __global__ void band_factor_solve_warp(
             for (int l = 0; l < BAND_WARP; ++l) acc -= s_part[l];
             acc /= A(j, 0);
             __syncthreads();  // s_part and Y(j, k) are read by all before being written
-            Y(j, k) = acc;    // the same value from every thread
+            // Y(j, k) is read again only by thread 0 itself (t = 1 + lane) or
+            // after at least two more barriers.
+            if (lane == 0) Y(j, k) = acc;
         }
     }
     if (lane == 0) info[i] = s_failed;  // (the scatter writes NaN for a failed system)
