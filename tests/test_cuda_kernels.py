@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,3 +129,23 @@ def test_numba_cuda_kernels_compile_for_the_gpu(dtype, bw):
             assert ".f64" not in ptx  # float32 kernels compute in float32
         compiled.add((kernel, signature))
     assert len({kernel for kernel, _ in compiled}) == 3  # copy, thread and warp kernels
+
+
+def test_warp_kernel_has_no_data_races(tmp_path):
+    """The warp-per-system kernel under ThreadSanitizer, with every CUDA thread
+    a host thread (tests/cuda_host/race_check.cpp): a barrier missing between
+    two threads' write and read is reported as a race."""
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is on the CI machine")
+    source = Path(__file__).resolve().parent / "cuda_host" / "race_check.cpp"
+    binary = tmp_path / "race_check"
+    subprocess.run(
+        ["g++", "-O1", "-g", "-std=c++20", "-fsanitize=thread", "-pthread", "-o", str(binary),
+         str(source)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=600,
+                            env={"TSAN_OPTIONS": "halt_on_error=0 exitcode=66"})  # fmt: skip
+    assert "ThreadSanitizer" not in result.stderr, result.stderr[-4000:]
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    assert "max difference" in result.stdout
