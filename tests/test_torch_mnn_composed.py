@@ -76,12 +76,18 @@ ALGORITHMS = [None, "cyclic"]
         {"c_batch": (2, 1), "r_batch": (1, 3)},  # [b] broadcasting both ways
         {"S": 2, "I": 3, "O": 3},  # pinned steps and every order
         {"D": 1, "O": 2, "E": 1, "T": 2},
+        {"central": True},
+        {"central": True, "O": 2, "D": 3},  # H^(O-3) = 1/H
+        {"central": True, "c_batch": (1,), "r_batch": (3,), "T": 3},
     ],
 )
 @pytest.mark.parametrize("algorithm", ALGORITHMS, ids=["band", "cyclic"])
 def test_values_and_gradients_match_the_cpu_layer(rng, composed, case, algorithm):
+    case = dict(case)
+    central = case.pop("central", False)
     tensors = [t.requires_grad_() for t in inputs(rng, **case)]
-    weights = {"weight_equation": 1.3, "weight_init_var": 0.7, "weight_smooth": 1.1}
+    weights = {"weight_equation": 1.3, "weight_init_var": 0.7, "weight_smooth": 1.1,
+               "enable_central_smoothness": central}  # fmt: skip
     reference, result = both(tensors, algorithm, **weights)
     assert composed  # the composed path ran
     torch.testing.assert_close(result, reference, rtol=1e-9, atol=1e-9)
@@ -136,34 +142,30 @@ def test_frozen_left_hand_side_as_on_the_cpu(rng, composed, algorithm):
         torch.testing.assert_close(g, g_ref, rtol=1e-8, atol=1e-9)
 
 
-def test_central_smoothness_is_refused(rng, composed):
-    with routed(), pytest.raises(NotImplementedError, match="enable_central_smoothness"):
-        bt.ode_forward(*inputs(rng), enable_central_smoothness=True)
+@pytest.mark.parametrize("algorithm", ALGORITHMS, ids=["band", "cyclic"])
+def test_gradcheck_central(rng, composed, algorithm):
+    tensors = [t.requires_grad_() for t in inputs(rng, c_batch=(1,), T=5, D=1, O=3, E=1)]
+    with routed():
+        assert torch.autograd.gradcheck(
+            lambda *t: bt.ode_forward(*t, enable_central_smoothness=True, algorithm=algorithm),
+            tensors,
+        )
 
 
-def test_band_from_blocks_matches_the_dense_matrix(rng):
+@pytest.mark.parametrize("levels", [2, 3])
+def test_band_from_blocks_matches_the_dense_matrix(rng, levels):
     from banded_mnn.torch._mnn_gpu import band_from_blocks
 
-    L, T, n, u = 2, 4, 3, 5
-    a0 = torch.tensor(rng.standard_normal((L, T, n, n)))
-    a0 = a0 + a0.transpose(-1, -2)
-    a1 = torch.tensor(rng.standard_normal((L, T - 1, n, n)))
-    dense = torch.zeros(L, T * n, T * n, dtype=a0.dtype)
-    for t in range(T):
-        dense[:, t * n : (t + 1) * n, t * n : (t + 1) * n] = a0[:, t]
-        if t + 1 < T:
-            dense[:, (t + 1) * n : (t + 2) * n, t * n : (t + 1) * n] = a1[:, t]
-    ab = band_from_blocks(a0, a1, u)
+    L, T, n = 2, 5, 3
+    u = levels * n - 1
+    blocks = [torch.tensor(rng.standard_normal((L, T - k, n, n))) for k in range(levels)]
+    blocks[0] = blocks[0] + blocks[0].transpose(-1, -2)
+    dense = torch.zeros(L, T * n, T * n, dtype=blocks[0].dtype)
+    for k, block in enumerate(blocks):
+        for t in range(T - k):
+            dense[:, (t + k) * n : (t + k + 1) * n, t * n : (t + 1) * n] = block[:, t]
+    ab = band_from_blocks(blocks[0], blocks[1], u, *blocks[2:])
     m = T * n
     for r in range(u + 1):
         j = np.arange(m - r)
         torch.testing.assert_close(ab[:, r, : m - r], dense[:, j + r, j])
-
-
-def test_cyclic_reports_failed_systems(rng):
-    c, r, v, h = inputs(rng)
-    c[1, 3] = float("nan")
-    with pytest.raises(bt_errors.NotPositiveDefiniteError, match=r"batch index \(1,\)"):
-        bt.ode_forward(c, r, v, h, algorithm="cyclic")
-    with pytest.raises(ValueError, match="algorithm must be one of"):
-        bt.ode_forward(c, r, v, h, algorithm="parallel")

@@ -16,10 +16,11 @@ device the adapter composes the layer from pieces that run there:
    chain of T steps).
 
 So the gradient with respect to every input is exact, as on the CPU, and no
-step of the computation loops over the time steps in Python.  Differences
-from the CPU layer, stated in ``docs/adapters.md``: central smoothness is not
-available, and a normal matrix that is singular to working precision is not
-detected (only a pivot that is not positive is), as in S-MNN.
+step of the computation loops over the time steps in Python.  Central
+smoothness adds the central rows' blocks (:func:`central_blocks`), making the
+matrix block-pentadiagonal.  The difference from the CPU layer, stated in
+``docs/adapters.md``: a normal matrix that is singular to working precision is
+not detected (only a pivot that is not positive is), as in S-MNN.
 
 Everything here is device-agnostic torch code; the tests run it on CPU
 tensors against the CPU layer.
@@ -40,25 +41,50 @@ from ..mnn import _layer
 from . import baselines
 
 
-def cyclic_factor(a0: Tensor, a1: Tensor) -> _cyclic.BlockFactor:
-    """Block cyclic reduction of the block-tridiagonal matrices with diagonal
-    blocks ``a0`` (*L, T, n, n) and sub-diagonal blocks ``a1`` (*L, T-1, n, n)."""
+def _flat(t: Tensor, shape: tuple[int, ...], core: tuple[int, ...]) -> Tensor:
+    """``t`` broadcast to ``shape + core``, the batch flattened to one axis."""
+    return t.expand(*shape, *core).reshape(math.prod(shape), *core)
+
+
+def lhs_blocks(coefficients, steps, spec, lhs_batch, weights) -> list[Tensor]:
+    """The normal matrix's blocks ``A[t+k, t]`` (flat batch, T-k, n, n): k < 2,
+    or k < 3 with central smoothness."""
+    T, E, D, O = spec.n_steps, spec.n_equations, spec.n_dims, spec.n_orders
+    central = spec.enable_central_smoothness
+    h = _flat(steps, lhs_batch, (max(T - 1, 0),))
+    a0, a1 = baselines.lhs_blocks(
+        _flat(coefficients, lhs_batch, (T, E, D, O)),
+        h,
+        spec.n_init_var_steps,
+        spec.n_init_var_orders,
+        weights,
+        central=central,
+    )
+    if not central:
+        return [a0, a1]
+    d0, d1, a2 = central_blocks(h, T, D, O, weights[2] ** 2)
+    return [a0 + d0, a1 + d1, a2]
+
+
+def cyclic_factor(blocks: list[Tensor]) -> _cyclic.BlockFactor:
+    """Block cyclic reduction of the block-tridiagonal (2 blocks) or
+    -pentadiagonal (3) matrices ``blocks[k][..., t] = A[t+k, t]``."""
     from . import _ops
 
-    with _ops._on_device(a0):
-        return _cyclic.factor_blocks([_ops._np(a0), _ops._np(a1)])
+    with _ops._on_device(blocks[0]):
+        return _cyclic.factor_blocks([_ops._np(block) for block in blocks])
 
 
 class CyclicSolve(torch.autograd.Function):
-    """``x = A^{-1} beta`` with ``factor`` (:func:`cyclic_factor` of ``a0``,
-    ``a1``); ``beta`` (*B, T, n, 1) with the blocks' batch ``L`` broadcasting
-    to ``B``.  Gradients: ``lam = A^{-1} g`` (one more solve with the kept
-    factor), ``dA = -lam x^T`` restricted to the blocks (a sub-diagonal block
-    gets both of its mirror images).  With ``a0 = a1 = None`` (a frozen factor)
-    only ``beta`` gets a gradient."""
+    """``x = A^{-1} beta`` with ``factor`` (:func:`cyclic_factor` of the
+    ``blocks``); ``beta`` (*B, T, n, 1) with the blocks' batch ``L``
+    broadcasting to ``B``.  Gradients: ``lam = A^{-1} g`` (one more solve
+    with the kept factor), ``dA = -lam x^T`` restricted to the blocks (an
+    off-diagonal block gets both of its mirror images).  Without blocks (a
+    frozen factor) only ``beta`` gets a gradient."""
 
     @staticmethod
-    def forward(ctx: Any, a0: Tensor | None, a1: Tensor | None, beta: Tensor, factor: Any):
+    def forward(ctx: Any, beta: Tensor, factor: Any, *blocks: Tensor):
         from . import _ops
 
         with _ops._on_device(beta):
@@ -69,7 +95,7 @@ class CyclicSolve(torch.autograd.Function):
             x = _cyclic.solve_blocks(factor, _ops._np(beta))
             x = _ops._t(namespace(x).ascontiguousarray(x))
         ctx.factor = factor
-        ctx.shapes = None if a0 is None else (a0.shape, a1.shape)
+        ctx.shapes = [block.shape for block in blocks]
         ctx.save_for_backward(x)
         return x
 
@@ -81,24 +107,65 @@ class CyclicSolve(torch.autograd.Function):
         with _ops._on_device(grad_x):
             lam = _cyclic.solve_blocks(ctx.factor, _ops._np(grad_x.contiguous()))
             lam = _ops._t(namespace(lam).ascontiguousarray(lam))
-        if ctx.shapes is None:
-            return None, None, lam, None
-        t = torch.transpose
-        d_a0 = -(lam @ t(x, -1, -2))
-        d_a1 = -(lam[..., 1:, :, :] @ t(x[..., :-1, :, :], -1, -2)
-                 + x[..., 1:, :, :] @ t(lam[..., :-1, :, :], -1, -2))  # fmt: skip
-        return _ops._sum_to(d_a0, ctx.shapes[0]), _ops._sum_to(d_a1, ctx.shapes[1]), lam, None
+        grads = []
+        for k, shape in enumerate(ctx.shapes):
+            outer = lam[..., k:, :, :] @ x[..., : x.shape[-3] - k, :, :].transpose(-1, -2)
+            if k:  # A[t+k, t] also stands for A[t, t+k] = its transpose
+                outer = outer + x[..., k:, :, :] @ lam[..., : x.shape[-3] - k, :, :].transpose(
+                    -1, -2
+                )
+            grads.append(_ops._sum_to(-outer, shape))
+        return lam, None, *grads
 
 
-def band_from_blocks(a0: Tensor, a1: Tensor, bandwidth: int) -> Tensor:
-    """Lower band ``ab`` (L, bandwidth + 1, T n) of the block-tridiagonal matrix
-    with diagonal blocks ``a0`` (L, T, n, n) and sub-diagonal blocks ``a1``
-    (L, T-1, n, n): ``ab[r, t n + q] = A[t n + q + r, t n + q]``."""
+def central_blocks(steps: Tensor, T: int, D: int, O: int, ws2: float):
+    """The central rows' contributions ``(d0, d1, a2)`` to the diagonal, first
+    and second sub-diagonal blocks (B, T - k, n, n), ``steps`` (B, T-1).
+
+    Row ``s`` (``s <= T-3``, every ``d``): ``a u[s,d,O-2] + b u[s+1,d,O-1] -
+    a u[s+2,d,O-2]``, ``a = H^(O-3)``, ``b = H^(O-2)``, ``H = h_s + h_(s+1)``
+    (docs/mnn.md, rows 4); its outer product, weighted by ``ws2``, lands on
+    the entries set below.
+    """
+    B, n = steps.shape[0], D * O
+    if T < 3:  # no central rows
+        return tuple(steps.new_zeros(B, max(T - k, 0), n, n) for k in range(3))
+    lo = torch.arange(D, device=steps.device) * O + O - 2  # u[., d, O-2]
+    hi = lo + 1  # u[., d, O-1]
+    span = steps[:, :-1] + steps[:, 1:]  # H, (B, T-2)
+    a, b = span ** (O - 3), span ** (O - 2)
+    aa, bb, ab = (ws2 * v[..., None].expand(B, T - 2, D) for v in (a * a, b * b, a * b))
+
+    def placed(k: int, entries: list[tuple[int, Tensor, Tensor, Tensor]]) -> Tensor:
+        """Blocks (B, T-k, n, n) with ``values`` (B, T-2, D) added at rows
+        ``rows[d]``, columns ``cols[d]`` of blocks ``first .. first + T-3``."""
+        out = steps.new_zeros(B, T - k, n, n)
+        batch = torch.arange(B, device=steps.device)[:, None, None]
+        triple = torch.arange(T - 2, device=steps.device)[None, :, None]
+        for first, rows, cols, values in entries:
+            out = out.index_put((batch, triple + first, rows, cols), values, accumulate=True)
+        return out
+
+    d0 = placed(0, [(0, lo, lo, aa), (1, hi, hi, bb), (2, lo, lo, aa)])
+    d1 = placed(1, [(0, hi, lo, ab), (1, lo, hi, -ab)])  # A[s+1, s] and A[s+2, s+1]
+    a2 = placed(2, [(0, lo, lo, -aa)])  # A[s+2, s]
+    return d0, d1, a2
+
+
+def band_from_blocks(a0: Tensor, a1: Tensor, bandwidth: int, a2: Tensor | None = None) -> Tensor:
+    """Lower band ``ab`` (L, bandwidth + 1, T n) of the block-tridiagonal (or,
+    with ``a2``, block-pentadiagonal) matrix with diagonal blocks ``a0`` (L, T,
+    n, n) and sub-diagonal blocks ``a1`` (L, T-1, n, n), ``a2`` (L, T-2, n, n):
+    ``ab[r, t n + q] = A[t n + q + r, t n + q]``."""
     L, T, n, _ = a0.shape
-    # Rows t n + p' of block column t, p' < 3 n: a0 (p' < n), a1 (n <= p' < 2 n), zero.
-    column = torch.cat(
-        [a0, torch.cat([a1, a0.new_zeros(L, 1, n, n)], 1), a0.new_zeros(L, T, n, n)], dim=2
-    )
+
+    def padded(block: Tensor | None, k: int) -> Tensor:
+        if block is None:
+            return a0.new_zeros(L, T, n, n)
+        return torch.cat([block, a0.new_zeros(L, min(k, T), n, n)], 1)
+
+    # Rows t n + p' of block column t, p' < 3 n: a0 (p' < n), a1, a2 (or zero).
+    column = torch.cat([a0, padded(a1, 1), padded(a2, 2)], dim=2)
     r = torch.arange(bandwidth + 1, device=a0.device)[:, None]
     q = torch.arange(n, device=a0.device)[None, :]
     band = column[:, :, r + q, q]  # (L, T, bandwidth + 1, n)
@@ -129,43 +196,30 @@ def ode_forward(
     S, I = spec.n_init_var_steps, spec.n_init_var_orders
     n = D * O
 
-    def flat(t: Tensor, shape: tuple[int, ...], core: tuple[int, ...]) -> Tensor:
-        return t.expand(*shape, *core).reshape(math.prod(shape), *core)
-
-    c_full = flat(coefficients, batch, (T, E, D, O))
+    c_full = _flat(coefficients, batch, (T, E, D, O))
     beta = baselines.rhs_vector(
         c_full.detach() if frozen is not None else c_full,
-        flat(rhs_equation, batch, (T, E)),
-        flat(init_vars, batch, (S, D, I)),
+        _flat(rhs_equation, batch, (T, E)),
+        _flat(init_vars, batch, (S, D, I)),
         weights,
     ).reshape(*batch, T * n, 1)
     if cyclic:
         beta = beta.reshape(*batch, T, n, 1)
         if frozen is not None:
-            x, factor = CyclicSolve.apply(None, None, beta, frozen), frozen
+            x, factor = CyclicSolve.apply(beta, frozen), frozen
         else:
-            a0, a1 = baselines.lhs_blocks(
-                flat(coefficients, lhs_batch, (T, E, D, O)),
-                flat(steps, lhs_batch, (max(T - 1, 0),)),
-                S,
-                I,
-                weights,
-            )
-            a0 = a0.reshape(*lhs_batch, T, n, n)
-            a1 = a1.reshape(*lhs_batch, max(T - 1, 0), n, n)
-            factor = cyclic_factor(a0, a1)
-            x = CyclicSolve.apply(a0, a1, beta, factor)
+            blocks = [
+                block.reshape(*lhs_batch, *block.shape[1:])
+                for block in lhs_blocks(coefficients, steps, spec, lhs_batch, weights)
+            ]
+            factor = cyclic_factor(blocks)
+            x = CyclicSolve.apply(beta, factor, *blocks)
     elif frozen is not None:
         factor = frozen
         x = solveh(None, beta, factor)
     else:
-        a0, a1 = baselines.lhs_blocks(
-            flat(coefficients, lhs_batch, (T, E, D, O)),
-            flat(steps, lhs_batch, (max(T - 1, 0),)),
-            S,
-            I,
-            weights,
-        )
-        ab = band_from_blocks(a0, a1, spec.bandwidth).reshape(*lhs_batch, spec.bandwidth + 1, -1)
+        blocks = lhs_blocks(coefficients, steps, spec, lhs_batch, weights)
+        ab = band_from_blocks(blocks[0], blocks[1], spec.bandwidth, *blocks[2:])
+        ab = ab.reshape(*lhs_batch, spec.bandwidth + 1, -1)
         x, factor = solveh(ab, beta, None)
     return x.reshape(*batch, T, D, O), factor

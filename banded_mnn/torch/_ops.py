@@ -671,12 +671,11 @@ def ode_forward(
     accepted and has no effect.  Tensors are float32 or float64 (all four of
     one dtype), on the CPU (the CPU layer) or on one CUDA device (S-MNN's
     assembly as batched torch ops and the GPU band solve, see
-    ``docs/adapters.md``; central smoothness is CPU-only there).
+    ``docs/adapters.md``).
 
     ``algorithm`` (keyword only, not in S-MNN): ``None`` or ``"sequential"``
     (the band Cholesky) or ``"cyclic"`` (block cyclic reduction, parallel in
-    time, through the same torch-ops assembly on either device; no central
-    smoothness).  ``None`` is "sequential" everywhere until GPU timings
+    time, through the same torch-ops assembly on either device).  ``None`` is "sequential" everywhere until GPU timings
     calibrate a rule.
 
     Examples
@@ -725,11 +724,6 @@ def ode_forward(
             "problem (or device, or algorithm); use a new version or clear_frozen_lhs_cache()"
         )
     if composed:
-        if enable_central_smoothness:
-            raise NotImplementedError(
-                "enable_central_smoothness=True is available only with the CPU layer in this "
-                "version (CPU tensors, algorithm 'sequential')"
-            )
         u, factor = _mnn_gpu.ode_forward(
             tensors, spec, lhs_batch, tuple(batch), tuple(float(w) for w in weights),
             _layer_solve, None if frozen is None else frozen[0], cyclic=cyclic,
