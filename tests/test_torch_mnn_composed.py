@@ -18,7 +18,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import banded_mnn as bt_errors  # noqa: E402
 import banded_mnn.torch as bt  # noqa: E402
 from banded_mnn.torch import _ops  # noqa: E402
 

@@ -164,8 +164,9 @@ def band_from_blocks(a0: Tensor, a1: Tensor, bandwidth: int, a2: Tensor | None =
             return a0.new_zeros(L, T, n, n)
         return torch.cat([block, a0.new_zeros(L, min(k, T), n, n)], 1)
 
-    # Rows t n + p' of block column t, p' < 3 n: a0 (p' < n), a1, a2 (or zero).
-    column = torch.cat([a0, padded(a1, 1), padded(a2, 2)], dim=2)
+    # Rows t n + p' of block column t, p' < 4 n: a0 (p' < n), a1, a2 (or
+    # zero), zero (so that any bandwidth up to 3 n - 1 can be read).
+    column = torch.cat([a0, padded(a1, 1), padded(a2, 2), padded(None, 0)], dim=2)
     r = torch.arange(bandwidth + 1, device=a0.device)[:, None]
     q = torch.arange(n, device=a0.device)[None, :]
     band = column[:, :, r + q, q]  # (L, T, bandwidth + 1, n)
