@@ -78,12 +78,6 @@ def test_status_and_errors(bmt, rng):
     assert info.cpu().tolist() == [0, 6, 0, 0] and bool(torch.isnan(x[1]).all())
     with pytest.raises(ValueError, match="one device"):
         bmt.solveh_banded(torch.from_numpy(ab).cuda(), torch.from_numpy(b))
-    with pytest.raises(NotImplementedError, match="enable_central_smoothness"):
-        bmt.ode_forward(torch.ones(1, 4, 1, 1, 2, device="cuda", dtype=torch.float64),
-                        torch.ones(1, 4, 1, device="cuda", dtype=torch.float64),
-                        torch.ones(1, 1, 1, 1, device="cuda", dtype=torch.float64),
-                        torch.full((1, 3), 0.1, device="cuda", dtype=torch.float64),
-                        enable_central_smoothness=True)  # fmt: skip
 
 
 def test_compiled_model_on_the_gpu(bmt, rng):
@@ -97,13 +91,15 @@ def test_compiled_model_on_the_gpu(bmt, rng):
     np.testing.assert_allclose(float(compiled(ab_t, b_t)), float(loss(ab_t, b_t)), rtol=1e-12)
 
 
-def test_ode_forward_on_cuda_matches_the_cpu_layer(bmt, rng):
+@pytest.mark.parametrize("central", [False, True])
+def test_ode_forward_on_cuda_matches_the_cpu_layer(bmt, rng, central):
     shapes = ((3, 20, 2, 2, 3), (3, 20, 2), (3, 1, 2, 2), (3, 19))
     cpu = [torch.tensor(rng.standard_normal(s)) for s in shapes]
     cpu[3] = cpu[3].abs() * 0.1 + 0.05
     gpu = [t.cuda().requires_grad_() for t in cpu]
     cpu = [t.requires_grad_() for t in cpu]
-    u_cpu, u_gpu = bmt.ode_forward(*cpu), bmt.ode_forward(*gpu)
+    u_cpu = bmt.ode_forward(*cpu, enable_central_smoothness=central)
+    u_gpu = bmt.ode_forward(*gpu, enable_central_smoothness=central)
     assert u_gpu.device.type == "cuda"
     torch.testing.assert_close(u_gpu.cpu(), u_cpu, rtol=1e-8, atol=1e-9)
     u_cpu.square().sum().backward()
