@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from banded_mnn.mnn.baselines import BENCH_CASES
+
 ROOT = Path(__file__).resolve().parents[1]
 
 #: (label, B, T, n, dtype): the band has M = T n columns and u = 2 n - 1.
@@ -133,6 +135,64 @@ def time_cyclic(lower: np.ndarray, b: np.ndarray, steps: int, n: int, repeat: in
     if error > 1e3 * np.finfo(lower.dtype).eps:
         print(f"# cyclic and sequential disagree: relative difference {error:.1e}")
     return tuple(times)
+
+
+#: The MNN layer through the torch adapter: the cases of ``banded-mnn bench-mnn``.
+MNN_CASES = BENCH_CASES
+
+
+def torch_layer_times(repeat: int) -> list[str]:
+    """``banded_mnn.torch.ode_forward`` forward + backward on CUDA tensors (band
+    and cyclic algorithms) against S-MNN's per-step torch algorithm on the
+    same device, and the CPU layer on the host: table rows."""
+    import torch
+
+    from banded_mnn.mnn.baselines import bench_inputs
+    from banded_mnn.torch import ode_forward
+    from banded_mnn.torch.baselines import ode_forward_blockwise
+
+    rows = []
+    for label, (B, T, E, D, O, shared) in MNN_CASES.items():
+        rng = np.random.default_rng(0)
+        arrays = bench_inputs(B, T, E, D, O, shared, rng)
+        grad = torch.as_tensor(rng.standard_normal((B, T, D, O)))
+
+        def step(function, device, arrays=arrays, grad=grad, **options):
+            leaves = [torch.as_tensor(a, device=device).requires_grad_() for a in arrays]
+            upstream = grad.to(device)
+
+            def run():
+                function(*leaves, **options).backward(upstream)
+
+            return run
+
+        def cuda_time(run):
+            run()
+            torch.cuda.synchronize()
+            times = []
+            for _ in range(repeat):
+                start = torch.cuda.Event(enable_timing=True)
+                stop = torch.cuda.Event(enable_timing=True)
+                start.record()
+                run()
+                stop.record()
+                stop.synchronize()
+                times.append(start.elapsed_time(stop) / 1e3)
+            return statistics.median(times)
+
+        baseline = cuda_time(step(ode_forward_blockwise, "cuda"))
+        band = cuda_time(step(ode_forward, "cuda"))
+        cyclic = cuda_time(step(ode_forward, "cuda", algorithm="cyclic"))
+        host = step(ode_forward, "cpu")
+        host()
+        start = time.perf_counter()
+        host()
+        cpu = time.perf_counter() - start
+        rows.append(
+            f"| {label} | {band * 1e3:.2f} ms | {cyclic * 1e3:.2f} ms | "
+            f"{baseline * 1e3:.2f} ms | {baseline / band:.1f}x | {cpu * 1e3:.1f} ms |"
+        )
+    return rows
 
 
 def cpu_time(ab: np.ndarray, b: np.ndarray, repeat: int) -> float:
@@ -233,6 +293,15 @@ def main(argv: list[str] | None = None) -> int:
     for label, B, T, n, sequential, cyclic in cyclic_rows:
         print(f"| {label} | {B} | {T} | {n} | {sequential * 1e3:.2f} ms | {cyclic * 1e3:.2f} ms | "
               f"{sequential / cyclic:.1f}x |")  # fmt: skip
+    print()
+    print("# banded_mnn.torch.ode_forward, forward + backward, float64, CUDA tensors")
+    print("| case | band | cyclic | per-step torch (S-MNN) | speed-up (band) | CPU layer |")
+    print("|---|---|---|---|---|---|")
+    try:
+        for row in torch_layer_times(max(1, repeat // 3)):
+            print(row)
+    except Exception as error:
+        print(f"# torch layer timings failed: {type(error).__name__}: {error}")
     return 0
 
 
