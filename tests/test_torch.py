@@ -273,6 +273,8 @@ def test_errors(rng):
         bt.solveh_banded(ab.to("meta"), b.double().to("meta"))
     with pytest.raises(TypeError, match="ab must be float32 or float64"):
         bt.cholesky_banded(ab.int())
+    with pytest.raises(ValueError, match=r"cb_and_lower must be a pair \(cb, lower\)"):
+        bt.cho_solve_banded(bt.cholesky_banded(ab), b.double())
     bad = ab.clone()
     bad[1, -1, 2] = -5.0
     with pytest.raises(NotPositiveDefiniteError, match=r"batch index \(1,\)"):

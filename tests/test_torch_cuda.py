@@ -46,7 +46,7 @@ def test_values_match_the_cpu(bmt, rng, lower):
     assert gpu.device.type == "cuda"
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-10, atol=1e-10)
     c = bmt.cholesky_banded(torch.from_numpy(ab).cuda(), lower=lower)
-    x = bmt.cho_solve_banded(c, torch.from_numpy(b).cuda(), lower=lower)
+    x = bmt.cho_solve_banded((c, lower), torch.from_numpy(b).cuda())
     torch.testing.assert_close(x.cpu(), cpu, rtol=1e-10, atol=1e-10)
 
 
@@ -56,7 +56,7 @@ def test_gradcheck_on_the_gpu(bmt, rng):
     b_t = torch.from_numpy(b).cuda().requires_grad_()
     assert torch.autograd.gradcheck(lambda a, y: bmt.solveh_banded(a, y), (ab_t, b_t))
     assert torch.autograd.gradcheck(
-        lambda a, y: bmt.cho_solve_banded(bmt.cholesky_banded(a), y), (ab_t, b_t)
+        lambda a, y: bmt.cho_solve_banded((bmt.cholesky_banded(a), False), y), (ab_t, b_t)
     )
 
 

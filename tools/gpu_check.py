@@ -231,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
              "tests/test_cuda_kernels.py", "tests/test_package.py", "tests/test_torch_cuda.py"],
             cwd=ROOT, capture_output=True, text=True,
         )  # fmt: skip
-        print(f"# GPU tests: {tests.stdout.strip().splitlines()[-1]}")
+        summary = (tests.stdout.strip().splitlines() or ["(no output)"])[-1]
+        print(f"# GPU tests: {summary} (exit status {tests.returncode})")
         if tests.returncode:
             print(tests.stdout[-4000:])
 

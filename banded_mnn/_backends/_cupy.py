@@ -62,6 +62,13 @@ def name_expressions(dtype: np.dtype, bw: int) -> dict[str, str]:
 
 
 @functools.cache
+def _function(device_id: int, dtype: np.dtype, fixed_bw: int, kernel: str):
+    """The RawKernel of one instantiation (looked up once per device)."""
+    module, names = _module(device_id, dtype, fixed_bw)
+    return module.get_function(names[kernel])
+
+
+@functools.cache
 def _multiprocessors(device_id: int) -> int:
     import cupy
 
@@ -104,10 +111,9 @@ class CupyKernels:
 
     def launch(self, kernel: str, dtype: np.dtype, bw: int, grid: int, block: int, args) -> None:
         """Launch ``kernel`` for (dtype, bw) on the current device and stream."""
-        module, names = _module(
-            self.xp.cuda.Device().id, np.dtype(dtype), specialised_bandwidth(bw)
+        function = _function(
+            self.xp.cuda.Device().id, np.dtype(dtype), specialised_bandwidth(bw), kernel
         )
-        function = module.get_function(names[kernel])
         function((grid,), (block,), _kernel_arguments(SIGNATURES[kernel], args))
 
     # -- the kernel set ------------------------------------------------------

@@ -21,11 +21,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import warnings
 from typing import Any
 
 import numba
 import numpy as np
 from numba import cuda
+from numba.core.errors import NumbaPerformanceWarning
 
 from . import _gpu
 
@@ -237,7 +239,12 @@ class NumbaCudaKernels:
             cuda.as_cuda_array(a, sync=False) if hasattr(a, "__cuda_array_interface__") else a
             for a in args
         )
-        kernel[grid, block, stream](*args)
+        with warnings.catch_warnings():
+            # Few systems mean few blocks by design (the warp regime): Numba's
+            # low-occupancy advice does not apply.
+            warnings.simplefilter("ignore", NumbaPerformanceWarning)
+            configured = kernel[grid, block, stream]
+        configured(*args)
 
     def copy(self, src, dst, rows, cols, mask, system_fastest, nonfinite, status=None) -> None:
         nsys = src.offsets.shape[0]
@@ -318,4 +325,6 @@ def usable() -> tuple[bool, str]:
         return False, f"numba-cuda finds no usable CUDA device ({error})"
     if not available:
         return False, "numba-cuda finds no usable CUDA device or driver"
-    return True, f"numba-cuda {cuda.get_current_device().name.decode(errors='replace')}"
+    name = cuda.get_current_device().name  # str in numba-cuda >= 0.20, bytes before
+    name = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+    return True, f"numba-cuda, {name}"

@@ -16,6 +16,7 @@ The derivative formulas live in :mod:`banded_mnn._vjp` and
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any
 
 import numpy as np
@@ -43,9 +44,7 @@ def _check(t: Any, name: str, dtype: torch.dtype | None = None, *, gpu: bool = F
     if dtype is not None and t.dtype != dtype:
         raise TypeError(f"{name} has dtype {t.dtype}, but the other inputs are {dtype}")
     if t.device.type == "cuda" and gpu:
-        usable, why = _backends.usable("cupy")
-        if not usable:
-            raise RuntimeError(f"{name} is a CUDA tensor, but the GPU backend cannot run: {why}")
+        pass  # whether CuPy can run is checked inside the operators (_on_device)
     elif t.device.type != "cpu":
         where = "the band routines take CPU or CUDA tensors" if gpu else "it runs on the CPU"
         raise NotImplementedError(f"{name} is on {t.device}: {where} in this version")
@@ -64,13 +63,24 @@ def _on_device(t: Tensor):
     CuPy's current ones, so that the kernels run in torch's stream order."""
     if t.device.type != "cuda":
         return contextlib.nullcontext()
+    usable, why = _cuda_usable()
+    if not usable:
+        raise RuntimeError(f"a tensor is on {t.device}, but the GPU backend cannot run: {why}")
     import cupy
 
     stream = torch.cuda.current_stream(t.device)
     stack = contextlib.ExitStack()
     stack.enter_context(cupy.cuda.Device(t.device.index))
-    stack.enter_context(cupy.cuda.ExternalStream(stream.cuda_stream, t.device.index))
+    if hasattr(cupy.cuda.Stream, "from_external"):  # CuPy >= 14: the CUDA stream protocol
+        stack.enter_context(cupy.cuda.Stream.from_external(stream))
+    else:
+        stack.enter_context(cupy.cuda.ExternalStream(stream.cuda_stream, t.device.index))
     return stack
+
+
+@functools.cache
+def _cuda_usable() -> tuple[bool, str]:
+    return _backends.usable("cupy")
 
 
 def _np(t: Tensor) -> Any:
@@ -390,6 +400,10 @@ def cho_solve_banded(cb_and_lower: tuple[Tensor, bool], b: Tensor) -> Tensor:
     >>> x.shape
     torch.Size([3])
     """
+    if not (isinstance(cb_and_lower, tuple | list) and len(cb_and_lower) == 2):
+        raise ValueError(
+            f"cb_and_lower must be a pair (cb, lower); got {type(cb_and_lower).__name__}"
+        )
     cb, lower = cb_and_lower
     cb, b = _check(cb, "cb", gpu=True), _check(b, "b", cb.dtype, gpu=True)
     _same_device(("cb", cb), ("b", b))
