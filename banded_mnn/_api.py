@@ -25,6 +25,7 @@ from ._strided import (
     addressable,
     drop_broadcast_axes,
     namespace,
+    to_numpy,
     without_self_overlap,
 )
 
@@ -203,7 +204,7 @@ def _raise_if_failed(info: Any, function: str) -> None:
     # For CuPy input this waits for the device: raising needs the answer
     # (the ``_ex`` variants never wait).
     if info.size and bool(info.any()):
-        raise NotPositiveDefiniteError(info.get() if hasattr(info, "get") else info, function)
+        raise NotPositiveDefiniteError(to_numpy(info), function)
 
 
 def _as_batched(x: Any) -> Any:

@@ -15,6 +15,7 @@ import numpy as np
 
 from . import _backends
 from ._api import cho_solve_banded, cholesky_banded, solveh_banded
+from ._strided import to_numpy
 from .problems import mnn_normal_band
 
 
@@ -42,7 +43,7 @@ def _backend_status(name: str) -> str:
             xp = _backends.get(name).array_namespace()
             ab, b = xp.asarray(ab), xp.asarray(b)
         x = solveh_banded(ab, b, backend=name)
-        x = x.get() if hasattr(x, "get") else x
+        x = to_numpy(x)
         if not np.allclose(x, 1.0):
             return f"NOT usable: wrong result {x}"
         return f"usable ({detail})" if detail else "usable"

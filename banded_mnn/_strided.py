@@ -39,6 +39,11 @@ def namespace(x: Any) -> ModuleType:
     return np
 
 
+def to_numpy(x: Any) -> np.ndarray:
+    """``x`` on the host: a CuPy array is copied there (waiting for the device)."""
+    return x.get() if hasattr(x, "get") else np.asarray(x)
+
+
 @dataclass(frozen=True)
 class StridedBatch:
     """A batch of 2-D cores addressed inside one flat buffer (see module docstring)."""

@@ -61,24 +61,28 @@ def kind(parameter: str) -> str:
     return "p" if parameter.endswith("*") else ("q" if parameter == "long long" else "i")
 
 
-def instantiation(kernel: str, c_type: str, fixed_bw: int) -> str:
-    template = f"<{c_type}>" if kernel == "band_copy" else f"<{c_type}, {fixed_bw}>"
-    return kernel + template
+def c_type(dtype: np.dtype) -> str:
+    return _cupy._C_TYPES[np.dtype(dtype)]
+
+
+def instantiation(kernel: str, dtype: np.dtype, fixed_bw: int) -> str:
+    """The template instantiation the backend asks NVRTC for (its own name expression)."""
+    return _cupy.name_expressions(np.dtype(dtype), fixed_bw)[kernel]
 
 
 def signature(kernel: str, c_type: str) -> str:
     return ", ".join(p.replace("T*", c_type + "*") for p in PARAMETERS[kernel])
 
 
-def _wrapper(kernel: str, c_type: str, fixed_bw: int) -> str:
-    params = [p.replace("T*", c_type + "*") for p in PARAMETERS[kernel]]
+def _wrapper(kernel: str, dtype: np.dtype, fixed_bw: int) -> str:
+    params = [p.replace("T*", c_type(dtype) + "*") for p in PARAMETERS[kernel]]
     names = [f"a{i}" for i in range(len(params))]
     cooperative = "true" if kernel in COOPERATIVE else "false"
     return (
         f'extern "C" void host_{kernel}(unsigned grid, unsigned block, '
         + ", ".join(f"{p} {n}" for p, n in zip(params, names, strict=True))
         + f") {{\n    launch(grid, block, {cooperative}, [&] {{ "
-        + f"{instantiation(kernel, c_type, fixed_bw)}({', '.join(names)}); }});\n}}\n"
+        + f"{instantiation(kernel, dtype, fixed_bw)}({', '.join(names)}); }});\n}}\n"
     )
 
 
@@ -90,11 +94,10 @@ def library(dtype: np.dtype, fixed_bw: int) -> ctypes.CDLL:
     """The host build of the .cu for one (dtype, BW), compiled on first use."""
     if shutil.which("g++") is None:
         raise RuntimeError("the host harness needs g++ (it is on the CI machine)")
-    c_type = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}[np.dtype(dtype)]
-    unit = _BUILD / f"host_{c_type}_{fixed_bw}.cpp"
+    unit = _BUILD / f"host_{c_type(dtype)}_{fixed_bw}.cpp"
     unit.write_text(
         f'#include "{HOST / "shim.h"}"\n#include "{_cupy.SOURCE_PATH}"\n'
-        + "".join(_wrapper(kernel, c_type, fixed_bw) for kernel in PARAMETERS)
+        + "".join(_wrapper(kernel, dtype, fixed_bw) for kernel in PARAMETERS)
     )
     so = unit.with_suffix(".so")
     subprocess.run(

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gpu_host import PARAMETERS, instantiation, kind, signature
+from gpu_host import PARAMETERS, c_type, instantiation, kind, signature
 
 from banded_mnn._backends import _cupy
 
@@ -39,12 +39,12 @@ def test_parameter_lists_match_the_backend_signatures():
 def test_nvcc_compiles_without_spills(tmp_path, arch):
     lines = [f'#include "{_cupy.SOURCE_PATH}"']
     count = 0
-    for c_type in ("float", "double"):
+    for dtype in (np.float32, np.float64):
         for kernel in PARAMETERS:
             for fixed in FIXED_BANDWIDTHS if kernel != "band_copy" else (0,):
                 lines.append(
-                    f"template __global__ void {instantiation(kernel, c_type, fixed)}"
-                    f"({signature(kernel, c_type)});"
+                    f"template __global__ void {instantiation(kernel, dtype, fixed)}"
+                    f"({signature(kernel, c_type(dtype))});"
                 )
                 count += 1
     unit = tmp_path / "instantiate.cu"

@@ -34,8 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import _cyclic
-from .._errors import NotPositiveDefiniteError
+from .. import _api, _cyclic
 from .._strided import namespace
 from ..mnn import _layer
 from . import baselines
@@ -88,10 +87,7 @@ class CyclicSolve(torch.autograd.Function):
         from . import _ops
 
         with _ops._on_device(beta):
-            info = factor.info
-            if bool(info.any()):  # the answer is needed to raise: waits for the device
-                raise NotPositiveDefiniteError(info.get() if hasattr(info, "get") else info,
-                                               "ode_forward")  # fmt: skip
+            _api._raise_if_failed(factor.info, "ode_forward")  # waits for the device
             x = _cyclic.solve_blocks(factor, _ops._np(beta))
             x = _ops._t(namespace(x).ascontiguousarray(x))
         ctx.factor = factor
@@ -179,19 +175,20 @@ def ode_forward(
     lhs_batch: tuple[int, ...],
     batch: tuple[int, ...],
     weights: tuple[float, float, float],
-    solveh,
     frozen: Any,
     cyclic: bool = False,
 ) -> tuple[Tensor, Any]:
     """``(u, factor)`` for canonical tensors (step axis not first).
 
-    ``solveh(ab, b, factor)`` is the adapter's factor-and-solve (returning the
-    solution and the band factor), ``frozen`` a factor kept from an earlier
+    The band path uses the adapter's operators (factor and solve, returning the
+    solution and the band factor), ``frozen`` is a factor kept from an earlier
     call (then only the right-hand side is assembled, from detached
     coefficients, so that no gradient reaches coefficients and steps, as in
     S-MNN).  With ``cyclic`` the blocks are solved by block cyclic reduction
     and the factor is a :class:`banded_mnn._cyclic.BlockFactor`.
     """
+    from . import _ops  # (imports this module)
+
     coefficients, rhs_equation, init_vars, steps = tensors
     T, E, D, O = spec.n_steps, spec.n_equations, spec.n_dims, spec.n_orders
     S, I = spec.n_init_var_steps, spec.n_init_var_orders
@@ -217,10 +214,10 @@ def ode_forward(
             x = CyclicSolve.apply(beta, factor, *blocks)
     elif frozen is not None:
         factor = frozen
-        x = solveh(None, beta, factor)
+        x = _ops._cho_solve(factor, beta, True)
     else:
         blocks = lhs_blocks(coefficients, steps, spec, lhs_batch, weights)
         ab = band_from_blocks(blocks[0], blocks[1], spec.bandwidth, *blocks[2:])
         ab = ab.reshape(*lhs_batch, spec.bandwidth + 1, -1)
-        x, factor = solveh(ab, beta, None)
+        x, factor, _ = _ops._solveh(ab, beta, True, True)
     return x.reshape(*batch, T, D, O), factor

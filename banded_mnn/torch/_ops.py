@@ -634,18 +634,6 @@ torch.library.register_vmap(_ode_backward, _vmap_rule(_ode_backward, (0, 1, 4, 5
 #: device-agnostic torch code) and compare it with the CPU layer.
 _ROUTE_CPU_TENSORS_TO_GPU_PATH = False
 
-#: Core dimensions of each input (the rest is batch).
-_CORE = {"coefficients": 4, "rhs_equation": 2, "init_vars": 3, "steps": 1}
-
-
-def _layer_solve(ab: Tensor | None, beta: Tensor, factor: Tensor | None):
-    """The CUDA layer's solve: factor ``ab`` (lower form) and solve, returning
-    ``(x, factor)``; or, given a frozen ``factor``, only solve."""
-    if factor is not None:
-        return _cho_solve(factor, beta, True)
-    x, c, _ = _solveh(ab, beta, True, True)
-    return x, c
-
 
 #: Frozen left-hand sides: version -> (factor, lanes, spec, lhs batch, dtype,
 #: device, kind), kind "lanes" (the CPU layer's workspace), "band" (a band
@@ -718,7 +706,9 @@ def ode_forward(
     kind = "cyclic" if cyclic else ("band" if composed else "lanes")
     if is_step_dim_first:
         tensors = [
-            t.movedim(0, t.ndim - _CORE[name]) if t.ndim >= _CORE[name] else t
+            t.movedim(0, t.ndim - _layer._CORE_NDIM[name])
+            if t.ndim >= _layer._CORE_NDIM[name]
+            else t
             for t, name in zip(tensors, _MNN_NAMES, strict=True)
         ]
     weights = (weight_equation, weight_init_var, weight_smooth)
@@ -740,7 +730,7 @@ def ode_forward(
     if composed:
         u, factor = _mnn_gpu.ode_forward(
             tensors, spec, lhs_batch, tuple(batch), tuple(float(w) for w in weights),
-            _layer_solve, None if frozen is None else frozen[0], cyclic=cyclic,
+            None if frozen is None else frozen[0], cyclic=cyclic,
         )  # fmt: skip
         lanes = 0
     elif frozen is not None:
