@@ -144,3 +144,108 @@ def test_errors(rng):
     c, r, v, h = mnn_inputs(rng)
     with pytest.raises(ValueError, match="rhs_equation must have shape"):
         bj.ode_forward(c, r[..., :1], v, h)
+
+
+# --------------------------------------------------------------------------
+# Zero copy, and the GPU path
+# --------------------------------------------------------------------------
+
+
+def test_callbacks_see_xla_buffers_without_copies(rng, monkeypatch):
+    """The band routines receive read-only views of XLA's own input buffers."""
+    from banded_mnn.jax import _ops
+
+    seen = {}
+    original = _ops._host_cholesky
+
+    def spy(ab, lower):
+        seen["pointer"] = ab.__array_interface__["data"][0]
+        seen["writeable"] = ab.flags.writeable
+        return original(ab, lower)
+
+    monkeypatch.setattr(_ops, "_host_cholesky", spy)
+    ab = spd(rng, (2,), 6, 2)
+    c = bj.cholesky_banded(ab)
+    assert seen == {"pointer": ab.unsafe_buffer_pointer(), "writeable": False}
+    np.testing.assert_allclose(c, banded_mnn.cholesky_banded(np.asarray(ab)))
+
+
+@pytest.fixture
+def gpu_path(monkeypatch):
+    """CPU buffers through the band routines' GPU path: the "cupy" backend,
+    its CUDA kernels run on the host (see gpu_host.py)."""
+    from gpu_host import HostKernels
+
+    from banded_mnn._backends import _cupy, _gpu
+    from banded_mnn.jax import _ops
+
+    monkeypatch.setattr(_cupy, "_kernels", HostKernels())
+    monkeypatch.setattr(_ops, "_BACKEND_FOR_CPU_BUFFERS", "cupy")
+    runs = []
+    original = _gpu.run
+    monkeypatch.setattr(_gpu, "run", lambda *a, **k: runs.append(1) or original(*a, **k))
+    return runs
+
+
+@pytest.mark.parametrize("lower", [False, True])
+def test_band_functions_on_the_gpu_path(rng, gpu_path, lower):
+    ab = spd(rng, (3,), 9, 2, lower)
+    b = jnp.asarray(rng.standard_normal((3, 9, 2)))
+    x = bj.solveh_banded(ab, b, lower)
+    reference = banded_mnn.solveh_banded(np.asarray(ab), np.asarray(b), lower=lower)
+    np.testing.assert_allclose(x, reference, rtol=1e-11)
+    np.testing.assert_array_equal(jax.jit(bj.solveh_banded, static_argnums=2)(ab, b, lower), x)
+    np.testing.assert_allclose(jax.vmap(bj.solveh_banded, in_axes=(0, 0, None))(ab, b, lower), x,
+                               rtol=1e-13)  # fmt: skip
+    c = bj.cholesky_banded(ab, lower)
+    np.testing.assert_allclose(bj.cho_solve_banded((c, lower), b), x, rtol=1e-11)
+    check_grads(lambda a, y: bj.solveh_banded(a, y, lower), (ab, b), **REV)
+    check_grads(lambda f, y: bj.cho_solve_banded((f, lower), y), (c, b), **REV)
+    bad = ab.at[1, 0 if lower else -1, 4].set(-9.0)
+    x, info = bj.solveh_banded_ex(bad, b, lower)
+    assert info.tolist() == [0, 5, 0]
+    assert bool(jnp.isnan(x[1]).all()) and bool(jnp.isfinite(x[::2]).all())
+    assert len(gpu_path) > 10  # every solve and factorisation above ran the GPU driver
+
+
+def test_gpu_buffers_become_cupy_arrays_on_xlas_stream(monkeypatch):
+    """The CUDA branch of the buffer conversion, with a stand-in CuPy: the
+    buffers are taken through ``__cuda_array_interface__`` by ``cupy.asarray``
+    and XLA's stream (a raw address) reaches CuPy through the CUDA stream
+    protocol, on the buffers' device."""
+    import contextlib
+    import sys
+    import types
+
+    from banded_mnn.jax import _ops
+
+    events = []
+
+    class Buffer:
+        def __init__(self, name):
+            self.name = name
+
+        def __dlpack_device__(self):
+            return (_ops._DLPACK_CUDA, 3)
+
+    @contextlib.contextmanager
+    def device(index):
+        events.append(("device", index))
+        yield
+
+    def from_external(stream):
+        events.append(("stream", stream.__cuda_stream__()))
+        return contextlib.nullcontext()
+
+    fake = types.ModuleType("cupy")
+    fake.asarray = lambda b: events.append(("view", b.name)) or b.name
+    fake.cuda = types.SimpleNamespace(
+        Device=device, Stream=types.SimpleNamespace(from_external=from_external)
+    )
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    ctx = types.SimpleNamespace(stream=0x7F00)
+    xp, context = _ops._placement(ctx, Buffer("out"))
+    assert xp is fake and events == []
+    with context:
+        assert _ops._view(xp, Buffer("a"), False) == "a"
+    assert events == [("device", 3), ("stream", (0, 0x7F00)), ("view", "a")]

@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         tests = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
              "not simulator and not asv", "tests/test_gpu_backends.py",
-             "tests/test_cuda_kernels.py", "tests/test_package.py", "tests/test_torch_cuda.py"],
+             "tests/test_cuda_kernels.py", "tests/test_package.py", "tests/test_torch_cuda.py",
+             "tests/test_jax_cuda.py"],
             cwd=ROOT, capture_output=True, text=True,
         )  # fmt: skip
         summary = (tests.stdout.strip().splitlines() or ["(no output)"])[-1]

@@ -12,7 +12,9 @@ Importing this module does not import CuPy; the first call does.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -193,3 +195,36 @@ def usable() -> tuple[bool, str]:
     if count == 0:
         return False, f"CuPy {cupy.__version__} finds no CUDA device"
     return True, f"CuPy {cupy.__version__}, {count} device(s)"
+
+
+class _RawStream:
+    """A raw ``cudaStream_t`` address offered through the CUDA stream protocol."""
+
+    def __init__(self, address: int) -> None:
+        self.address = address
+
+    def __cuda_stream__(self) -> tuple[int, int]:
+        return (0, self.address)
+
+
+@contextlib.contextmanager
+def on_stream(device_id: int, stream: Any) -> Iterator[None]:
+    """Make ``device_id`` CuPy's current device and a foreign stream its
+    current stream, so that the kernels launched inside run in the caller's
+    stream order (torch's current stream, XLA's stream).
+
+    ``stream`` implements the CUDA stream protocol (``__cuda_stream__``, as
+    torch streams do) or is the raw address of a ``cudaStream_t`` (as JAX's
+    ``ExecutionContext.stream``).
+    """
+    import cupy
+
+    if isinstance(stream, int):
+        stream = _RawStream(stream)
+    with cupy.cuda.Device(device_id):
+        if hasattr(cupy.cuda.Stream, "from_external"):  # CuPy >= 14: the CUDA stream protocol
+            external = cupy.cuda.Stream.from_external(stream)
+        else:  # CuPy 13 (ExternalStream is deprecated from 14 on)
+            external = cupy.cuda.ExternalStream(stream.__cuda_stream__()[1], device_id)
+        with external:
+            yield

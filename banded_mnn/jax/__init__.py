@@ -1,6 +1,7 @@
 """JAX adapter: banded_mnn's routines and the MNN layer as differentiable JAX
-functions (``jax.custom_vjp`` over host callbacks), usable eagerly and under
-``jax.jit``, ``jax.vmap`` and ``jax.grad`` on the CPU.
+functions (``jax.custom_vjp`` over buffer callbacks), usable eagerly and under
+``jax.jit``, ``jax.vmap`` and ``jax.grad``, on the CPU and (band routines) on
+CUDA devices.
 
 Importing this module imports JAX; ``import banded_mnn`` does not.
 """

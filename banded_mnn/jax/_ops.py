@@ -1,34 +1,56 @@
-"""JAX wrappers: ``jax.custom_vjp`` functions over host callbacks.
+"""JAX wrappers: ``jax.custom_vjp`` functions over buffer callbacks.
 
-Every function runs banded_mnn's NumPy-level routine through
-``jax.pure_callback`` (so it works eagerly and under ``jax.jit``), with
-``vmap_method="expand_dims"``: under ``jax.vmap`` the callback receives the
-mapped axis as one more leading batch axis, which the routines broadcast over
-natively.  Derivatives come from :mod:`banded_mnn._vjp` and
+Every function runs banded_mnn's array-level routine through
+``jax.experimental.buffer_callback`` (so it works eagerly and under
+``jax.jit``), with ``vmap_method="expand_dims"``: under ``jax.vmap`` the
+callback receives the mapped axes as leading batch axes, which the routines
+broadcast over natively.  Derivatives come from :mod:`banded_mnn._vjp` and
 :meth:`banded_mnn.mnn.OdeSystem.vjp`, as in the PyTorch adapter.
+
+Where the arrays live decides what runs (:func:`_device_arrays`):
+
+* CPU: the callback sees XLA's buffers as NumPy arrays (no copy) and runs the
+  CPU backend; results are written into XLA's output buffers.
+* CUDA: the buffers are taken as CuPy arrays (``__cuda_array_interface__``,
+  no copy), XLA's stream becomes CuPy's current stream, and the band routines
+  run on the GPU backend in that stream order.  Two parts still go through
+  the host: the MNN layer (:func:`ode_forward` copies its inputs to the host,
+  runs the CPU layer and copies ``u`` back) and the ``cholesky_banded``
+  gradient (a CPU kernel), as in the PyTorch adapter.
 
 JAX convention, unlike the NumPy and torch functions: a system that is not
 positive definite is not an exception (exceptions inside callbacks are
 undefined behaviour under ``jit``); its results are NaN, and the ``*_ex``
-functions return the per-system status.  CPU arrays only (the callbacks run
-on the host).  With ``jax_enable_x64`` float64 stays float64.
+functions return the per-system status.  With ``jax_enable_x64`` float64
+stays float64.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.buffer_callback import buffer_callback
 
 from .. import _api, _vjp
+from .._strided import namespace, to_numpy
 from ..mnn import _layer
 
 _MNN_NAMES = ("coefficients", "rhs_equation", "init_vars", "steps")
 _CORE_NDIM = {"coefficients": 4, "rhs_equation": 2, "init_vars": 3, "steps": 1}
+
+#: DLPack device types of XLA's buffers.
+_DLPACK_CPU, _DLPACK_CUDA = 1, 2
+
+#: Tests set this to a GPU backend name ("cupy", whose kernels they run on the
+#: host) to send CPU buffers through the band routines' GPU path.
+_BACKEND_FOR_CPU_BUFFERS: str | None = None
 
 
 def _floating(x: Any, name: str, dtype=None) -> jax.Array:
@@ -40,28 +62,55 @@ def _floating(x: Any, name: str, dtype=None) -> jax.Array:
     return x
 
 
+def _placement(ctx, buffer) -> tuple[ModuleType, contextlib.AbstractContextManager]:
+    """The array module for XLA's buffers like ``buffer`` and the context to
+    run in: NumPy on the CPU; CuPy on a CUDA device, with the buffers' device
+    and XLA's stream made CuPy's current ones."""
+    device_type, ordinal = buffer.__dlpack_device__()
+    if device_type == _DLPACK_CPU:
+        return np, contextlib.nullcontext()
+    if device_type != _DLPACK_CUDA:
+        raise NotImplementedError(f"banded_mnn.jax: no backend for DLPack device {device_type}")
+    import cupy
+
+    from .._backends._cupy import on_stream
+
+    return cupy, on_stream(ordinal, ctx.stream)
+
+
+def _view(xp: ModuleType, buffer, writeable: bool) -> Any:
+    """An array over an XLA buffer, without a copy (read-only for inputs on the CPU)."""
+    a = xp.asarray(buffer)
+    if xp is np and not writeable:
+        a = a.view()
+        a.flags.writeable = False  # XLA's input buffers are never written
+    return a
+
+
+def _backend(x: Any) -> str | None:
+    """The core backend for the band routines on ``x`` (None: the default for its kind)."""
+    return _BACKEND_FOR_CPU_BUFFERS if namespace(x) is np else None
+
+
 def _callback(host: Callable, shapes, *args):
-    """``host(*arrays)`` as a pure callback.  Under ``vmap`` the arguments
-    carry the mapped axes in front (length 1 where not mapped) and every
-    result must carry them at full length: results that do not depend on a
-    mapped argument are broadcast (no copy is made before the callback
-    returns them)."""
-    ndims = [a.ndim for a in args]  # per-sample ranks, known while tracing
+    """``host(*arrays)`` as a buffer callback: it receives views of XLA's
+    input buffers and returns arrays of the array module it was given, which
+    are written into XLA's output buffers.  Under ``vmap`` the arguments carry
+    the mapped axes in front (length 1 where not mapped) and every output has
+    them at full length: results that do not depend on a mapped argument are
+    broadcast by the assignment."""
+    single = not isinstance(shapes, tuple)
 
-    def run(*arrays):
-        arrays = [np.asarray(a) for a in arrays]
-        outputs = host(*arrays)
-        extra = arrays[0].ndim - ndims[0]
-        if not extra:
-            return outputs
-        mapped = np.broadcast_shapes(*(a.shape[:extra] for a in arrays))
+    def run(ctx, outs, *buffers):
+        outs = [outs] if single else list(outs)
+        xp, context = _placement(ctx, outs[0])
+        with context:
+            out_arrays = [_view(xp, b, True) for b in outs]
+            results = host(*(_view(xp, b, False) for b in buffers))
+            for out, result in zip(out_arrays, [results] if single else results, strict=True):
+                out[...] = xp.asarray(result)
 
-        def full(o):
-            return np.broadcast_to(o, mapped + o.shape[extra:])
-
-        return tuple(map(full, outputs)) if isinstance(outputs, tuple) else full(outputs)
-
-    return jax.pure_callback(run, shapes, *args, vmap_method="expand_dims")
+    return buffer_callback(run, shapes, vmap_method="expand_dims")(*args)
 
 
 def _sum_to(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -82,8 +131,8 @@ def _solve_shape(ab: jax.Array, b: jax.Array) -> tuple[int, ...]:
 
 
 def _host_cholesky(ab, lower):
-    c, info = _api.cholesky_banded_ex(np.asarray(ab), lower=lower)
-    return c.astype(ab.dtype, copy=False), np.asarray(info, np.int32).reshape(ab.shape[:-2])
+    c, info = _api.cholesky_banded_ex(ab, lower=lower, backend=_backend(ab))
+    return c, info.reshape(ab.shape[:-2])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -104,7 +153,8 @@ def _cholesky_bwd(lower, c, cotangents):
     grad_c, _ = cotangents
 
     def host(c_, g_):
-        return _vjp.cholesky_gradient(np.asarray(c_), np.asarray(g_), lower).astype(c_.dtype)
+        # A CPU kernel: GPU arrays make a round trip through the host.
+        return _vjp.cholesky_gradient(to_numpy(c_), to_numpy(g_), lower)
 
     return (_callback(host, jax.ShapeDtypeStruct(c.shape, c.dtype), c, grad_c),)
 
@@ -113,7 +163,7 @@ _cholesky.defvjp(_cholesky_fwd, _cholesky_bwd)
 
 
 def _host_cho_solve(c, b, lower):
-    return _api.cho_solve_banded((np.asarray(c), lower), np.asarray(b), check_finite=False)
+    return _api.cho_solve_banded((c, lower), b, check_finite=False, backend=_backend(c))
 
 
 def _mapped(args: list[np.ndarray], logical_ndims: list[int]) -> tuple[int, ...]:
@@ -125,18 +175,16 @@ def _mapped(args: list[np.ndarray], logical_ndims: list[int]) -> tuple[int, ...]
 
 
 def _solve_gradients(c, lam, x, b, ndims, lower, factored):
-    """Host part of the solve VJPs: (dL/d band, dL/d b), each with its
+    """Callback part of the solve VJPs: (dL/d band, dL/d b), each with its
     argument's shape -- except along mapped axes, where gradients are per
     sample."""
-    c_, lam_, x_, b_ = (np.asarray(a) for a in (c, lam, x, b))
-    mapped = _mapped([c_, b_], list(ndims))
-    extra = len(mapped)
+    mapped = _mapped([c, b], list(ndims))
     if factored:
-        g = _vjp.cho_solve_gradient(c_, lam_, x_, lower)
+        g = _vjp.cho_solve_gradient(c, lam, x, lower)
     else:
-        g = _vjp.solve_gradient(lam_, x_, c_.shape[-2] - 1, lower)
-    band = _sum_to(g, mapped + c_.shape[extra:]).astype(c_.dtype)
-    return band, _sum_to(lam_, mapped + b_.shape[extra:]).astype(c_.dtype)
+        g = _vjp.solve_gradient(lam, x, c.shape[-2] - 1, lower)
+    extra = len(mapped)
+    return _sum_to(g, mapped + c.shape[extra:]), _sum_to(lam, mapped + b.shape[extra:])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -323,11 +371,12 @@ def solveh_banded(ab, b, lower: bool = False) -> jax.Array:
 
 
 def _host_ode(static, *arrays):
-    """u for canonical inputs (extra leading axes are batch axes)."""
+    """u for canonical inputs (extra leading axes are batch axes).  The MNN
+    layer runs on the CPU: GPU arrays make a round trip through the host."""
+    arrays = [to_numpy(a) for a in arrays]
     n_steps, n_init_var_steps, weights, central = static
     inputs = _layer._prepare(*arrays, n_steps, n_init_var_steps, False, weights, central)
-    u, _ = _layer._forward(inputs, False, False, None, None)  # failed systems: NaN
-    return np.ascontiguousarray(u, dtype=arrays[0].dtype)
+    return _layer._forward(inputs, False, False, None, None)[0]  # failed systems: NaN
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -349,7 +398,7 @@ def _ode_bwd(static, residuals, grad_u):
     logical = [a.ndim for a in arrays]
 
     def host(grad_u_, u_, *arrays_):
-        arrays_ = [np.asarray(a) for a in arrays_]
+        arrays_ = [to_numpy(a) for a in arrays_]  # the MNN layer runs on the CPU
         n_steps, n_init_var_steps, weights, central = static[:4]
         extra = arrays_[0].ndim - logical[0]
         if extra:
@@ -358,8 +407,7 @@ def _ode_bwd(static, residuals, grad_u):
             arrays_ = [np.broadcast_to(a, mapped + a.shape[extra:]) for a in arrays_]
         inputs = _layer._prepare(*arrays_, n_steps, n_init_var_steps, False, weights, central)
         system, _ = _layer.OdeSystem._factor(inputs, False, False, None)
-        grads = system.vjp(np.asarray(grad_u_), np.asarray(u_), *arrays_)
-        return tuple(np.asarray(g, dtype=a.dtype) for g, a in zip(grads, arrays_, strict=True))
+        return system.vjp(to_numpy(grad_u_), to_numpy(u_), *arrays_)
 
     shapes = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in arrays)
     return _callback(host, shapes, grad_u, u, *arrays)

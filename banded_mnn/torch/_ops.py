@@ -66,16 +66,9 @@ def _on_device(t: Tensor):
     usable, why = _cuda_usable()
     if not usable:
         raise RuntimeError(f"a tensor is on {t.device}, but the GPU backend cannot run: {why}")
-    import cupy
+    from .._backends._cupy import on_stream
 
-    stream = torch.cuda.current_stream(t.device)
-    stack = contextlib.ExitStack()
-    stack.enter_context(cupy.cuda.Device(t.device.index))
-    if hasattr(cupy.cuda.Stream, "from_external"):  # CuPy >= 14: the CUDA stream protocol
-        stack.enter_context(cupy.cuda.Stream.from_external(stream))
-    else:
-        stack.enter_context(cupy.cuda.ExternalStream(stream.cuda_stream, t.device.index))
-    return stack
+    return on_stream(t.device.index, torch.cuda.current_stream(t.device))
 
 
 @functools.cache
