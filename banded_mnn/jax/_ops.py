@@ -75,7 +75,10 @@ def _placement(ctx, buffer) -> tuple[ModuleType, contextlib.AbstractContextManag
 
     from .._backends._cupy import on_stream
 
-    return cupy, on_stream(ordinal, ctx.stream)
+    stream = ctx.stream
+    if callable(stream):  # a method before JAX made it a property
+        stream = stream()
+    return cupy, on_stream(ordinal, stream)
 
 
 def _view(xp: ModuleType, buffer, writeable: bool) -> Any:
