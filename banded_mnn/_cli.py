@@ -100,12 +100,22 @@ def info(out: Callable[[str], None] = print) -> None:
 
 
 def _median_time(function: Callable[[], object], repeat: int) -> float:
-    times = []
+    return _interleaved_medians({"": function}, repeat)[""]
+
+
+def _interleaved_medians(
+    functions: dict[str, Callable[[], object]], repeat: int
+) -> dict[str, float]:
+    """Median time of each function over ``repeat`` rounds that call every
+    function once in turn, so that a slow phase of the machine (another
+    process, frequency changes) weighs on all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in functions}
     for _ in range(repeat):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def demo(
@@ -328,18 +338,25 @@ def bench_torch(
     """Time ``banded_mnn.torch.ode_forward`` forward + backward against S-MNN's
     per-step algorithm in PyTorch and against the NumPy-level calls it wraps.
 
-    ``case`` is ``(B, T, E, D, O)``, float64, one initial value.  Each side is
-    timed as a block (median of ``repeat`` after a warm-up).  Prints a
-    markdown table and returns the times (seconds).
+    ``case`` is ``(B, T, E, D, O)``, float64, one initial value.  After a
+    warm-up, the torch function and the NumPy-level calls are timed in
+    alternation (median of ``3 * repeat`` each), the per-step baseline on its
+    own (median of ``repeat``).  Prints a markdown table and returns the
+    times (seconds).
     """
     from .torch.baselines import bench_steps
 
     batch, steps, equations, dims, orders = case
     timed = bench_steps(case)
-    times = {}
-    for name, function in timed.items():
-        function()
-        times[name] = _median_time(function, repeat)
+    for function in timed.values():
+        function()  # warm-up
+    # The two sides of the adapter overhead alternate (a ratio of a few
+    # per cent would otherwise be lost in the machine's drift); the per-step
+    # baseline is timed on its own, so that torch's spinning OpenMP threads
+    # after its many small operations do not slow the Numba kernels.
+    ours_names = ("banded_mnn.torch", "NumPy-level")
+    times = _interleaved_medians({name: timed[name] for name in ours_names}, 3 * repeat)
+    times["per-step torch"] = _median_time(timed["per-step torch"], repeat)
     ours = times["banded_mnn.torch"]
     out(f"| B={batch} T={steps} E={equations} D={dims} O={orders}, float64, forward + backward "
         "| time [ms] | vs banded_mnn.torch |")  # fmt: skip
