@@ -367,3 +367,40 @@ def test_gpu_backend_with_numpy_input_is_refused_host(monkeypatch):
     a0 = np.broadcast_to(np.eye(2) * 4, (3, 2, 2))
     with pytest.raises(expected[0], match=expected[1].replace("ab", "blocks\\[0\\]")):
         bm.solveh_block_banded((a0, np.zeros((2, 2, 2))), np.ones((3, 2)), backend="cupy")
+
+
+@pytest.mark.parametrize("kind", ["protocol", "attribute", "address"])
+def test_on_stream_accepts_every_stream_spelling(monkeypatch, kind):
+    """``_cupy.on_stream`` with a stand-in CuPy: a stream implementing the CUDA
+    stream protocol (recent torch), one with only ``cuda_stream`` (older torch)
+    and a raw address (JAX) all reach ``Stream.from_external`` through the
+    protocol, inside the device's context."""
+    import contextlib
+    import types
+
+    from banded_mnn._backends import _cupy
+
+    events = []
+
+    @contextlib.contextmanager
+    def device(index):
+        events.append(("device", index))
+        yield
+
+    def from_external(stream):
+        events.append(("stream", stream.__cuda_stream__()))
+        return contextlib.nullcontext()
+
+    fake = types.ModuleType("cupy")
+    fake.cuda = types.SimpleNamespace(
+        Device=device, Stream=types.SimpleNamespace(from_external=from_external)
+    )
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    stream = {
+        "protocol": types.SimpleNamespace(__cuda_stream__=lambda: (0, 0xABC)),
+        "attribute": types.SimpleNamespace(cuda_stream=0xABC),
+        "address": 0xABC,
+    }[kind]
+    with _cupy.on_stream(2, stream):
+        events.append("inside")
+    assert events == [("device", 2), ("stream", (0, 0xABC)), "inside"]

@@ -133,6 +133,12 @@ def test_float32_and_status(rng):
     x, info = bj.solveh_banded_ex(bad, b)
     assert info.tolist() == [0, 3]
     assert bool(jnp.isnan(x[1]).all()) and bool(jnp.isfinite(x[0]).all())
+    # NaN input: a failed system, not an exception (also under jit).
+    poisoned = ab.at[0, -1, 4].set(jnp.nan)
+    for function in (bj.solveh_banded_ex, jax.jit(bj.solveh_banded_ex)):
+        x, info = function(poisoned, b)
+        assert info.tolist() == [5, 0]
+        assert bool(jnp.isnan(x[0]).all()) and bool(jnp.isfinite(x[1]).all())
 
 
 def test_errors(rng):
@@ -176,15 +182,28 @@ def gpu_path(monkeypatch):
     its CUDA kernels run on the host (see gpu_host.py)."""
     from gpu_host import HostKernels
 
+    from banded_mnn import _api
     from banded_mnn._backends import _cupy, _gpu
     from banded_mnn.jax import _ops
 
     monkeypatch.setattr(_cupy, "_kernels", HostKernels())
     monkeypatch.setattr(_ops, "_BACKEND_FOR_CPU_BUFFERS", "cupy")
-    runs = []
-    original = _gpu.run
-    monkeypatch.setattr(_gpu, "run", lambda *a, **k: runs.append(1) or original(*a, **k))
-    return runs
+    calls = {"run": 0, "wait": 0}
+
+    def count(module, name, key):
+        original = getattr(module, name)
+
+        def counted(*args, **kwargs):
+            calls[key] += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counted)
+
+    count(_gpu, "run", "run")
+    # Whatever would wait for the device: a copy to the host, a host-side test.
+    count(_gpu, "_to_host", "wait")
+    count(_api, "_check_unread_cells", "wait")
+    return calls
 
 
 @pytest.mark.parametrize("lower", [False, True])
@@ -193,6 +212,7 @@ def test_band_functions_on_the_gpu_path(rng, gpu_path, lower):
     b = jnp.asarray(rng.standard_normal((3, 9, 2)))
     x = bj.solveh_banded(ab, b, lower)
     reference = banded_mnn.solveh_banded(np.asarray(ab), np.asarray(b), lower=lower)
+    gpu_path["wait"] = 0  # (the reference's own checks above)
     np.testing.assert_allclose(x, reference, rtol=1e-11)
     np.testing.assert_array_equal(jax.jit(bj.solveh_banded, static_argnums=2)(ab, b, lower), x)
     np.testing.assert_allclose(jax.vmap(bj.solveh_banded, in_axes=(0, 0, None))(ab, b, lower), x,
@@ -205,7 +225,17 @@ def test_band_functions_on_the_gpu_path(rng, gpu_path, lower):
     x, info = bj.solveh_banded_ex(bad, b, lower)
     assert info.tolist() == [0, 5, 0]
     assert bool(jnp.isnan(x[1]).all()) and bool(jnp.isfinite(x[::2]).all())
-    assert len(gpu_path) > 10  # every solve and factorisation above ran the GPU driver
+    assert gpu_path["run"] > 10  # the solves and factorisations ran the GPU driver
+    assert gpu_path["wait"] == 0  # ... and never waited for the device
+    # NaN is a failed system too (status and NaN results), not an exception.
+    poisoned = ab.at[2, 0, 3].set(jnp.nan)
+    for function in (bj.solveh_banded_ex, jax.jit(bj.solveh_banded_ex, static_argnums=2)):
+        x, info = function(poisoned, b, lower)
+        assert info[2] > 0 and info[0] == 0 and bool(jnp.isnan(x[2]).all())
+    c, info = bj.cholesky_banded_ex(poisoned, lower)
+    diagonal = 0 if lower else -1  # (the band's unused corner cells keep their zeros)
+    assert info[2] > 0 and bool(jnp.isnan(c[2, diagonal]).all()) and bool(jnp.isfinite(c[0]).all())
+    assert gpu_path["wait"] == 0
 
 
 def test_gpu_buffers_become_cupy_arrays_on_xlas_stream(monkeypatch):
@@ -249,3 +279,53 @@ def test_gpu_buffers_become_cupy_arrays_on_xlas_stream(monkeypatch):
     with context:
         assert _ops._view(xp, Buffer("a"), False) == "a"
     assert events == [("device", 3), ("stream", (0, 0x7F00)), ("view", "a")]
+
+
+def test_callback_body_on_gpu_buffers(monkeypatch):
+    """The whole callback body (:func:`_ops._run`) on stand-in CUDA buffers: the
+    views are made inside the device/stream context, results are written into
+    the output buffers with broadcasting over leading (vmap) axes only, and a
+    result of a wrong shape is an error, not a silent broadcast."""
+    import contextlib
+    import sys
+    import types
+
+    from banded_mnn.jax import _ops
+
+    events = []
+
+    class Buffer:
+        def __init__(self, array):
+            self.array = array
+
+        def __dlpack_device__(self):
+            return (_ops._DLPACK_CUDA, 0)
+
+    @contextlib.contextmanager
+    def device(index):
+        events.append("enter")
+        yield
+        events.append("exit")
+
+    fake = types.ModuleType("cupy")
+    fake.asarray = lambda x: events.append("view") or (x.array if isinstance(x, Buffer) else x)
+    fake.cuda = types.SimpleNamespace(
+        Device=device,
+        Stream=types.SimpleNamespace(from_external=lambda s: contextlib.nullcontext()),
+    )
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    ctx = types.SimpleNamespace(stream=1)
+    outs = (Buffer(np.zeros((2, 3, 4))), Buffer(np.zeros((2, 3), np.int32)))
+    source = Buffer(np.arange(12.0).reshape(3, 4))
+
+    def host(x):
+        assert events == ["enter", "view", "view", "view"]
+        return x + 1, np.ones((1, 3), np.int64)  # the second broadcast over a vmap axis
+
+    _ops._run(host, False, [(3, 4), (3,)], ctx, outs, source)
+    assert events[-1] == "exit"
+    np.testing.assert_array_equal(outs[0].array, np.broadcast_to(np.arange(12.0).reshape(3, 4) + 1,
+                                                                 (2, 3, 4)))  # fmt: skip
+    assert outs[1].array.dtype == np.int32 and (outs[1].array == 1).all()
+    with pytest.raises(ValueError, match="internal error"):
+        _ops._run(lambda x: x[:, :1], True, [(3, 4)], ctx, Buffer(np.zeros((3, 4))), source)

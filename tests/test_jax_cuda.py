@@ -102,3 +102,50 @@ def test_ode_forward_on_gpu_arrays(rng, gpu):
     u = bj.ode_forward(*(jax.device_put(a, gpu) for a in inputs))
     assert u.devices() == {gpu}
     np.testing.assert_allclose(np.asarray(u), banded_mnn.mnn.ode_forward(*inputs), rtol=1e-12)
+
+
+def test_more_gpu_paths(rng, gpu):
+    """Cholesky gradient (host round trip), an unmapped argument under vmap,
+    float32, and an indefinite system (NaN and status)."""
+    from banded_mnn import jax as bj
+
+    cpu = jax.devices("cpu")[0]
+    ab_h = random_spd_band((3,), 30, 2, rng=rng)
+    b_h = rng.standard_normal((3, 30))
+    ab, b = jax.device_put(ab_h, gpu), jax.device_put(b_h, gpu)
+
+    def loss(a):
+        return jnp.sum(bj.cholesky_banded(a) ** 2)
+
+    np.testing.assert_allclose(np.asarray(jax.grad(loss)(ab)),
+                               np.asarray(jax.grad(loss)(jax.device_put(ab_h, cpu))),
+                               rtol=1e-10)  # fmt: skip
+    shared = jax.vmap(bj.solveh_banded, in_axes=(None, 0))(ab[0], b)
+    np.testing.assert_allclose(np.asarray(shared),
+                               banded_mnn.solveh_banded(ab_h[0], b_h.T).T, rtol=1e-10)  # fmt: skip
+    x32 = bj.solveh_banded(ab.astype(jnp.float32), b.astype(jnp.float32))
+    assert x32.dtype == jnp.float32
+    bad = ab.at[1, -1, 7].set(-5.0)
+    x, info = bj.solveh_banded_ex(bad, b)
+    assert info.tolist() == [0, 8, 0]
+    assert bool(jnp.isnan(x[1]).all()) and bool(jnp.isfinite(x[0]).all())
+
+
+def test_ode_forward_gradients_on_gpu_arrays(rng, gpu):
+    from banded_mnn import jax as bj
+
+    inputs = [
+        rng.standard_normal((2, 6, 2, 2, 3)),
+        rng.standard_normal((2, 6, 2)),
+        rng.standard_normal((2, 1, 2, 2)),
+        rng.uniform(0.2, 0.6, (2, 5)),
+    ]
+
+    def loss(*a):
+        return jnp.sum(bj.ode_forward(*a) ** 2)
+
+    cpu = jax.devices("cpu")[0]
+    on_gpu = jax.grad(loss, argnums=(0, 1, 2, 3))(*(jax.device_put(a, gpu) for a in inputs))
+    on_cpu = jax.grad(loss, argnums=(0, 1, 2, 3))(*(jax.device_put(a, cpu) for a in inputs))
+    for g, c in zip(on_gpu, on_cpu, strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(c), rtol=1e-10, atol=1e-13)

@@ -214,13 +214,16 @@ def on_stream(device_id: int, stream: Any) -> Iterator[None]:
     stream order (torch's current stream, XLA's stream).
 
     ``stream`` implements the CUDA stream protocol (``__cuda_stream__``, as
-    torch streams do) or is the raw address of a ``cudaStream_t`` (as JAX's
+    recent torch streams do), has the address as ``cuda_stream`` (older torch
+    streams) or is the raw address of a ``cudaStream_t`` (as JAX's
     ``ExecutionContext.stream``).
     """
     import cupy
 
     if isinstance(stream, int):
         stream = _RawStream(stream)
+    elif not hasattr(stream, "__cuda_stream__"):  # torch before the stream protocol
+        stream = _RawStream(stream.cuda_stream)
     with cupy.cuda.Device(device_id):
         if hasattr(cupy.cuda.Stream, "from_external"):  # CuPy >= 14: the CUDA stream protocol
             external = cupy.cuda.Stream.from_external(stream)

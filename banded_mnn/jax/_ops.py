@@ -7,7 +7,7 @@ callback receives the mapped axes as leading batch axes, which the routines
 broadcast over natively.  Derivatives come from :mod:`banded_mnn._vjp` and
 :meth:`banded_mnn.mnn.OdeSystem.vjp`, as in the PyTorch adapter.
 
-Where the arrays live decides what runs (:func:`_device_arrays`):
+Where the arrays live decides what runs (:func:`_placement`):
 
 * CPU: the callback sees XLA's buffers as NumPy arrays (no copy) and runs the
   CPU backend; results are written into XLA's output buffers.
@@ -18,11 +18,12 @@ Where the arrays live decides what runs (:func:`_device_arrays`):
   runs the CPU layer and copies ``u`` back) and the ``cholesky_banded``
   gradient (a CPU kernel), as in the PyTorch adapter.
 
-JAX convention, unlike the NumPy and torch functions: a system that is not
-positive definite is not an exception (exceptions inside callbacks are
-undefined behaviour under ``jit``); its results are NaN, and the ``*_ex``
-functions return the per-system status.  With ``jax_enable_x64`` float64
-stays float64.
+JAX convention (as ``jnp.linalg.cholesky``), unlike the NumPy and torch
+functions: a system that is not positive definite, or holds NaN or inf, is
+not an exception (inside a callback it could only surface as an opaque
+``JaxRuntimeError``); its results are NaN, and the ``*_ex`` functions return
+the per-system status.  Nothing in the band routines' callbacks waits for
+the device.  With ``jax_enable_x64`` float64 stays float64.
 """
 
 from __future__ import annotations
@@ -96,24 +97,33 @@ def _backend(x: Any) -> str | None:
 
 
 def _callback(host: Callable, shapes, *args):
-    """``host(*arrays)`` as a buffer callback: it receives views of XLA's
-    input buffers and returns arrays of the array module it was given, which
-    are written into XLA's output buffers.  Under ``vmap`` the arguments carry
-    the mapped axes in front (length 1 where not mapped) and every output has
-    them at full length: results that do not depend on a mapped argument are
-    broadcast by the assignment."""
+    """``host(*arrays)`` as a buffer callback (see :func:`_run`)."""
     single = not isinstance(shapes, tuple)
-
-    def run(ctx, outs, *buffers):
-        outs = [outs] if single else list(outs)
-        xp, context = _placement(ctx, outs[0])
-        with context:
-            out_arrays = [_view(xp, b, True) for b in outs]
-            results = host(*(_view(xp, b, False) for b in buffers))
-            for out, result in zip(out_arrays, [results] if single else results, strict=True):
-                out[...] = xp.asarray(result)
-
+    logical = [s.shape for s in ([shapes] if single else shapes)]
+    run = functools.partial(_run, host, single, logical)
     return buffer_callback(run, shapes, vmap_method="expand_dims")(*args)
+
+
+def _run(host: Callable, single: bool, logical: list[tuple[int, ...]], ctx, outs, *buffers) -> None:
+    """The body of every callback: ``host`` receives views of XLA's input
+    buffers and returns arrays of the array module it was given, which are
+    written into XLA's output buffers.  Under ``vmap`` the arguments carry the
+    mapped axes in front (length 1 where not mapped) and every output has
+    them at full length: results that do not depend on a mapped argument are
+    broadcast by the assignment -- over those axes only (``logical``: the
+    outputs' shapes without them)."""
+    outs = [outs] if single else list(outs)
+    xp, context = _placement(ctx, outs[0])
+    with context:
+        out_arrays = [_view(xp, b, True) for b in outs]
+        results = host(*(_view(xp, b, False) for b in buffers))
+        results = [results] if single else list(results)
+        for out, result, shape in zip(out_arrays, results, logical, strict=True):
+            core = result.shape[result.ndim - len(shape) :] if result.ndim >= len(shape) else None
+            if core != shape or result.ndim > out.ndim:
+                raise ValueError(f"banded_mnn.jax: internal error: a result of shape "
+                                 f"{result.shape} for an output of shape {out.shape}")  # fmt: skip
+            out[...] = xp.asarray(result)
 
 
 def _sum_to(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -134,7 +144,9 @@ def _solve_shape(ab: jax.Array, b: jax.Array) -> tuple[int, ...]:
 
 
 def _host_cholesky(ab, lower):
-    c, info = _api.cholesky_banded_ex(ab, lower=lower, backend=_backend(ab))
+    # No finiteness pass: it would wait for the device, and NaN or inf is
+    # reported as a failed pivot (status, NaN factor) all the same.
+    c, info = _api.cholesky_banded_ex(ab, lower=lower, check_finite=False, backend=_backend(ab))
     return c, info.reshape(ab.shape[:-2])
 
 
