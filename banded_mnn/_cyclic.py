@@ -23,6 +23,8 @@ as block-tridiagonal ones with blocks of size 2n (pairs of block rows).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,13 +75,21 @@ def _cholesky(blocks: Any, rows: Any, info: Any) -> Any:
                 chol[..., j + 1 :, j] = (blocks[..., j + 1 :, j] - products.sum(-1)) / diagonal[
                     ..., None
                 ]
-    # Failed blocks become the identity and the first failure is recorded,
-    # unconditionally, so that the device is never waited for.
+    # Failed blocks become the identity.
     chol = xp.where(failed[..., None, None], xp.eye(n, dtype=chol.dtype), chol)
+    _record_failures(failed, rows, info)
+    return chol
+
+
+def _record_failures(failed: Any, rows: Any, info: Any) -> None:
+    """``info`` of a system with a failed block (``failed`` (..., k), True
+    where a pivot block failed) becomes its first failing block row (1-based,
+    from ``rows``), unless an earlier level failed already -- unconditionally,
+    so that the device is never waited for."""
+    xp = namespace(info)
     never = np.iinfo(np.int32).max
     first = xp.where(failed, rows + 1, never).min(-1) if failed.shape[-1] else never
     info[...] = xp.where((first < never) & (info == 0), first, info)
-    return chol
 
 
 def _solve(a: Any, b: Any) -> Any:
@@ -104,6 +114,30 @@ def _counts(m: int) -> tuple[int, int]:
     return odd, odd if m % 2 else odd - 1
 
 
+def _level_kernels(xp) -> Callable | None:
+    """The compiled level operations for arrays of ``xp`` (see
+    :func:`banded_mnn._backends._cyclic_cpu.run_level`): Numba on the CPU, the
+    Numba CUDA kernels for CuPy arrays where numba-cuda is usable; ``None``
+    (the array-operation reference below) otherwise."""
+    if _USE_REFERENCE:
+        return None
+    if xp is np:
+        from ._backends._cyclic_cpu import run_level
+
+        return run_level
+    from . import _backends
+
+    if _backends.usable("numba-cuda")[0]:
+        from ._backends._numba_cuda import run_cyclic_level
+
+        return run_cyclic_level
+    return None
+
+
+#: Tests set this to run the array-operation reference instead of the kernels.
+_USE_REFERENCE = False
+
+
 def factor_tridiagonal(a0: Any, a1: Any) -> CyclicFactor:
     """Block cyclic reduction of SPD block-tridiagonal matrices.
 
@@ -115,6 +149,9 @@ def factor_tridiagonal(a0: Any, a1: Any) -> CyclicFactor:
     nodes, so every selection below is a strided slice.
     """
     xp = namespace(a0)
+    run = _level_kernels(xp)
+    if run is not None:
+        return _factor_with_kernels(run, xp, a0, a1)
     batch = a0.shape[:-3]
     info = xp.zeros(batch, dtype=np.int32)
     rows = xp.arange(a0.shape[-3])  # original block row of every current node
@@ -140,13 +177,91 @@ def factor_tridiagonal(a0: Any, a1: Any) -> CyclicFactor:
     return CyclicFactor(levels, last, info)
 
 
+def _factor_with_kernels(run: Callable, xp, a0: Any, a1: Any) -> CyclicFactor:
+    """:func:`factor_tridiagonal` with the compiled level operations: two
+    launches per level (eliminate the odd nodes, form the even nodes' Schur
+    complement) on contiguous (systems, nodes, n, n) arrays."""
+    batch, steps, n = a0.shape[:-3], a0.shape[-3], a0.shape[-1]
+    systems = math.prod(batch)
+    dtype = np.dtype(np.result_type(a0.dtype, a1.dtype, np.float32))
+    if steps == 0:
+        return CyclicFactor([], xp.empty(batch + (0, n, n), dtype), xp.zeros(batch, np.int32))
+    d = xp.ascontiguousarray(a0.reshape(systems, steps, n, n), dtype=dtype)
+    c = xp.ascontiguousarray(a1.reshape(systems, max(steps - 1, 0), n, n), dtype=dtype)
+    info = xp.zeros(systems, dtype=np.int32)
+    rows = xp.arange(steps)
+    levels = []
+    while True:
+        m = d.shape[1]
+        odd = max(m // 2, 1)
+        chol = xp.empty((systems, odd, n, n), dtype=dtype)
+        left, right = xp.empty_like(chol), xp.empty_like(chol)
+        failed = xp.empty((systems, odd), dtype=np.int8)
+        run("factor_node", systems, m, d, c, chol, left, right, failed, dtype.type(1))
+        _record_failures(failed != 0, rows[1::2] if m > 1 else rows, info)
+        if m == 1:
+            break
+        even = m - m // 2
+        d_next = xp.empty((systems, even, n, n), dtype=dtype)
+        c_next = xp.empty((systems, even - 1, n, n), dtype=dtype)
+        run("schur_node", systems, m, d, left, right, d_next, c_next)
+        levels.append(tuple(a.reshape(batch + a.shape[1:]) for a in (chol, left, right)))
+        d, c, rows = d_next, c_next, rows[0::2]
+    return CyclicFactor(levels, chol.reshape(batch + chol.shape[1:]), info.reshape(batch))
+
+
+def _solve_with_kernels(run: Callable, xp, factor: CyclicFactor, b: Any) -> Any:
+    """:func:`solve_tridiagonal` with the compiled level operations: two
+    launches per level down, one (and a copy) per level up.  A factor shared
+    by several right-hand sides' systems is not copied (``fmap``)."""
+    fbatch = factor.info.shape
+    batch = np.broadcast_shapes(fbatch, b.shape[:-3])
+    steps, n, nrhs = b.shape[-3:]
+    systems = math.prod(batch)
+    dtype = factor.last.dtype
+    fmap = xp.ascontiguousarray(
+        xp.broadcast_to(xp.arange(math.prod(fbatch)).reshape(fbatch), batch).reshape(-1)
+    )
+    r = xp.ascontiguousarray(
+        xp.broadcast_to(b, batch + (steps, n, nrhs)).reshape(systems, steps, n, nrhs), dtype=dtype
+    )
+
+    def flat(a):
+        return a.reshape((-1,) + a.shape[len(fbatch) :])
+
+    ys = []
+    for chol, left, right in factor.levels:
+        m = r.shape[1]
+        y = xp.empty((systems, m // 2, n, nrhs), dtype=dtype)
+        run("forward_node", systems, m, flat(chol), r, y, fmap)
+        r_next = xp.empty((systems, m - m // 2, n, nrhs), dtype=dtype)
+        run("reduce_node", systems, m, flat(left), flat(right), y, r, r_next, fmap)
+        ys.append(y)
+        r = r_next
+    last = flat(factor.last)
+    y = xp.empty((systems, 1, n, nrhs), dtype=dtype)
+    run("forward_node", systems, 1, last, r, y, fmap)
+    x = xp.empty_like(y)
+    run("backward_node", systems, 1, last, last, last, y, y, x, fmap)
+    for (chol, left, right), y in zip(reversed(factor.levels), reversed(ys), strict=True):
+        m = x.shape[1] + y.shape[1]
+        full = xp.empty((systems, m, n, nrhs), dtype=dtype)
+        full[:, 0::2] = x
+        run("backward_node", systems, m, flat(chol), flat(left), flat(right), y, x, full, fmap)
+        x = full
+    return x.reshape(batch + (steps, n, nrhs))
+
+
 def solve_tridiagonal(factor: CyclicFactor, b: Any) -> Any:
     """Solve with the factor; ``b`` (..., T, n, K) with the factor's batch
     shape (or one that broadcasts with it)."""
     xp = namespace(b)
+    run = _level_kernels(xp)
+    if run is not None and factor.last.shape[-3] == 1:
+        return _solve_with_kernels(run, xp, factor, b)
     t = xp.swapaxes
     ys = []
-    r = b
+    r = xp.broadcast_to(b, np.broadcast_shapes(factor.info.shape, b.shape[:-3]) + b.shape[-3:])
     for chol, left, right in factor.levels:  # forward: L y = b, level by level
         _, n_below = _counts(r.shape[-3])
         y = _solve(chol, r[..., 1::2, :, :])

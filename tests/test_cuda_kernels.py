@@ -131,6 +131,46 @@ def test_numba_cuda_kernels_compile_for_the_gpu(dtype, bw):
     assert len({kernel for kernel, _ in compiled}) == 3  # copy, thread and warp kernels
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numba_cuda_cyclic_kernels_compile_for_the_gpu(dtype, monkeypatch):
+    """Block cyclic reduction's kernels (the shared per-node cores as device
+    functions) compiled to PTX for sm_90 with the argument types of a real
+    factorisation and solve: no local memory, no f64 in float32 kernels."""
+    import types
+
+    import numba
+    import numba.cuda.dispatcher
+    from numba import cuda
+
+    from banded_mnn import _cyclic
+    from banded_mnn._backends import _numba_cuda
+
+    launches = []
+    recorder = types.SimpleNamespace(
+        _launch=lambda kernel, grid, block, *args: launches.append((kernel, args))
+    )
+    monkeypatch.setattr(_numba_cuda, "kernels", lambda: recorder)
+    monkeypatch.setattr(_cyclic, "_level_kernels", lambda xp: _numba_cuda.run_cyclic_level)
+    a0 = np.broadcast_to(np.eye(3, dtype=dtype) * 4, (2, 5, 3, 3))
+    factor = _cyclic.factor_tridiagonal(a0, np.zeros((2, 4, 3, 3), dtype))
+    _cyclic.solve_tridiagonal(factor, np.ones((2, 5, 3, 1), dtype))
+    # Device functions are compiled for the current device's compute capability:
+    # there is none here, so say which.
+    monkeypatch.setattr(numba.cuda.dispatcher, "get_current_device",
+                        lambda: types.SimpleNamespace(compute_capability=(9, 0)))  # fmt: skip
+    compiled = set()
+    for kernel, args in launches:
+        signature = tuple(numba.typeof(a) for a in args)
+        if (kernel, signature) in compiled:
+            continue
+        ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=(9, 0))
+        assert ".entry" in ptx and ".local" not in ptx  # no local memory (no spills)
+        if dtype == np.float32:
+            assert ".f64" not in ptx  # float32 kernels compute in float32
+        compiled.add((kernel, signature))
+    assert len({kernel for kernel, _ in compiled}) == 5  # factor, schur, forward, reduce, backward
+
+
 def test_warp_kernel_has_no_data_races(tmp_path):
     """The warp-per-system kernel under ThreadSanitizer, with every CUDA thread
     a host thread (tests/cuda_host/race_check.cpp): a barrier missing between

@@ -31,6 +31,7 @@ import pytest
 import banded_mnn as bm
 from banded_mnn import _backends
 from banded_mnn._backends import _gpu
+from banded_mnn._strided import to_numpy
 from banded_mnn.problems import lower_to_upper, random_spd_band
 from conftest import scipy_cholesky, scipy_solve
 
@@ -279,6 +280,67 @@ def test_solveh_block_banded(device, regime, rng, algorithm, levels):
     np.testing.assert_array_equal(device.get(info), ref_info)
     np.testing.assert_allclose(device.get(x), ref, rtol=1e-10, atol=1e-12)
     assert np.isnan(device.get(x)[1]).all()
+
+
+def _cyclic_variants() -> list[str]:
+    """Where block cyclic reduction's level kernels run in this process: the
+    Numba CPU drivers (normal run), the Numba CUDA kernels under the
+    simulator (simulator run), and on a GPU where one is usable."""
+    if SIMULATED:
+        return ["numba-cuda-sim"]
+    return ["cpu"] + (["numba-cuda"] if _backends.usable("numba-cuda")[0] else [])
+
+
+@pytest.fixture(params=_cyclic_variants())
+def cyclic_kernels(request):
+    """(array module, level runner) of one variant."""
+    if request.param == "cpu":
+        from banded_mnn._backends._cyclic_cpu import run_level
+
+        return np, run_level
+    from banded_mnn._backends._numba_cuda import run_cyclic_level
+
+    if request.param == "numba-cuda-sim":
+        return np, run_cyclic_level
+    import cupy
+
+    return cupy, run_cyclic_level
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("steps", [1, 2, 3, 6, 9])
+def test_cyclic_level_kernels_against_the_reference(cyclic_kernels, monkeypatch, rng, steps,
+                                                    dtype):  # fmt: skip
+    """The compiled levels (shared per-node cores) against the array-operation
+    reference: every block of the factor, the status (a system with an
+    indefinite block row) and the solution for right-hand sides whose batch
+    broadcasts over a shared factor."""
+    from test_blocks import random_blocks
+
+    from banded_mnn import _cyclic
+
+    xp, run = cyclic_kernels
+    n = 3
+    a0, a1 = (a.astype(dtype) for a in random_blocks(rng, (2, 3), steps, n, 2))
+    a0[1, 2, steps // 2] = -np.eye(n, dtype=dtype)  # system (1, 2) fails at that block row
+    b = rng.standard_normal((4, 1, 3, steps, n, 2)).astype(dtype)
+    host = {}
+    for name, runner in (("reference", None), ("kernels", run)):
+        monkeypatch.setattr(_cyclic, "_level_kernels", lambda _, runner=runner: runner)
+        factor = _cyclic.factor_tridiagonal(xp.asarray(a0), xp.asarray(a1))
+        x = _cyclic.solve_tridiagonal(factor, xp.asarray(b))
+        blocks = [a for level in factor.levels for a in level] + [factor.last]
+        host[name] = ([to_numpy(a) for a in blocks], to_numpy(factor.info), to_numpy(x))
+    (ref_blocks, ref_info, ref_x), (blocks, info, x) = host["reference"], host["kernels"]
+    tol = tolerance(dtype)
+    assert len(blocks) == len(ref_blocks)
+    for got, want in zip(blocks, ref_blocks, strict=True):
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * abs(want).max())
+    np.testing.assert_array_equal(info, ref_info)
+    assert info[1, 2] == steps // 2 + 1 and info.sum() == info[1, 2]
+    ok = info == 0
+    np.testing.assert_allclose(x[:, ok], ref_x[:, ok], rtol=tol, atol=tol * abs(ref_x).max())
 
 
 # --------------------------------------------------------------------------

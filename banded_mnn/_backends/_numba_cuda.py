@@ -206,6 +206,69 @@ def factor_kernels(fixed_bw: int, dtype: np.dtype):
     return thread_per_system, warp_per_system
 
 
+@functools.cache
+def _cyclic_kernels() -> dict[str, Any]:
+    """The block-cyclic-reduction cores of :mod:`._cyclic_cores` as kernels, a
+    thread per job (the CPU drivers of :mod:`._cyclic_cpu` run the same cores)."""
+    from . import _cyclic_cores as cores
+
+    factor = cuda.jit(device=True)(cores.factor_node)
+    schur = cuda.jit(device=True)(cores.schur_node)
+    forward = cuda.jit(device=True)(cores.forward_node)
+    reduce = cuda.jit(device=True)(cores.reduce_node)
+    backward = cuda.jit(device=True)(cores.backward_node)
+
+    @cuda.jit
+    def factor_node(jobs, d, c, chol, left, right, failed, one, m):
+        job = cuda.grid(1)
+        if job < jobs:
+            factor(job, d, c, chol, left, right, failed, one, m)
+
+    @cuda.jit
+    def schur_node(jobs, d, left, right, d_next, c_next, m):
+        job = cuda.grid(1)
+        if job < jobs:
+            schur(job, d, left, right, d_next, c_next, m)
+
+    @cuda.jit
+    def forward_node(jobs, chol, r, y, fmap, m):
+        job = cuda.grid(1)
+        if job < jobs:
+            forward(job, chol, r, y, fmap, m)
+
+    @cuda.jit
+    def reduce_node(jobs, left, right, y, r, r_next, fmap, m):
+        job = cuda.grid(1)
+        if job < jobs:
+            reduce(job, left, right, y, r, r_next, fmap, m)
+
+    @cuda.jit
+    def backward_node(jobs, chol, left, right, y, x_even, x, fmap, m):
+        job = cuda.grid(1)
+        if job < jobs:
+            backward(job, chol, left, right, y, x_even, x, fmap, m)
+
+    return {
+        "factor_node": factor_node,
+        "schur_node": schur_node,
+        "forward_node": forward_node,
+        "reduce_node": reduce_node,
+        "backward_node": backward_node,
+    }
+
+
+def run_cyclic_level(function: str, systems: int, m: int, *arrays) -> None:
+    """Run core ``function`` over every job of a level of ``m`` nodes of
+    ``systems`` systems, on CuPy's current stream (NumPy arrays under the
+    simulator); the interface :mod:`banded_mnn._cyclic` drives."""
+    from . import _cyclic_cores as cores
+
+    total = cores.jobs(function, systems, m)
+    if total:
+        kernel = _cyclic_kernels()[function]
+        kernels()._launch(kernel, -(-total // THREAD_BLOCK), THREAD_BLOCK, total, *arrays, m)
+
+
 class NumbaCudaKernels:
     """The kernel set of :mod:`._gpu` with the Numba CUDA kernels."""
 
