@@ -377,12 +377,29 @@ def bench_blocks(
         (4, 1000, 9),
         (4, 10_000, 9),
         (4, 100_000, 9),
+        (16, 1000, 9),
+        (16, 10_000, 9),
+        (64, 1000, 9),
+        (64, 10_000, 9),
     ),
     repeat: int = 3,
     out: Callable[[str], None] = print,
+    layer_cases: Sequence[tuple[int, int]] = (
+        (1, 1000),
+        (1, 10_000),
+        (1, 100_000),
+        (4, 1000),
+        (4, 10_000),
+        (16, 1000),
+        (16, 10_000),
+    ),
 ) -> list[dict]:
     """Time ``solveh_block_banded`` with the sequential and the cyclic-reduction
-    algorithm on block-tridiagonal SPD systems ``(B, T, n)``, side by side."""
+    algorithm on block-tridiagonal SPD systems ``(B, T, n)``, side by side
+    (in alternation, median of ``repeat``); then the MNN layer
+    (``ode_forward`` forward + VJP at E = D = O = 3, ``(B, T)`` from
+    ``layer_cases``) with both algorithms, the comparison behind its
+    automatic choice."""
     from ._blocks import solveh_block_banded
 
     rows = []
@@ -394,17 +411,43 @@ def bench_blocks(
         a0 = rng.uniform(-1, 1, (batch, steps, n, n))
         a0 = a0 + np.swapaxes(a0, -1, -2) + 4 * n * np.eye(n)
         b = rng.standard_normal((batch, steps, n))
-        times = {}
+        calls = {}
         for algorithm in ("sequential", "cyclic"):
 
             def call(algorithm=algorithm, blocks=(a0, a1), b=b):
                 return solveh_block_banded(blocks, b, check_finite=False, algorithm=algorithm)
 
             call()
-            times[algorithm] = _median_time(call, repeat)
+            calls[algorithm] = call
+        times = _interleaved_medians(calls, repeat)
         seq, cyc = times["sequential"], times["cyclic"]
-        out(f"| {batch} | {steps} | {n} | {seq * 1e3:.1f} | {cyc * 1e3:.1f} | {cyc / seq:.1f}x |")
+        out(f"| {batch} | {steps} | {n} | {seq * 1e3:.1f} | {cyc * 1e3:.1f} | {cyc / seq:.2f}x |")
         rows.append({"B": batch, "T": steps, "n": n, **times})
+    if layer_cases:
+        from .mnn import ode_forward
+        from .mnn.baselines import bench_inputs
+
+        out("")
+        out("| MNN layer, forward + VJP: B | T | sequential [ms] | cyclic [ms] | "
+            "cyclic / sequential |")  # fmt: skip
+        out("|---:|---:|---:|---:|---:|")
+        for batch, steps in layer_cases:
+            rng = np.random.default_rng(0)
+            arrays = bench_inputs(batch, steps, 3, 3, 3, False, rng)
+            grad = rng.standard_normal((batch, steps, 3, 3))
+            calls = {}
+            for algorithm in ("sequential", "cyclic"):
+
+                def step(algorithm=algorithm, arrays=arrays, grad=grad):
+                    u, system = ode_forward(*arrays, return_system=True, algorithm=algorithm)
+                    system.vjp(grad, u, *arrays)
+
+                step()
+                calls[algorithm] = step
+            times = _interleaved_medians(calls, repeat)
+            seq, cyc = times["sequential"], times["cyclic"]
+            out(f"| {batch} | {steps} | {seq * 1e3:.1f} | {cyc * 1e3:.1f} | {cyc / seq:.2f}x |")
+            rows.append({"layer": True, "B": batch, "T": steps, **times})
     return rows
 
 

@@ -67,6 +67,8 @@ def test_info_reports_adapters(capsys):
 
 
 def test_bench_blocks_prints_a_table(capsys):
-    rows = _cli.bench_blocks(cases=[(2, 9, 2)], repeat=1)
-    assert "| 2 | 9 | 2 |" in capsys.readouterr().out
-    assert rows[0]["sequential"] > 0 and rows[0]["cyclic"] > 0
+    rows = _cli.bench_blocks(cases=[(2, 9, 2)], repeat=1, layer_cases=[(2, 12)])
+    out = capsys.readouterr().out
+    assert "| 2 | 9 | 2 |" in out and "| 2 | 12 |" in out
+    assert all(row["sequential"] > 0 and row["cyclic"] > 0 for row in rows)
+    assert [row.get("layer", False) for row in rows] == [False, True]

@@ -352,11 +352,11 @@ ALGORITHMS = ("sequential", "cyclic")
 
 
 def _choose_algorithm(algorithm: str | None) -> str:
-    """The factorisation algorithm.  ``None`` chooses: on the CPU the band
-    Cholesky ("sequential") is faster at every size measured -- block cyclic
-    reduction does about twice the arithmetic and a 2-core CPU gains nothing
-    from its parallel levels (``docs/performance.md``) -- so it is always
-    "sequential" here; the rule for GPUs comes with the GPU backends."""
+    """The factorisation algorithm.  ``None`` chooses: on the CPU the layer's
+    fused assembly and band Cholesky ("sequential") is faster at every size
+    measured, a single sequence of 10^5 steps included -- block cyclic
+    reduction costs 1.7-8.5x there (``banded-mnn bench-blocks``,
+    ``docs/performance.md``) -- so it is always "sequential" here."""
     if algorithm is None:
         return "sequential"
     if algorithm not in ALGORITHMS:
