@@ -46,6 +46,7 @@ CASES = [
     ("Lorenz", 1536, 50, 3, np.float64),
     ("MNN", 16, 2048, 9, np.float64),
     ("many-f32", 1024, 1000, 12, np.float32),
+    ("long-1e4", 1, 10_000, 9, np.float64),
     ("long", 1, 100_000, 9, np.float64),
     ("few-long", 4, 10_000, 9, np.float64),
     ("few-longer", 4, 100_000, 9, np.float64),
@@ -116,19 +117,27 @@ def torch_baseline(lower: np.ndarray, b: np.ndarray, steps: int, n: int, repeat:
 
 
 def time_cyclic(lower: np.ndarray, b: np.ndarray, steps: int, n: int, repeat: int):
-    """(sequential, cyclic) GPU seconds for the block form of the same systems."""
+    """(sequential, cyclic, cyclic as array operations) GPU seconds for the
+    block form of the same systems: the band kernel, block cyclic reduction
+    with the Numba CUDA level kernels, and with the CuPy array-operation
+    reference (what runs without numba-cuda)."""
     import cupy
 
     import banded_mnn as bm
+    from banded_mnn import _cyclic
     from banded_mnn._blocks import band_to_blocks
 
     blocks = [cupy.asarray(x) for x in band_to_blocks(lower, steps, n, 2)]
     rhs = cupy.asarray(b.reshape(b.shape[0], steps, n, 1))
     times = []
-    for algorithm in ("sequential", "cyclic"):
-        times.append(gpu_events_median(
-            lambda algorithm=algorithm: bm.solveh_block_banded_ex(
-                blocks, rhs, check_finite=False, algorithm=algorithm), max(1, repeat // 3)))  # fmt: skip
+    for algorithm, reference in (("sequential", False), ("cyclic", False), ("cyclic", True)):
+        _cyclic._USE_REFERENCE = reference
+        try:
+            times.append(gpu_events_median(
+                lambda algorithm=algorithm: bm.solveh_block_banded_ex(
+                    blocks, rhs, check_finite=False, algorithm=algorithm), max(1, repeat // 3)))  # fmt: skip
+        finally:
+            _cyclic._USE_REFERENCE = False
     x_seq, _ = bm.solveh_block_banded_ex(blocks, rhs, algorithm="sequential")
     x_cyc, _ = bm.solveh_block_banded_ex(blocks, rhs, algorithm="cyclic")
     error = float(abs(x_seq - x_cyc).max() / abs(x_seq).max())
@@ -290,11 +299,12 @@ def main(argv: list[str] | None = None) -> int:
             cyclic_rows.append((label, B, T, n, *time_cyclic(ab, b, T, n, repeat)))
     print("# * = the regime chosen automatically at this size")
     print()
-    print("| case | B | T | n | sequential (band kernel) | cyclic reduction | speed-up |")
-    print("|---|---|---|---|---|---|---|")
-    for label, B, T, n, sequential, cyclic in cyclic_rows:
+    print("| case | B | T | n | sequential (band kernel) | cyclic reduction (kernels) | "
+          "speed-up | cyclic as CuPy array operations |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for label, B, T, n, sequential, cyclic, array_ops in cyclic_rows:
         print(f"| {label} | {B} | {T} | {n} | {sequential * 1e3:.2f} ms | {cyclic * 1e3:.2f} ms | "
-              f"{sequential / cyclic:.1f}x |")  # fmt: skip
+              f"{sequential / cyclic:.1f}x | {array_ops * 1e3:.2f} ms |")  # fmt: skip
     print()
     print("# banded_mnn.torch.ode_forward, forward + backward, float64, CUDA tensors")
     print("| case | band | cyclic | per-step torch (S-MNN) | speed-up (band) | CPU layer |")
