@@ -132,7 +132,8 @@ def _solve_blocks(arrays, rhs, steps, n, dtype, xp, check_finite, algorithm, bac
             for name, a in [*((f"blocks[{k}]", a) for k, a in enumerate(arrays)), ("b", rhs)]:
                 if not bool(xp.isfinite(a).all()):
                     raise ValueError(f"{name} must not contain infs or NaNs")
-        x, info = solveh_block_cyclic(arrays, rhs.reshape(rhs.shape[:-2] + (steps, n, -1)))
+        rhs = rhs.reshape(rhs.shape[:-2] + (steps, n, rhs.shape[-1]))
+        x, info = solveh_block_cyclic(arrays, rhs, backend)
         x = x.astype(np.result_type(dtype, _api._result_dtype(rhs)), copy=False)
     elif algorithm == "sequential":
         ab = _block_band(arrays, steps, n, dtype)
@@ -167,13 +168,19 @@ def solveh_block_banded(
     check_finite : bool
         Check the inputs for infs and NaNs.
     algorithm : {"sequential", "cyclic"}
-        ``"sequential"``: the band Cholesky (a dependency chain over the T
-        block rows; the fastest on the CPU).  ``"cyclic"``: block cyclic
-        reduction, about log2 T levels of batched block operations at about
-        twice the arithmetic -- the parallel-in-time algorithm for few, long
-        sequences on parallel hardware (here: NumPy, the reference version).
+        ``"sequential"``: the band Cholesky of the equivalent scalar band (a
+        dependency chain over the T block rows, parallel over the batch).
+        ``"cyclic"``: block cyclic reduction, about log2 T levels of block
+        operations parallel over every node of every system, at about twice
+        the arithmetic -- the parallel-in-time algorithm for few, long
+        sequences (on 2 CPU cores it is 1.1-2.4x faster than "sequential"
+        below about 64 systems, ``docs/performance.md``).  The two report
+        ``info`` in different units (a scalar leading minor, a block row).
     backend : str, optional
-        The band backend of the sequential algorithm (default ``"numba"``).
+        The band backend of the sequential algorithm (default ``"numba"``,
+        or ``"cupy"`` for CuPy blocks).  With ``"cyclic"`` and CuPy blocks:
+        ``"numba-cuda"`` (the default where it can run) uses the Numba CUDA
+        kernels, ``"cupy"`` CuPy array operations.
 
     Returns
     -------

@@ -15,14 +15,19 @@ adjacent, so ``A_EE`` is block-diagonal)::
     L_RE = A_RE L_EE^{-T}                  each odd row touches its two even neighbours
     S    = A_RR - L_RE L_RE^T              block-tridiagonal on R: the next level
 
-Every operation of a level is one batched NumPy call over all blocks of the
-level and of the batch (this CPU version is the reference for the GPU port,
-where a level is one kernel launch).  Block-pentadiagonal systems are solved
+A level is two parallel loops over all its nodes and all systems (eliminate
+the odd nodes, form the even nodes' Schur complement), the per-node cores of
+:mod:`banded_mnn._backends._cyclic_cores`: compiled by Numba on the CPU, Numba
+CUDA kernels for CuPy arrays (see :func:`_level_kernels`).  The batched
+array-operation version below (the same on NumPy and CuPy) is the reference
+the kernels are tested against, and what runs on CuPy arrays without
+numba-cuda or with ``backend="cupy"``.  Block-pentadiagonal systems are solved
 as block-tridiagonal ones with blocks of size 2n (pairs of block rows).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -114,31 +119,50 @@ def _counts(m: int) -> tuple[int, int]:
     return odd, odd if m % 2 else odd - 1
 
 
-def _level_kernels(xp) -> Callable | None:
+def _level_kernels(xp, backend: str | None = None) -> Callable | None:
     """The compiled level operations for arrays of ``xp`` (see
-    :func:`banded_mnn._backends._cyclic_cpu.run_level`): Numba on the CPU, the
-    Numba CUDA kernels for CuPy arrays where numba-cuda is usable; ``None``
-    (the array-operation reference below) otherwise."""
+    :func:`banded_mnn._backends._cyclic_cpu.run_level`), or ``None`` for the
+    array-operation reference below: Numba on the CPU; for CuPy arrays the
+    Numba CUDA kernels where numba-cuda can compile for the device
+    (``backend`` None or "numba-cuda"), the reference otherwise and with
+    ``backend="cupy"`` (the CUDA C++ backend has no cyclic kernels)."""
     if _USE_REFERENCE:
         return None
     if xp is np:
         from ._backends._cyclic_cpu import run_level
 
         return run_level
+    if backend == "cupy" or not _numba_cuda_compiles():
+        if backend == "numba-cuda":
+            from . import _backends
+
+            raise RuntimeError(f"backend 'numba-cuda' cannot run: {_backends.usable(backend)[1]}")
+        return None
+    from ._backends._numba_cuda import run_cyclic_level
+
+    return run_cyclic_level
+
+
+@functools.cache
+def _numba_cuda_compiles() -> bool:
+    """numba-cuda has a device and its compiler (NVVM) for CuPy arrays (once per process)."""
     from . import _backends
 
-    if _backends.usable("numba-cuda")[0]:
-        from ._backends._numba_cuda import run_cyclic_level
+    if not _backends.usable("numba-cuda")[0]:
+        return False
+    try:
+        from numba.cuda.cudadrv import nvvm
 
-        return run_cyclic_level
-    return None
+        return bool(nvvm.is_available())
+    except Exception:  # an older or partial numba-cuda: use the reference
+        return False
 
 
 #: Tests set this to run the array-operation reference instead of the kernels.
 _USE_REFERENCE = False
 
 
-def factor_tridiagonal(a0: Any, a1: Any) -> CyclicFactor:
+def factor_tridiagonal(a0: Any, a1: Any, backend: str | None = None) -> CyclicFactor:
     """Block cyclic reduction of SPD block-tridiagonal matrices.
 
     ``a0`` (..., T, n, n) diagonal blocks (symmetric), ``a1`` (..., T-1, n, n)
@@ -149,7 +173,7 @@ def factor_tridiagonal(a0: Any, a1: Any) -> CyclicFactor:
     nodes, so every selection below is a strided slice.
     """
     xp = namespace(a0)
-    run = _level_kernels(xp)
+    run = _level_kernels(xp, backend)
     if run is not None:
         return _factor_with_kernels(run, xp, a0, a1)
     batch = a0.shape[:-3]
@@ -218,7 +242,7 @@ def _solve_with_kernels(run: Callable, xp, factor: CyclicFactor, b: Any) -> Any:
     batch = np.broadcast_shapes(fbatch, b.shape[:-3])
     steps, n, nrhs = b.shape[-3:]
     systems = math.prod(batch)
-    dtype = factor.last.dtype
+    dtype = np.result_type(factor.last.dtype, b.dtype, np.float32)
     fmap = xp.ascontiguousarray(
         xp.broadcast_to(xp.arange(math.prod(fbatch)).reshape(fbatch), batch).reshape(-1)
     )
@@ -226,8 +250,8 @@ def _solve_with_kernels(run: Callable, xp, factor: CyclicFactor, b: Any) -> Any:
         xp.broadcast_to(b, batch + (steps, n, nrhs)).reshape(systems, steps, n, nrhs), dtype=dtype
     )
 
-    def flat(a):
-        return a.reshape((-1,) + a.shape[len(fbatch) :])
+    def flat(a):  # (factor systems, nodes, n, n) in the solve's dtype
+        return a.reshape((math.prod(fbatch),) + a.shape[len(fbatch) :]).astype(dtype, copy=False)
 
     ys = []
     for chol, left, right in factor.levels:
@@ -252,11 +276,11 @@ def _solve_with_kernels(run: Callable, xp, factor: CyclicFactor, b: Any) -> Any:
     return x.reshape(batch + (steps, n, nrhs))
 
 
-def solve_tridiagonal(factor: CyclicFactor, b: Any) -> Any:
+def solve_tridiagonal(factor: CyclicFactor, b: Any, backend: str | None = None) -> Any:
     """Solve with the factor; ``b`` (..., T, n, K) with the factor's batch
     shape (or one that broadcasts with it)."""
     xp = namespace(b)
-    run = _level_kernels(xp)
+    run = _level_kernels(xp, backend)
     if run is not None and factor.last.shape[-3] == 1:
         return _solve_with_kernels(run, xp, factor, b)
     t = xp.swapaxes
@@ -296,6 +320,7 @@ class BlockFactor:
     steps: int
     n: int
     pentadiagonal: bool
+    backend: str | None = None  # for CuPy arrays: see _level_kernels
 
     @property
     def info(self) -> np.ndarray:
@@ -306,9 +331,10 @@ class BlockFactor:
         return namespace(info).where(info > 0, 2 * info - 1, 0).astype(np.int32)
 
 
-def factor_blocks(blocks) -> BlockFactor:
+def factor_blocks(blocks, backend: str | None = None) -> BlockFactor:
     """Factor ``(A0, A1)`` or ``(A0, A1, A2)`` (``blocks[k][..., t] = A[t+k, t]``,
-    equal batch shapes) by block cyclic reduction."""
+    equal batch shapes) by block cyclic reduction (``backend``: for CuPy
+    arrays, see :func:`_level_kernels`)."""
     a = list(blocks)
     xp = namespace(a[0])
     steps, n = a[0].shape[-3], a[0].shape[-1]
@@ -318,7 +344,7 @@ def factor_blocks(blocks) -> BlockFactor:
     pentadiagonal = len(a) == 3
     if pentadiagonal:
         a = _pair_matrix(a, steps, n)
-    return BlockFactor(factor_tridiagonal(a[0], a[1]), steps, n, pentadiagonal)
+    return BlockFactor(factor_tridiagonal(a[0], a[1], backend), steps, n, pentadiagonal, backend)
 
 
 def solve_blocks(factor: BlockFactor, b: np.ndarray) -> np.ndarray:
@@ -330,13 +356,15 @@ def solve_blocks(factor: BlockFactor, b: np.ndarray) -> np.ndarray:
             xp = namespace(b)
             b = xp.concatenate([b, xp.zeros(b.shape[:-3] + (1,) + b.shape[-2:], b.dtype)], -3)
         b = b.reshape(b.shape[:-3] + ((steps + pad) // 2, 2 * n, b.shape[-1]))
-    x = solve_tridiagonal(factor.factor, b)
+    x = solve_tridiagonal(factor.factor, b, factor.backend)
     if factor.pentadiagonal:
-        x = x.reshape(x.shape[:-3] + (-1, n, x.shape[-1]))[..., :steps, :, :]
+        x = x.reshape(x.shape[:-3] + (steps + steps % 2, n, x.shape[-1]))[..., :steps, :, :]
     return x
 
 
-def solveh_block_cyclic(blocks, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def solveh_block_cyclic(
+    blocks, b: np.ndarray, backend: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``(x, info)`` for block-tridiagonal (``blocks = (A0, A1)``) or
     block-pentadiagonal (``(A0, A1, A2)``) SPD systems by block cyclic
     reduction; ``b`` (..., T, n, K).  Failed systems' solutions are NaN.
@@ -351,7 +379,7 @@ def solveh_block_cyclic(blocks, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     b = xp.broadcast_to(b, batch + b.shape[-3:]).astype(dtype)
     if a[0].shape[-3] == 0:
         return xp.empty(b.shape, dtype=dtype), xp.zeros(batch, dtype=np.int32)
-    factor = factor_blocks(a)
+    factor = factor_blocks(a, backend)
     x = solve_blocks(factor, b)
     info = factor.info
     failed = (info != 0).reshape(info.shape + (1,) * (x.ndim - info.ndim))

@@ -26,7 +26,23 @@ def dense(blocks, steps, n):
     return a
 
 
-ALGORITHMS = ["sequential", "cyclic"]
+#: "cyclic-reference": cyclic reduction as array operations (the reference the
+#: compiled level kernels are checked against, and the CuPy fallback).
+ALGORITHMS = ["sequential", "cyclic", "cyclic-reference"]
+
+
+@pytest.fixture(autouse=True)
+def _cyclic_implementation(request, monkeypatch):
+    """Run "cyclic-reference" as algorithm "cyclic" with the reference."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("algorithm") == "cyclic-reference":
+        from banded_mnn import _cyclic
+
+        monkeypatch.setattr(_cyclic, "_USE_REFERENCE", True)
+
+
+def _name(algorithm: str) -> str:
+    return algorithm.removesuffix("-reference")
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
@@ -35,13 +51,13 @@ ALGORITHMS = ["sequential", "cyclic"]
 def test_matches_scipy(rng, algorithm, levels, steps, n):
     blocks = random_blocks(rng, (3,), steps, n, levels)
     b = rng.standard_normal((3, steps, n, 2))
-    x = bm.solveh_block_banded(blocks, b, algorithm=algorithm)
+    x = bm.solveh_block_banded(blocks, b, algorithm=_name(algorithm))
     for i in range(3):
         ref = scipy.linalg.solve(dense([blk[i] for blk in blocks], steps, n),
                                  b[i].reshape(steps * n, 2), assume_a="pos")  # fmt: skip
         np.testing.assert_allclose(x[i].reshape(steps * n, 2), ref, rtol=1e-10, atol=1e-12)
     # A vector right-hand side per system, and broadcasting of one matrix.
-    xv = bm.solveh_block_banded([blk[:1] for blk in blocks], b[..., 0], algorithm=algorithm)
+    xv = bm.solveh_block_banded([blk[:1] for blk in blocks], b[..., 0], algorithm=_name(algorithm))
     assert xv.shape == (3, steps, n)
     ref = scipy.linalg.solve(dense([blk[0] for blk in blocks], steps, n),
                              b[..., 0].reshape(3, -1).T, assume_a="pos").T  # fmt: skip
@@ -52,17 +68,17 @@ def test_matches_scipy(rng, algorithm, levels, steps, n):
 def test_float32_and_status(rng, algorithm):
     blocks = [blk.astype(np.float32) for blk in random_blocks(rng, (2,), 6, 2, 2)]
     b = rng.standard_normal((2, 6, 2)).astype(np.float32)
-    x = bm.solveh_block_banded(blocks, b, algorithm=algorithm)
+    x = bm.solveh_block_banded(blocks, b, algorithm=_name(algorithm))
     assert x.dtype == np.float32
     ref = bm.solveh_block_banded([blk.astype(np.float64) for blk in blocks], b.astype(np.float64))
     np.testing.assert_allclose(x, ref, rtol=1e-4, atol=1e-5)
     blocks[0][1, 3] = -np.eye(2, dtype=np.float32)  # system 1, block 3: not positive definite
-    x, info = bm.solveh_block_banded_ex(blocks, b, algorithm=algorithm)
+    x, info = bm.solveh_block_banded_ex(blocks, b, algorithm=_name(algorithm))
     # Sequential: LAPACK's minor order (unknown 3*2, 1-based); cyclic: block row 4 (1-based).
     assert info[0] == 0 and info[1] == (3 * 2 + 1 if algorithm == "sequential" else 4)
     assert np.isnan(x[1]).all() and np.isfinite(x[0]).all()
     with pytest.raises(bm.NotPositiveDefiniteError, match=r"batch index \(1,\)"):
-        bm.solveh_block_banded(blocks, b, algorithm=algorithm)
+        bm.solveh_block_banded(blocks, b, algorithm=_name(algorithm))
 
 
 def test_bad_input(rng):
@@ -89,7 +105,7 @@ def test_ill_conditioned(rng, algorithm, condition):
     cond = np.linalg.cond(a)
     assert cond > condition / 10
     b = rng.standard_normal((steps, n))
-    x = bm.solveh_block_banded(blocks, b, algorithm=algorithm).reshape(-1)
+    x = bm.solveh_block_banded(blocks, b, algorithm=_name(algorithm)).reshape(-1)
     ref = scipy.linalg.solve(a, b.reshape(-1), assume_a="pos")
     assert np.linalg.norm(x - ref) / np.linalg.norm(ref) <= 100 * np.finfo(float).eps * cond
 
@@ -114,3 +130,36 @@ def test_integer_blocks_and_non_finite_blocks():
     x, info = bm.solveh_block_banded_ex(bad, b[None].repeat(2, 0).astype(float),
                                         check_finite=False, algorithm="cyclic")  # fmt: skip
     assert (info != 0).all() and np.isnan(x).all()
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_empty_batches_and_no_right_hand_sides(rng, algorithm):
+    """A zero-size batch, and K = 0 right-hand sides (odd T, pentadiagonal)."""
+    blocks = random_blocks(rng, (0,), 5, 2, 3)
+    x, info = bm.solveh_block_banded_ex(blocks, np.ones((0, 5, 2, 1)), algorithm=_name(algorithm))
+    assert x.shape == (0, 5, 2, 1) and info.shape == (0,)
+    blocks = random_blocks(rng, (2,), 5, 2, 3)
+    x, info = bm.solveh_block_banded_ex(blocks, np.ones((2, 5, 2, 0)), algorithm=_name(algorithm))
+    assert x.shape == (2, 5, 2, 0) and info.tolist() == [0, 0]
+
+
+def test_cyclic_level_kernels_are_chosen_by_array_kind_and_backend(monkeypatch):
+    """NumPy: the Numba CPU drivers.  CuPy: the Numba CUDA kernels where
+    numba-cuda can compile (default or backend="numba-cuda"), else the
+    array-operation reference; backend="cupy" asks for the reference; asking
+    for "numba-cuda" where it cannot run is an error."""
+    from banded_mnn import _cyclic
+    from banded_mnn._backends import _cyclic_cpu, _numba_cuda
+
+    fake_cupy = object()  # any array module but NumPy
+    assert _cyclic._level_kernels(np) is _cyclic_cpu.run_level
+    monkeypatch.setattr(_cyclic, "_numba_cuda_compiles", lambda: True)
+    assert _cyclic._level_kernels(fake_cupy) is _numba_cuda.run_cyclic_level
+    assert _cyclic._level_kernels(fake_cupy, "numba-cuda") is _numba_cuda.run_cyclic_level
+    assert _cyclic._level_kernels(fake_cupy, "cupy") is None
+    monkeypatch.setattr(_cyclic, "_numba_cuda_compiles", lambda: False)
+    assert _cyclic._level_kernels(fake_cupy) is None
+    with pytest.raises(RuntimeError, match="backend 'numba-cuda' cannot run"):
+        _cyclic._level_kernels(fake_cupy, "numba-cuda")
+    monkeypatch.setattr(_cyclic, "_USE_REFERENCE", True)
+    assert _cyclic._level_kernels(np) is None

@@ -307,14 +307,16 @@ def cyclic_kernels(request):
     return cupy, run_cyclic_level
 
 
+@pytest.mark.parametrize("rhs_batch,nrhs", [((4, 1, 3), 2), ((3,), 1), ((2, 3), 0)])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("steps", [1, 2, 3, 6, 9])
 def test_cyclic_level_kernels_against_the_reference(cyclic_kernels, monkeypatch, rng, steps,
-                                                    dtype):  # fmt: skip
+                                                    dtype, rhs_batch, nrhs):  # fmt: skip
     """The compiled levels (shared per-node cores) against the array-operation
     reference: every block of the factor, the status (a system with an
     indefinite block row) and the solution for right-hand sides whose batch
-    broadcasts over a shared factor."""
+    broadcasts with the factor's (a shared factor; a factor batch larger than
+    the right-hand sides'), K = 0 included."""
     from test_blocks import random_blocks
 
     from banded_mnn import _cyclic
@@ -323,7 +325,7 @@ def test_cyclic_level_kernels_against_the_reference(cyclic_kernels, monkeypatch,
     n = 3
     a0, a1 = (a.astype(dtype) for a in random_blocks(rng, (2, 3), steps, n, 2))
     a0[1, 2, steps // 2] = -np.eye(n, dtype=dtype)  # system (1, 2) fails at that block row
-    b = rng.standard_normal((4, 1, 3, steps, n, 2)).astype(dtype)
+    b = rng.standard_normal(rhs_batch + (steps, n, nrhs)).astype(dtype)
     host = {}
     for name, runner in (("reference", None), ("kernels", run)):
         monkeypatch.setattr(_cyclic, "_level_kernels", lambda _, runner=runner: runner)
@@ -339,8 +341,10 @@ def test_cyclic_level_kernels_against_the_reference(cyclic_kernels, monkeypatch,
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol * abs(want).max())
     np.testing.assert_array_equal(info, ref_info)
     assert info[1, 2] == steps // 2 + 1 and info.sum() == info[1, 2]
-    ok = info == 0
-    np.testing.assert_allclose(x[:, ok], ref_x[:, ok], rtol=tol, atol=tol * abs(ref_x).max())
+    assert x.shape == ref_x.shape == np.broadcast_shapes((2, 3), rhs_batch) + (steps, n, nrhs)
+    ok = np.broadcast_to(info == 0, x.shape[:-3])
+    scale = abs(ref_x).max() if ref_x.size else 1.0
+    np.testing.assert_allclose(x[ok], ref_x[ok], rtol=tol, atol=tol * scale)
 
 
 # --------------------------------------------------------------------------

@@ -266,7 +266,9 @@ def run_cyclic_level(function: str, systems: int, m: int, *arrays) -> None:
     total = cores.jobs(function, systems, m)
     if total:
         kernel = _cyclic_kernels()[function]
-        kernels()._launch(kernel, -(-total // THREAD_BLOCK), THREAD_BLOCK, total, *arrays, m)
+        launcher = kernels()
+        with launcher.device(arrays[0]):  # the arrays' device, for Numba as for CuPy
+            launcher._launch(kernel, -(-total // THREAD_BLOCK), THREAD_BLOCK, total, *arrays, m)
 
 
 class NumbaCudaKernels:
