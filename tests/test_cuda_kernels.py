@@ -136,6 +136,7 @@ def test_numba_cuda_cyclic_kernels_compile_for_the_gpu(dtype, monkeypatch):
     """Block cyclic reduction's kernels (the shared per-node cores as device
     functions) compiled to PTX for sm_90 with the argument types of a real
     factorisation and solve: no local memory, no f64 in float32 kernels."""
+    import contextlib
     import types
 
     import numba
@@ -147,10 +148,13 @@ def test_numba_cuda_cyclic_kernels_compile_for_the_gpu(dtype, monkeypatch):
 
     launches = []
     recorder = types.SimpleNamespace(
-        _launch=lambda kernel, grid, block, *args: launches.append((kernel, args))
+        _launch=lambda kernel, grid, block, *args: launches.append((kernel, args)),
+        device=lambda x: contextlib.nullcontext(),
     )
     monkeypatch.setattr(_numba_cuda, "kernels", lambda: recorder)
-    monkeypatch.setattr(_cyclic, "_level_kernels", lambda xp: _numba_cuda.run_cyclic_level)
+    monkeypatch.setattr(
+        _cyclic, "_level_kernels", lambda xp, backend=None: _numba_cuda.run_cyclic_level
+    )
     a0 = np.broadcast_to(np.eye(3, dtype=dtype) * 4, (2, 5, 3, 3))
     factor = _cyclic.factor_tridiagonal(a0, np.zeros((2, 4, 3, 3), dtype))
     _cyclic.solve_tridiagonal(factor, np.ones((2, 5, 3, 1), dtype))
