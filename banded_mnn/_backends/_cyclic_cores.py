@@ -11,7 +11,7 @@ Node ``i = 2k + 1`` (``k < m // 2``) is eliminated::
 
 and the even nodes ``e = 2k`` form the next level (the Schur complement)::
 
-    d'[k] = d[2k] - left_k left_k^T - right_{k-1} right_{k-1}^T
+    d'[k] = d[2k] - left_k left_k^T - right_{k-1} right_{k-1}^T   (lower triangle)
     c'[k] = -right_k left_k^T                      = A'[2k+2, 2k]
 
 The solve follows the same pattern: ``y_k = L_k^{-1} r[2k+1]``,
@@ -96,8 +96,11 @@ def factor_node(job, d, c, chol, left, right, failed, one, m):
 
 
 def schur_node(job, d, left, right, d_next, c_next, m):
-    """Even node ``2k`` for the next level: ``d_next[s, k]`` and, if node
-    ``2k + 2`` exists, the coupling ``c_next[s, k]`` to it."""
+    """Even node ``2k`` for the next level: ``d_next[s, k]`` (lower triangle:
+    the only part any core reads) and, if node ``2k + 2`` exists, the
+    coupling ``c_next[s, k]`` to it.  (``n >= 1``: the loops are empty for
+    ``n = 0``; sums start from their first term, so that float32 stays
+    float32.)"""
     n = d.shape[3]
     odd = m // 2
     below = odd if m % 2 else odd - 1  # odd nodes with a right neighbour
@@ -105,20 +108,29 @@ def schur_node(job, d, left, right, d_next, c_next, m):
     s = job // even
     k = job - s * even
     for r in range(n):
-        for q in range(n):
-            value = d[s, 2 * k, r, q]
-            if k < odd:
-                for p in range(n):
-                    value -= left[s, k, r, p] * left[s, k, q, p]
-            if k >= 1 and k - 1 < below:
-                for p in range(n):
-                    value -= right[s, k - 1, r, p] * right[s, k - 1, q, p]
-            d_next[s, k, r, q] = value
-            if k < below:  # (n >= 1 here: the loops are empty for n = 0)
-                coupling = -(right[s, k, r, 0] * left[s, k, q, 0])
+        for q in range(r + 1):
+            d_next[s, k, r, q] = d[s, 2 * k, r, q]
+    if k < odd:  # - left_k left_k^T
+        for r in range(n):
+            for q in range(r + 1):
+                product = left[s, k, r, 0] * left[s, k, q, 0]
                 for p in range(1, n):
-                    coupling -= right[s, k, r, p] * left[s, k, q, p]
-                c_next[s, k, r, q] = coupling
+                    product += left[s, k, r, p] * left[s, k, q, p]
+                d_next[s, k, r, q] -= product
+    if k >= 1 and k - 1 < below:  # - right_{k-1} right_{k-1}^T
+        for r in range(n):
+            for q in range(r + 1):
+                product = right[s, k - 1, r, 0] * right[s, k - 1, q, 0]
+                for p in range(1, n):
+                    product += right[s, k - 1, r, p] * right[s, k - 1, q, p]
+                d_next[s, k, r, q] -= product
+    if k < below:  # c' = -right_k left_k^T
+        for r in range(n):
+            for q in range(n):
+                product = right[s, k, r, 0] * left[s, k, q, 0]
+                for p in range(1, n):
+                    product += right[s, k, r, p] * left[s, k, q, p]
+                c_next[s, k, r, q] = -product
 
 
 def forward_node(job, chol, r, y, fmap, m):

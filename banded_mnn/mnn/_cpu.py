@@ -157,3 +157,36 @@ def vjp_lanes(
                 weq2, ws2, central, tab0, tab1, tabq, lhs, grad_coef, grad_rhs, grad_steps,
                 scratch, lanes,
             )  # fmt: skip
+
+
+@njit(parallel=True, cache=True)
+def workspace_blocks(W_all, a0, a1, a2, levels, lanes_count):
+    """The assembled normal matrices of ``W_all`` (the layout above, not
+    factored) as blocks ``a_k[i, t] = A_i[t+k, t]`` (k < ``levels``; diagonal
+    blocks filled symmetric) for block cyclic reduction -- one pass, without
+    the LAPACK band in between.  ``a_k`` (systems, T - k, n, n)."""
+    nsys, steps, n = a0.shape[0], a0.shape[1], a0.shape[2]
+    L = lanes_count
+    w = W_all.shape[1] // (steps * n * L)  # bw + 1
+    for job in prange(nsys * steps):
+        i = job // steps
+        t = job - i * steps
+        W = W_all[i // L]
+        lane = i % L
+        for k in range(levels):
+            if t + k >= steps:
+                continue
+            for p in range(n):
+                for q in range(n):
+                    row = (t + k) * n + p
+                    col = t * n + q
+                    if row < col:  # upper triangle of a diagonal block: by symmetry
+                        row, col = col, row
+                    r = row - col
+                    value = W[(col * w + r) * L + lane] if r < w else 0.0
+                    if k == 0:
+                        a0[i, t, p, q] = value
+                    elif k == 1:
+                        a1[i, t, p, q] = value
+                    else:
+                        a2[i, t, p, q] = value

@@ -704,14 +704,17 @@ class OdeSystem:
     def _factor_cyclic(self) -> None:
         """Factor the assembled normal matrices (in ``workspace``) by block
         cyclic reduction instead of the band Cholesky."""
-        from .._blocks import band_to_blocks
         from .._cyclic import factor_blocks
+        from ._cpu import workspace_blocks
 
         spec = self.spec
         self.cyclic = None
-        band = self.factor_band  # the assembled matrices in LAPACK layout
-        levels = 3 if spec.enable_central_smoothness else 2
-        blocks = band_to_blocks(band, spec.n_steps, spec.block_size, min(levels, spec.n_steps))
+        levels = min(3 if spec.enable_central_smoothness else 2, spec.n_steps)
+        nsys, steps, n = self.info.size, spec.n_steps, spec.block_size
+        blocks = [np.empty((nsys, steps - k, n, n), self.dtype) for k in range(levels)]
+        spare = np.empty((0, 0, n, n), self.dtype)  # for the levels not wanted
+        workspace_blocks(self.workspace, *(blocks + [spare] * (3 - levels)), levels, self.lanes)
+        blocks = [a.reshape(self.lhs_batch_shape + a.shape[1:]) for a in blocks]
         self.cyclic = factor_blocks(blocks)
         self._band = None
         # (a NaN or inf reaching a pivot block fails it, as in the band kernels)
