@@ -173,8 +173,8 @@ def solveh_block_banded(
         ``"cyclic"``: block cyclic reduction, about log2 T levels of block
         operations parallel over every node of every system, at about twice
         the arithmetic -- the parallel-in-time algorithm for few, long
-        sequences (on 2 CPU cores it is 1.1-2.4x faster than "sequential"
-        below about 64 systems, ``docs/performance.md``).  The two report
+        sequences (on 2 CPU cores up to 2.4x faster than "sequential" for
+        few systems, even from about 16 to 64, ``docs/performance.md``).  The two report
         ``info`` in different units (a scalar leading minor, a block row).
     backend : str, optional
         The band backend of the sequential algorithm (default ``"numba"``,

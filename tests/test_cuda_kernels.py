@@ -94,14 +94,32 @@ def test_nvrtc_compiles_what_the_backend_asks_for(arch, dtype, bw):
     nvrtc.nvrtcDestroyProgram(program)
 
 
+def _compile_launches(launches: list, dtype) -> set:
+    """Compile every recorded (kernel, arguments) launch to PTX for sm_90 with
+    the arguments' Numba types: no local memory (no spills), and no f64 in
+    float32 kernels.  Returns the (kernel, signature) pairs compiled."""
+    import numba
+    from numba import cuda
+
+    compiled = set()
+    for kernel, args in launches:
+        signature = tuple(numba.typeof(a) for a in args)
+        if (kernel, signature) in compiled:
+            continue
+        ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=(9, 0))
+        assert ".entry" in ptx and ".local" not in ptx
+        if dtype == np.float32:
+            assert ".f64" not in ptx
+        compiled.add((kernel, signature))
+    return compiled
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("bw", [3, 40])
 def test_numba_cuda_kernels_compile_for_the_gpu(dtype, bw):
     """The simulator runs the Numba kernels as Python; this compiles them as the
     GPU would (to PTX for sm_90, no GPU needed) with the argument types of the
     backend's actual launches, captured from a run of the GPU driver."""
-    import numba
-    from numba import cuda
 
     from banded_mnn._backends import _gpu, _numba_cuda
     from banded_mnn._strided import StridedBatch
@@ -118,16 +136,7 @@ def test_numba_cuda_kernels_compile_for_the_gpu(dtype, bw):
         _gpu.run(kernels, band, bw, factor=True, factor_out=band,
                  rhs=StridedBatch.from_array(b, (3,)), out=StridedBatch.from_array(b, (3,)),
                  check_finite=True, regime=regime)  # fmt: skip
-    compiled = set()
-    for kernel, args in launches:
-        signature = tuple(numba.typeof(a) for a in args)
-        if (kernel, signature) in compiled:
-            continue
-        ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=(9, 0))
-        assert ".entry" in ptx and ".local" not in ptx  # no local memory (no spills)
-        if dtype == np.float32:
-            assert ".f64" not in ptx  # float32 kernels compute in float32
-        compiled.add((kernel, signature))
+    compiled = _compile_launches(launches, dtype)
     assert len({kernel for kernel, _ in compiled}) == 3  # copy, thread and warp kernels
 
 
@@ -141,7 +150,6 @@ def test_numba_cuda_cyclic_kernels_compile_for_the_gpu(dtype, monkeypatch):
 
     import numba
     import numba.cuda.dispatcher
-    from numba import cuda
 
     from banded_mnn import _cyclic
     from banded_mnn._backends import _numba_cuda
@@ -162,16 +170,7 @@ def test_numba_cuda_cyclic_kernels_compile_for_the_gpu(dtype, monkeypatch):
     # there is none here, so say which.
     monkeypatch.setattr(numba.cuda.dispatcher, "get_current_device",
                         lambda: types.SimpleNamespace(compute_capability=(9, 0)))  # fmt: skip
-    compiled = set()
-    for kernel, args in launches:
-        signature = tuple(numba.typeof(a) for a in args)
-        if (kernel, signature) in compiled:
-            continue
-        ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=(9, 0))
-        assert ".entry" in ptx and ".local" not in ptx  # no local memory (no spills)
-        if dtype == np.float32:
-            assert ".f64" not in ptx  # float32 kernels compute in float32
-        compiled.add((kernel, signature))
+    compiled = _compile_launches(launches, dtype)
     assert len({kernel for kernel, _ in compiled}) == 5  # factor, schur, forward, reduce, backward
 
 

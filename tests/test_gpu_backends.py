@@ -441,27 +441,14 @@ def test_on_stream_accepts_every_stream_spelling(monkeypatch, kind):
     stream protocol (recent torch), one with only ``cuda_stream`` (older torch)
     and a raw address (JAX) all reach ``Stream.from_external`` through the
     protocol, inside the device's context."""
-    import contextlib
     import types
+
+    from stand_in_cupy import stand_in_cupy
 
     from banded_mnn._backends import _cupy
 
     events = []
-
-    @contextlib.contextmanager
-    def device(index):
-        events.append(("device", index))
-        yield
-
-    def from_external(stream):
-        events.append(("stream", stream.__cuda_stream__()))
-        return contextlib.nullcontext()
-
-    fake = types.ModuleType("cupy")
-    fake.cuda = types.SimpleNamespace(
-        Device=device, Stream=types.SimpleNamespace(from_external=from_external)
-    )
-    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setitem(sys.modules, "cupy", stand_in_cupy(events))
     stream = {
         "protocol": types.SimpleNamespace(__cuda_stream__=lambda: (0, 0xABC)),
         "attribute": types.SimpleNamespace(cuda_stream=0xABC),
@@ -469,4 +456,4 @@ def test_on_stream_accepts_every_stream_spelling(monkeypatch, kind):
     }[kind]
     with _cupy.on_stream(2, stream):
         events.append("inside")
-    assert events == [("device", 2), ("stream", (0, 0xABC)), "inside"]
+    assert events == [("device", 2), ("stream", (0, 0xABC)), "inside", ("exit device", 2)]

@@ -243,9 +243,10 @@ def test_gpu_buffers_become_cupy_arrays_on_xlas_stream(monkeypatch):
     buffers are taken through ``__cuda_array_interface__`` by ``cupy.asarray``
     and XLA's stream (a raw address) reaches CuPy through the CUDA stream
     protocol, on the buffers' device."""
-    import contextlib
     import sys
     import types
+
+    from stand_in_cupy import stand_in_cupy
 
     from banded_mnn.jax import _ops
 
@@ -258,27 +259,14 @@ def test_gpu_buffers_become_cupy_arrays_on_xlas_stream(monkeypatch):
         def __dlpack_device__(self):
             return (_ops._DLPACK_CUDA, 3)
 
-    @contextlib.contextmanager
-    def device(index):
-        events.append(("device", index))
-        yield
-
-    def from_external(stream):
-        events.append(("stream", stream.__cuda_stream__()))
-        return contextlib.nullcontext()
-
-    fake = types.ModuleType("cupy")
-    fake.asarray = lambda b: events.append(("view", b.name)) or b.name
-    fake.cuda = types.SimpleNamespace(
-        Device=device, Stream=types.SimpleNamespace(from_external=from_external)
-    )
+    fake = stand_in_cupy(events, asarray=lambda b: events.append(("view", b.name)) or b.name)
     monkeypatch.setitem(sys.modules, "cupy", fake)
     ctx = types.SimpleNamespace(stream=0x7F00)
     xp, context = _ops._placement(ctx, Buffer("out"))
     assert xp is fake and events == []
     with context:
         assert _ops._view(xp, Buffer("a"), False) == "a"
-    assert events == [("device", 3), ("stream", (0, 0x7F00)), ("view", "a")]
+    assert events == [("device", 3), ("stream", (0, 0x7F00)), ("view", "a"), ("exit device", 3)]
 
 
 def test_callback_body_on_gpu_buffers(monkeypatch):
@@ -286,9 +274,10 @@ def test_callback_body_on_gpu_buffers(monkeypatch):
     views are made inside the device/stream context, results are written into
     the output buffers with broadcasting over leading (vmap) axes only, and a
     result of a wrong shape is an error, not a silent broadcast."""
-    import contextlib
     import sys
     import types
+
+    from stand_in_cupy import stand_in_cupy
 
     from banded_mnn.jax import _ops
 
@@ -301,29 +290,21 @@ def test_callback_body_on_gpu_buffers(monkeypatch):
         def __dlpack_device__(self):
             return (_ops._DLPACK_CUDA, 0)
 
-    @contextlib.contextmanager
-    def device(index):
-        events.append("enter")
-        yield
-        events.append("exit")
+    def asarray(x):
+        events.append("view")
+        return x.array if isinstance(x, Buffer) else x
 
-    fake = types.ModuleType("cupy")
-    fake.asarray = lambda x: events.append("view") or (x.array if isinstance(x, Buffer) else x)
-    fake.cuda = types.SimpleNamespace(
-        Device=device,
-        Stream=types.SimpleNamespace(from_external=lambda s: contextlib.nullcontext()),
-    )
-    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setitem(sys.modules, "cupy", stand_in_cupy(events, asarray))
     ctx = types.SimpleNamespace(stream=1)
     outs = (Buffer(np.zeros((2, 3, 4))), Buffer(np.zeros((2, 3), np.int32)))
     source = Buffer(np.arange(12.0).reshape(3, 4))
 
     def host(x):
-        assert events == ["enter", "view", "view", "view"]
+        assert events == [("device", 0), ("stream", (0, 1)), "view", "view", "view"]
         return x + 1, np.ones((1, 3), np.int64)  # the second broadcast over a vmap axis
 
     _ops._run(host, False, [(3, 4), (3,)], ctx, outs, source)
-    assert events[-1] == "exit"
+    assert events[-1] == ("exit device", 0)
     np.testing.assert_array_equal(outs[0].array, np.broadcast_to(np.arange(12.0).reshape(3, 4) + 1,
                                                                  (2, 3, 4)))  # fmt: skip
     assert outs[1].array.dtype == np.int32 and (outs[1].array == 1).all()

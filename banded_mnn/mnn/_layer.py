@@ -355,7 +355,7 @@ def _choose_algorithm(algorithm: str | None) -> str:
     """The factorisation algorithm.  ``None`` chooses: on the CPU the layer's
     fused assembly and band Cholesky ("sequential") is faster at every size
     measured, a single sequence of 10^5 steps included -- block cyclic
-    reduction costs 1.7-8.5x there (``banded-mnn bench-blocks``,
+    reduction costs 1.2-5.8x there (``banded-mnn bench-blocks``,
     ``docs/performance.md``) -- so it is always "sequential" here."""
     if algorithm is None:
         return "sequential"
