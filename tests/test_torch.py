@@ -13,6 +13,7 @@ from banded_mnn import NotPositiveDefiniteError  # noqa: E402
 from banded_mnn import torch as bt  # noqa: E402
 from banded_mnn.problems import random_spd_band  # noqa: E402
 from banded_mnn.torch import _ops  # noqa: E402
+from conftest import dense_from_band  # noqa: E402
 
 F64 = torch.float64
 
@@ -217,6 +218,48 @@ def test_vmap(rng):
     c2 = inputs[0].clone().requires_grad_()
     bt.ode_forward(c2, *inputs[1:]).sum().backward()
     torch.testing.assert_close(c.grad, c2.grad)
+
+
+def test_torch_func_transforms(rng):
+    """torch.func.grad, vmap of grad (per-sample gradients) and jacrev agree
+    with torch.autograd, for every function; double backward is refused."""
+    ab = spd(rng, (3,), 7, 2)
+    b = torch.tensor(rng.standard_normal((3, 7, 1)), dtype=F64)
+
+    def band_loss(a, y):
+        c = bt.cholesky_banded(a)
+        return (bt.solveh_banded(a, y) ** 2).sum() + bt.cho_solve_banded((c, False), y).sum()
+
+    grads = torch.func.grad(band_loss, argnums=(0, 1))(ab, b)
+    leaves = [ab.clone().requires_grad_(), b.clone().requires_grad_()]
+    band_loss(*leaves).backward()
+    for g, leaf in zip(grads, leaves, strict=True):
+        torch.testing.assert_close(g, leaf.grad)
+    per_sample = torch.func.vmap(torch.func.grad(band_loss))(ab, b)
+    for i in range(3):
+        torch.testing.assert_close(per_sample[i], torch.func.grad(band_loss)(ab[i], b[i]))
+    jacobian = torch.func.jacrev(lambda y: bt.solveh_banded(ab[0], y))(b[0])
+    dense = torch.linalg.inv(torch.tensor(dense_from_band(ab[0].numpy(), False)))
+    torch.testing.assert_close(jacobian[:, 0, :, 0], dense)
+
+    inputs = mnn_inputs(rng, (3,))
+
+    def ode_loss(c, r, v, h):
+        return (bt.ode_forward(c, r, v, h, enable_central_smoothness=True) ** 2).sum()
+
+    grads = torch.func.grad(ode_loss, argnums=(0, 1, 2, 3))(*inputs)
+    leaves = [x.clone().requires_grad_() for x in inputs]
+    ode_loss(*leaves).backward()
+    for g, leaf in zip(grads, leaves, strict=True):
+        torch.testing.assert_close(g, leaf.grad)
+    per_sample = torch.func.vmap(torch.func.grad(ode_loss, argnums=(0, 3)))(*inputs)
+    single = torch.func.grad(ode_loss, argnums=(0, 3))(*(x[1] for x in inputs))
+    torch.testing.assert_close(per_sample[0][1], single[0])
+    torch.testing.assert_close(per_sample[1][1], single[1])
+    a = ab.clone().requires_grad_()
+    (g,) = torch.autograd.grad(bt.solveh_banded(a, b).sum(), a, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(g.sum(), a)
 
 
 # --------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -303,6 +304,41 @@ def _vmap_rule(op, tensor_args: tuple[int, ...], vector_arg: int | None = None,
     return rule
 
 
+def _function(op, setup_context, backward, name: str) -> Callable:
+    """Call ``op`` so that both torch.func's transforms and torch.compile work.
+
+    Eagerly: through a ``torch.autograd.Function`` with the operator's
+    derivative (the functions given to ``register_autograd``), which
+    torch.func accepts -- it defines ``setup_context``, functorch generates
+    its vmap rule from the operators' own, and its backward is not
+    differentiated again (as for the operators).  torch's generated autograd
+    for custom operators has no ``setup_context``, so ``torch.func.grad``
+    cannot go through the operator itself.  Under torch.compile: the operator
+    itself, opaque to Dynamo, with its registered autograd (Dynamo's tracing
+    of an autograd.Function instantiates it and warns, in torch 2.13)."""
+
+    def derivative(ctx, *grads):
+        return backward(ctx, *grads)
+
+    function = type(name, (torch.autograd.Function,), {
+        "generate_vmap_rule": True,
+        "forward": staticmethod(lambda *args: op(*args)),
+        "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(torch.autograd.function.once_differentiable(derivative)),
+    })  # fmt: skip
+
+    def call(*args):
+        if torch.compiler.is_compiling():
+            return op(*args)
+        return function.apply(*args)
+
+    return call
+
+
+_Cholesky = _function(_cholesky, _cholesky_setup, _cholesky_bwd, "_Cholesky")
+_ChoSolve = _function(_cho_solve, _solve_setup, _cho_solve_bwd, "_ChoSolve")
+_Solveh = _function(_solveh, _solveh_setup, _solveh_bwd, "_Solveh")
+
 torch.library.register_vmap(_cholesky, _vmap_rule(_cholesky, (0,)))
 torch.library.register_vmap(_cholesky_backward, _vmap_rule(_cholesky_backward, (0, 1)))
 torch.library.register_vmap(_cho_solve, _vmap_rule(_cho_solve, (0, 1), vector_arg=1))
@@ -332,7 +368,7 @@ def cholesky_banded(ab: Tensor, lower: bool = False) -> Tensor:
     >>> c = cholesky_banded(ab)
     >>> c.sum().backward()
     """
-    return _cholesky(_check(ab, "ab", gpu=True), lower, True)[0]
+    return _Cholesky(_check(ab, "ab", gpu=True), lower, True)[0]
 
 
 def cholesky_banded_ex(ab: Tensor, lower: bool = False) -> tuple[Tensor, Tensor]:
@@ -360,7 +396,7 @@ def cholesky_banded_ex(ab: Tensor, lower: bool = False) -> tuple[Tensor, Tensor]
     >>> info.item()
     2
     """
-    return _cholesky(_check(ab, "ab", gpu=True), lower, False)
+    return _Cholesky(_check(ab, "ab", gpu=True), lower, False)
 
 
 def cho_solve_banded(cb_and_lower: tuple[Tensor, bool], b: Tensor) -> Tensor:
@@ -400,7 +436,7 @@ def cho_solve_banded(cb_and_lower: tuple[Tensor, bool], b: Tensor) -> Tensor:
     cb, lower = cb_and_lower
     cb, b = _check(cb, "cb", gpu=True), _check(b, "b", cb.dtype, gpu=True)
     _same_device(("cb", cb), ("b", b))
-    return _cho_solve(cb, b, bool(lower))
+    return _ChoSolve(cb, b, bool(lower))
 
 
 def solveh_banded(ab: Tensor, b: Tensor, lower: bool = False) -> Tensor:
@@ -421,7 +457,7 @@ def solveh_banded(ab: Tensor, b: Tensor, lower: bool = False) -> Tensor:
     """
     ab, b = _check(ab, "ab", gpu=True), _check(b, "b", ab.dtype, gpu=True)
     _same_device(("ab", ab), ("b", b))
-    return _solveh(ab, b, lower, True)[0]
+    return _Solveh(ab, b, lower, True)[0]
 
 
 def solveh_banded_ex(ab: Tensor, b: Tensor, lower: bool = False) -> tuple[Tensor, Tensor]:
@@ -454,7 +490,7 @@ def solveh_banded_ex(ab: Tensor, b: Tensor, lower: bool = False) -> tuple[Tensor
     """
     ab, b = _check(ab, "ab", gpu=True), _check(b, "b", ab.dtype, gpu=True)
     _same_device(("ab", ab), ("b", b))
-    x, _, info = _solveh(ab, b, lower, False)
+    x, _, info = _Solveh(ab, b, lower, False)
     return x, info
 
 
@@ -610,6 +646,8 @@ def _ode_solve_bwd(ctx, grad_u):
 
 
 _ode_solve.register_autograd(_ode_solve_bwd, setup_context=_ode_solve_setup)
+_OdeForward = _function(_ode_forward, _ode_setup, _ode_bwd, "_OdeForward")
+_OdeSolve = _function(_ode_solve, _ode_solve_setup, _ode_solve_bwd, "_OdeSolve")
 
 
 torch.library.register_vmap(
@@ -728,9 +766,9 @@ def ode_forward(
         lanes = 0
     elif frozen is not None:
         factor, lanes = frozen[:2]
-        u = _ode_solve(factor, lanes, *tensors, *static)
+        u = _OdeSolve(factor, lanes, *tensors, *static)
     else:
-        u, factor, lanes = _ode_forward(*tensors, *static)
+        u, factor, lanes = _OdeForward(*tensors, *static)
     if version and frozen is None:
         kept = factor.detach() if isinstance(factor, Tensor) else factor
         _FROZEN[version] = (kept, lanes, *key)
