@@ -5,7 +5,9 @@ random fields, S-MNN's normal equations -- rather than as a scalar band.  The
 block form ``blocks[k][..., t, :, :] = A[t+k, t]`` (block row ``t + k``,
 block column ``t``; ``k = 0`` the diagonal blocks, of which the lower
 triangle is read) is converted to LAPACK's lower band form with ``u = (K+1) n
-- 1`` sub-diagonals and solved by the band Cholesky routines.
+- 1`` sub-diagonals and solved by the band Cholesky routines, or, with
+``algorithm="cyclic"``, factored by block cyclic reduction
+(:mod:`banded_mnn._cyclic`).
 """
 
 from __future__ import annotations
@@ -174,7 +176,7 @@ def solveh_block_banded(
         operations parallel over every node of every system, at about twice
         the arithmetic -- the parallel-in-time algorithm for few, long
         sequences (on 2 CPU cores up to 2.4x faster than "sequential" for
-        few systems, even from about 16 to 64, ``docs/performance.md``).  The two report
+        few long systems, about even at 64, ``docs/performance.md``).  The two report
         ``info`` in different units (a scalar leading minor, a block row).
     backend : str, optional
         The band backend of the sequential algorithm (default ``"numba"``,
@@ -193,7 +195,7 @@ def solveh_block_banded(
     NotPositiveDefiniteError
         For a system that is not positive definite; its ``order`` ``k`` is
         unknown ``k - 1``, that is block ``(k - 1) // n``, component
-        ``(k - 1) % n``.
+        ``(k - 1) % n`` (with ``algorithm="cyclic"``: the 1-based block row).
     ValueError, TypeError
         For blocks or right-hand sides of the wrong shapes or types.
 

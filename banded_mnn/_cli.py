@@ -1,4 +1,5 @@
-"""The ``banded-mnn`` command: ``info``, ``demo``, ``bench``, ``bench-mnn``, ``bench-torch``."""
+"""The ``banded-mnn`` command: ``info``, ``demo``, ``bench``, ``bench-mnn``, ``bench-torch``,
+``bench-blocks``."""
 
 from __future__ import annotations
 
@@ -480,7 +481,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     torch_parser.add_argument("--repeat", type=int, default=7, help="timed repetitions")
     blocks_parser = commands.add_parser(
-        "bench-blocks", help="sequential against cyclic reduction for block-tridiagonal systems"
+        "bench-blocks",
+        help="sequential against cyclic reduction: block-tridiagonal systems and the MNN layer",
     )
     blocks_parser.add_argument("--repeat", type=int, default=3, help="timed repetitions")
     args = parser.parse_args(argv)

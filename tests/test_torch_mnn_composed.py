@@ -168,3 +168,23 @@ def test_band_from_blocks_matches_the_dense_matrix(rng, levels):
     for r in range(u + 1):
         j = np.arange(m - r)
         torch.testing.assert_close(ab[:, r, : m - r], dense[:, j + r, j])
+
+
+def test_torch_func_grad_through_the_composed_layer(rng, monkeypatch):
+    """torch.func.grad through the torch-ops assembly with the band solve (the
+    CUDA tensors' path), against torch.autograd.  (Not with
+    ``algorithm="cyclic"``: its autograd.Function works on the arrays of the
+    tensors it is given, which torch.func wraps.)"""
+    algorithm = None
+    monkeypatch.setattr(_ops, "_ROUTE_CPU_TENSORS_TO_GPU_PATH", True)
+    tensors = inputs(rng)
+
+    def loss(c, r, v, h):
+        return (bt.ode_forward(c, r, v, h, enable_central_smoothness=True,
+                               algorithm=algorithm) ** 2).sum()  # fmt: skip
+
+    grads = torch.func.grad(loss, argnums=(0, 1, 2, 3))(*tensors)
+    leaves = [x.clone().requires_grad_() for x in tensors]
+    loss(*leaves).backward()
+    for g, leaf in zip(grads, leaves, strict=True):
+        torch.testing.assert_close(g, leaf.grad)

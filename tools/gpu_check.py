@@ -1,7 +1,7 @@
 """GPU check: tests and timings of the GPU backends on a machine with an NVIDIA GPU.
 
 Run from the repository root, after ``pip install -e ".[test,cuda12,torch]"``
-(or ``cuda13``)::
+(or ``cuda13``; for the JAX tests also ``pip install "jax[cuda12]"``)::
 
     python tools/gpu_check.py            # about 3-6 minutes
     python tools/gpu_check.py --quick    # fewer repeats, no test run
@@ -9,7 +9,9 @@ Run from the repository root, after ``pip install -e ".[test,cuda12,torch]"``
 It
 
 1. runs the GPU test subset (``tests/test_gpu_backends.py`` on CuPy arrays
-   through both GPU backends, ``tests/test_cuda_kernels.py``);
+   through both GPU backends and the cyclic-reduction kernels,
+   ``tests/test_cuda_kernels.py``, ``tests/test_torch_cuda.py``,
+   ``tests/test_jax_cuda.py``);
 2. measures the device-to-device copy bandwidth (CuPy copy, CUDA events);
 3. times ``solveh_banded`` (fused factor and solve, no checks, the status
    left on the device) through both GPU backends in both regimes, against
@@ -21,8 +23,15 @@ It
 and prints one table: median time, speed-ups, and the achieved bandwidth
 (the bytes ``solveh_banded`` must move at least -- read the band and the
 right-hand side, write the solution -- over the time) as a fraction of the
-copy bandwidth.  GPU times are CUDA-event medians of warm runs; CPU times are
-wall-clock medians.
+copy bandwidth;
+4. for few systems (B <= 4), times block cyclic reduction (the Numba CUDA
+   kernels, and the CuPy array-operation reference) against the sequential
+   band kernel -- what the GPU rule for ``algorithm=None`` needs;
+5. times ``banded_mnn.torch.ode_forward`` forward + backward on CUDA tensors
+   (band and cyclic) against S-MNN's per-step torch algorithm.
+
+GPU times are CUDA-event medians of warm runs; CPU times are wall-clock
+medians.
 """
 
 from __future__ import annotations

@@ -22,8 +22,9 @@ JAX convention (as ``jnp.linalg.cholesky``), unlike the NumPy and torch
 functions: a system that is not positive definite, or holds NaN or inf, is
 not an exception (inside a callback it could only surface as an opaque
 ``JaxRuntimeError``); its results are NaN, and the ``*_ex`` functions return
-the per-system status.  Nothing in the band routines' callbacks waits for
-the device.  With ``jax_enable_x64`` float64 stays float64.
+the per-system status.  Nothing in the band routines' forward callbacks or
+the solves' gradients waits for the device (the ``cholesky_banded`` gradient
+does, through the host).  With ``jax_enable_x64`` float64 stays float64.
 """
 
 from __future__ import annotations

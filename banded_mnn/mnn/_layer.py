@@ -947,8 +947,9 @@ def ode_forward(
         or to solve more right-hand sides).  It comes from the same pass.
     algorithm : {None, "sequential", "cyclic"}
         The factorisation: the band Cholesky over the steps ("sequential"),
-        or block cyclic reduction ("cyclic", about log2 T levels of batched
-        block operations; see :func:`banded_mnn.solveh_block_banded`).
+        or block cyclic reduction ("cyclic", about log2 T levels of parallel
+        block operations, compiled per-node cores; see
+        :func:`banded_mnn.solveh_block_banded`).
         ``None`` chooses (always "sequential" on the CPU, where it is faster).
     backend : str, optional
         Core backend (default ``"numba"``).

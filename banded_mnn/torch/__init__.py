@@ -1,6 +1,6 @@
 """PyTorch adapter: banded_mnn's routines and the MNN layer as differentiable
 torch operators (``torch.library.custom_op``), usable under ``torch.compile``
-and ``torch.func.vmap``.
+and ``torch.func`` (``vmap``, ``grad``, ``jacrev``; no double backward).
 
 Importing this module imports torch; ``import banded_mnn`` does not.
 """

@@ -214,10 +214,10 @@ def ode_forward(
             x = CyclicSolve.apply(beta, factor, *blocks)
     elif frozen is not None:
         factor = frozen
-        x = _ops._cho_solve(factor, beta, True)
+        x = _ops._ChoSolve(factor, beta, True)
     else:
         blocks = lhs_blocks(coefficients, steps, spec, lhs_batch, weights)
         ab = band_from_blocks(blocks[0], blocks[1], spec.bandwidth, *blocks[2:])
         ab = ab.reshape(*lhs_batch, spec.bandwidth + 1, -1)
-        x, factor, _ = _ops._solveh(ab, beta, True, True)
+        x, factor, _ = _ops._Solveh(ab, beta, True, True)
     return x.reshape(*batch, T, D, O), factor

@@ -3,12 +3,16 @@
 Each public function is a thin Python wrapper around a
 ``torch.library.custom_op`` in the ``banded_mnn`` namespace, with a fake
 (shape) implementation for ``torch.compile``, an autograd formula
-(``register_autograd``) and a vmap rule.  Tensor data crosses to NumPy without
+(``register_autograd``) and a vmap rule; in eager mode the call goes through a
+``torch.autograd.Function`` with the same derivative (for ``torch.func``, see
+:func:`_function`), under ``torch.compile`` to the operator itself.  Tensor
+data crosses to NumPy without
 a copy (``Tensor.numpy()`` on a detached, conjugation-resolved view: any
 strides); results come back with ``torch.from_numpy``, also without a copy.
 CUDA tensors cross to CuPy the same way, through DLPack, and the GPU kernels
-run on torch's current stream of the tensors' device (the band routines only;
-the MNN layer runs on the CPU).
+run on torch's current stream of the tensors' device (``ode_forward`` on CUDA
+tensors assembles with torch ops on the device and uses the GPU band solve or
+cyclic reduction, see :mod:`._mnn_gpu`).
 The derivative formulas live in :mod:`banded_mnn._vjp` and
 :meth:`banded_mnn.mnn.OdeSystem.vjp`, shared with the JAX adapter.
 """
