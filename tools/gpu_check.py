@@ -112,6 +112,14 @@ def torch_baseline(lower: np.ndarray, b: np.ndarray, steps: int, n: int, repeat:
         def run():
             block_solve(a0, a1, beta)
 
+    return torch_events_median(run, repeat)
+
+
+def torch_events_median(run, repeat: int) -> float:
+    """Median seconds of ``run()`` on torch's current CUDA stream (CUDA events,
+    after one warm-up run)."""
+    import torch
+
     run()
     torch.cuda.synchronize()
     times = []
@@ -184,23 +192,9 @@ def torch_layer_times(repeat: int) -> list[str]:
 
             return run
 
-        def cuda_time(run):
-            run()
-            torch.cuda.synchronize()
-            times = []
-            for _ in range(repeat):
-                start = torch.cuda.Event(enable_timing=True)
-                stop = torch.cuda.Event(enable_timing=True)
-                start.record()
-                run()
-                stop.record()
-                stop.synchronize()
-                times.append(start.elapsed_time(stop) / 1e3)
-            return statistics.median(times)
-
-        baseline = cuda_time(step(ode_forward_blockwise, "cuda"))
-        band = cuda_time(step(ode_forward, "cuda"))
-        cyclic = cuda_time(step(ode_forward, "cuda", algorithm="cyclic"))
+        baseline = torch_events_median(step(ode_forward_blockwise, "cuda"), repeat)
+        band = torch_events_median(step(ode_forward, "cuda"), repeat)
+        cyclic = torch_events_median(step(ode_forward, "cuda", algorithm="cyclic"), repeat)
         host = step(ode_forward, "cpu")
         host()
         start = time.perf_counter()
