@@ -28,6 +28,7 @@ import math
 
 from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 
@@ -89,6 +90,120 @@ lane_mul = _lane_update(lambda builder, d, x, y: builder.fmul(x, y))
 lane_div = _lane_update(lambda builder, d, x, y: builder.fdiv(x, y))
 
 
+@intrinsic
+def lane_pivot(typingctx, W, p, recip, original, lanes):
+    """The pivot step of every lane at once: ``x = W[p : p+L]``;
+    ``W[p : p+L] = d``, ``recip[:L] = 1/d`` and ``original[:L] = x``, where
+    ``d = sqrt(x)`` if ``0 < x < inf`` and 1 otherwise (a failed pivot, which
+    the caller reports from ``original``).
+
+    One vector square root and division instead of ``L`` scalar ones: the
+    pivot is on the factorisation's critical path, and scalar stores read
+    back as a vector cannot be forwarded from the store buffer.
+    """
+    width = lanes.count
+
+    def codegen(context, builder, signature, args):
+        (p_,), intp = _index_values(context, builder, signature, args, (1,))
+        wty, rty, oty = signature.args[0], signature.args[2], signature.args[3]
+        align = wty.dtype.bitwidth // 8
+        zero = context.get_constant(types.intp, 0)
+        pointer = _vector_pointer(context, builder, wty, args[0], p_, width)
+        x = builder.load(pointer, align=align)
+        vector = x.type
+        element = vector.element
+        splat = lambda value: ir.Constant(vector, [ir.Constant(element, value)] * width)  # noqa: E731
+        ok = builder.and_(
+            builder.fcmp_ordered(">", x, splat(0.0)),
+            builder.fcmp_ordered("<", x, splat(math.inf)),
+        )
+        name = f"llvm.sqrt.v{width}f{wty.dtype.bitwidth}"
+        sqrt = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vector, [vector]), name
+        )
+        d = builder.select(ok, builder.call(sqrt, [x]), splat(1.0))
+        builder.store(d, pointer, align=align)
+        builder.store(builder.fdiv(splat(1.0), d),
+                      _vector_pointer(context, builder, rty, args[2], zero, width), align=align)  # fmt: skip
+        builder.store(x, _vector_pointer(context, builder, oty, args[3], zero, width), align=align)
+        return context.get_dummy_value()
+
+    return types.void(W, p, recip, original, lanes), codegen
+
+
+def _fnmadd(builder, acc, x, y):
+    """acc - x*y, one fused multiply-add where the CPU has FMA."""
+    return builder.fsub(acc, builder.fmul(x, y, flags=("contract",)), flags=("contract",))
+
+
+def _index_values(context, builder, signature, args, positions):
+    """The integer arguments at ``positions``, as ``intp`` values."""
+    intp = context.get_value_type(types.intp)
+    return [context.cast(builder, args[k], signature.args[k], types.intp) for k in positions], intp
+
+
+@intrinsic
+def lane_fnmadd_run(typingctx, dst, di, ds, src, si, ss, mult, mi, count, lanes):
+    """``dst[di + k*ds : +L] -= src[si + k*ss : +L] * mult[mi : mi+L]`` for
+    ``0 <= k < count``, with the multiplier held in a register.
+
+    The ``count`` updates of one pivot column: an :func:`lane_fnmadd` per
+    update would reload the multiplier each time, because the compiler must
+    assume that ``dst`` and ``mult`` overlap (they are the same array in the
+    factorisation).  Loads and stores as :func:`lane_fnmadd`.
+    """
+    width = lanes.count
+
+    def codegen(context, builder, signature, args):
+        (di_, ds_, si_, ss_, mi_, count_), intp = _index_values(
+            context, builder, signature, args, (1, 2, 4, 5, 7, 8)
+        )
+        dty, sty, mty = signature.args[0], signature.args[3], signature.args[6]
+        align = dty.dtype.bitwidth // 8
+        m = builder.load(_vector_pointer(context, builder, mty, args[6], mi_, width), align=align)
+        with cgutils.for_range(builder, count_, intp=intp) as loop:
+            d_at = builder.add(di_, builder.mul(loop.index, ds_))
+            s_at = builder.add(si_, builder.mul(loop.index, ss_))
+            dp = _vector_pointer(context, builder, dty, args[0], d_at, width)
+            sp = _vector_pointer(context, builder, sty, args[3], s_at, width)
+            x = builder.load(sp, align=align)
+            builder.store(_fnmadd(builder, builder.load(dp, align=align), x, m), dp, align=align)
+        return context.get_dummy_value()
+
+    return types.void(dst, di, ds, src, si, ss, mult, mi, count, lanes), codegen
+
+
+@intrinsic
+def lane_dot_sub(typingctx, dst, di, a, ai, as_, b, bi, bs, count, lanes):
+    """``dst[di : di+L] -= sum_k a[ai + k*as_ : +L] * b[bi + k*bs : +L]`` over
+    ``0 <= k < count``, accumulated in a register and stored once (a chain of
+    :func:`lane_fnmadd` on one ``dst`` would go through memory at every
+    step).  Loads and stores as :func:`lane_fnmadd`.
+    """
+    width = lanes.count
+
+    def codegen(context, builder, signature, args):
+        (di_, ai_, as__, bi_, bs_, count_), intp = _index_values(
+            context, builder, signature, args, (1, 3, 4, 6, 7, 8)
+        )
+        dty, aty, bty = signature.args[0], signature.args[2], signature.args[5]
+        align = dty.dtype.bitwidth // 8
+        dp = _vector_pointer(context, builder, dty, args[0], di_, width)
+        acc = cgutils.alloca_once_value(builder, builder.load(dp, align=align))
+        with cgutils.for_range(builder, count_, intp=intp) as loop:
+            a_at = builder.add(ai_, builder.mul(loop.index, as__))
+            b_at = builder.add(bi_, builder.mul(loop.index, bs_))
+            x = builder.load(_vector_pointer(context, builder, aty, args[2], a_at, width),
+                             align=align)  # fmt: skip
+            y = builder.load(_vector_pointer(context, builder, bty, args[5], b_at, width),
+                             align=align)  # fmt: skip
+            builder.store(_fnmadd(builder, builder.load(acc), x, y), acc)
+        builder.store(builder.load(acc), dp, align=align)
+        return context.get_dummy_value()
+
+    return types.void(dst, di, a, ai, as_, b, bi, bs, count, lanes), codegen
+
+
 @njit(cache=True, nogil=True)
 def factor(W, Y, n, bw, nrhs, info, recip, lanes, j0, j1):
     """Columns ``[j0, j1)`` of the right-looking band Cholesky of every lane.
@@ -103,7 +218,7 @@ def factor(W, Y, n, bw, nrhs, info, recip, lanes, j0, j1):
     (LAPACK's ``info``; an infinite pivot also fails, which LAPACK would let
     through to a silently wrong factor).  A failed pivot is replaced by 1 so that the lane stays
     finite and the other lanes proceed; the failed lane's results are
-    meaningless.  ``recip`` is scratch for ``L`` reciprocals.
+    meaningless.  ``recip`` is scratch for ``2 L`` values.
     """
     L = len(lanes)
     R = (bw + 1) * L  # row length of W
@@ -111,26 +226,19 @@ def factor(W, Y, n, bw, nrhs, info, recip, lanes, j0, j1):
         m = min(bw, n - 1 - j)
         p = j * R
         # Pivot: A[j, j] - sum_k L[j, k]^2 has been accumulated into W[j, 0].
+        lane_pivot(W, p, recip, recip[L:], lanes)
         for l in range(L):
-            d = W[p + l]
-            if d > 0.0 and d < math.inf:
-                d = math.sqrt(d)
-            else:  # also catches NaN, and inf (which LAPACK would accept)
-                if info[l] == 0:
-                    info[l] = j + 1
-                d = 1.0
-            W[p + l] = d
-            recip[l] = 1.0
-        lane_div(recip, 0, recip, 0, W, p, lanes)
+            d = recip[L + l]
+            # Not (0 < d < inf) also catches NaN, and inf (which LAPACK would accept).
+            if not (d > 0.0 and d < math.inf) and info[l] == 0:
+                info[l] = j + 1
         # Column j of L: L[j + t, j] = A~[j + t, j] * (1 / L[j, j]), as in LAPACK.
         for t in range(1, m + 1):
             lane_mul(W, p + t * L, W, p + t * L, recip, 0, lanes)
         # Rank-1 update of the trailing (m x m) triangle:
         # A~[j + s + r, j + s] -= L[j + s + r, j] * L[j + s, j],  s >= 1, r >= 0.
         for s in range(1, m + 1):
-            q = (j + s) * R
-            for r in range(m - s + 1):
-                lane_fnmadd(W, q + r * L, W, p + (s + r) * L, W, p + s * L, lanes)
+            lane_fnmadd_run(W, (j + s) * R, L, W, p + s * L, L, W, p + s * L, m - s + 1, lanes)
         if nrhs > 0:
             _forward_column(W, Y, j, m, bw, nrhs, recip, lanes)
 
@@ -146,8 +254,7 @@ def _forward_column(W, Y, j, m, bw, nrhs, recip, lanes):
     for k in range(nrhs):
         y = (j * nrhs + k) * L
         lane_mul(Y, y, Y, y, recip, 0, lanes)
-        for t in range(1, m + 1):
-            lane_fnmadd(Y, ((j + t) * nrhs + k) * L, W, p + t * L, Y, y, lanes)
+        lane_fnmadd_run(Y, y + nrhs * L, nrhs * L, W, p + L, L, Y, y, m, lanes)
 
 
 @njit(cache=True, nogil=True)
@@ -173,6 +280,5 @@ def backward(W, Y, n, bw, nrhs, lanes):
         p = j * (bw + 1) * L
         for k in range(nrhs):
             y = (j * nrhs + k) * L
-            for t in range(1, m + 1):
-                lane_fnmadd(Y, y, W, p + t * L, Y, ((j + t) * nrhs + k) * L, lanes)
+            lane_dot_sub(Y, y, W, p + L, L, Y, y + nrhs * L, nrhs * L, m, lanes)
             lane_div(Y, y, Y, y, W, p, lanes)

@@ -61,7 +61,7 @@ def _driver(
         W = np.empty(n * (bw + 1) * L, dtype=band.dtype)
         Y = np.empty(n * nrhs * L, dtype=band.dtype)
         linfo = np.zeros(L, dtype=np.int32)
-        recip = np.empty(L, dtype=band.dtype)
+        recip = np.empty(2 * L, dtype=band.dtype)
         # Gather a block of rows, then factor (or forward-substitute) the
         # columns whose updates stay inside the gathered rows, while the block
         # is still in cache.

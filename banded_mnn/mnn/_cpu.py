@@ -59,7 +59,7 @@ def factor_lanes(
         Y = np.zeros(M * L if solve else 0, dtype=W_all.dtype)
         scratch = np.empty((E * n + 2 * O + 2) * L, dtype=W_all.dtype)
         linfo = np.zeros(L, dtype=np.int32)
-        recip = np.empty(L, dtype=W_all.dtype)
+        recip = np.empty(2 * L, dtype=W_all.dtype)
         diag = np.empty(M * L, dtype=W_all.dtype)  # A[j, j] of every lane
         done = 0
         for t0 in range(0, T, STEP_BLOCK):

