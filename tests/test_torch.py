@@ -262,6 +262,38 @@ def test_torch_func_transforms(rng):
         torch.autograd.grad(g.sum(), a)
 
 
+def test_operator_or_body(rng, monkeypatch):
+    """Plain eager calls run the operators' bodies directly; vmap, fake
+    tensors and torch.compile get the operators (their vmap rules and fake
+    implementations)."""
+    calls = []
+    bodies = dict(_ops._BODIES)
+    for op, body in bodies.items():
+        monkeypatch.setitem(_ops._BODIES, op, lambda *a, _b=body: calls.append(_b) or _b(*a))
+    inputs = [x.requires_grad_() for x in mnn_inputs(rng, (3,))]
+    bt.ode_forward(*inputs).sum().backward()
+    assert calls == [bodies[_ops._ode_forward], bodies[_ops._ode_backward]]
+    plain = [x.detach() for x in inputs]
+    # (Under torch.func.grad the forward meets plain tensors and may run the
+    # body; its backward meets wrapped ones.  test_torch_func_transforms checks it.)
+    for transform in (
+        torch.func.vmap(bt.ode_forward),
+        torch.compile(bt.ode_forward, fullgraph=True, backend="eager"),
+    ):
+        calls.clear()
+        transform(*plain)
+        assert calls == []
+    assert _ops._plain_eager(tuple(plain))
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    ab, b = spd(rng, (2,), 7, 2), torch.ones(2, 7, 1, dtype=F64)
+    with FakeTensorMode() as mode:
+        fake = [mode.from_tensor(x) for x in (ab, b)]
+        assert not _ops._plain_eager(tuple(fake))
+        assert bt.solveh_banded(*fake).shape == (2, 7, 1)
+    assert calls == []
+
+
 # --------------------------------------------------------------------------
 # Zero copy, inputs untouched, errors
 # --------------------------------------------------------------------------

@@ -142,35 +142,53 @@ def _index_values(context, builder, signature, args, positions):
     return [context.cast(builder, args[k], signature.args[k], types.intp) for k in positions], intp
 
 
-@intrinsic
-def lane_fnmadd_run(typingctx, dst, di, ds, src, si, ss, mult, mi, count, lanes):
-    """``dst[di + k*ds : +L] -= src[si + k*ss : +L] * mult[mi : mi+L]`` for
-    ``0 <= k < count``, with the multiplier held in a register.
+def _lane_run(combine):
+    """An intrinsic ``f(dst, di, ds, src, si, ss, mult, mi, count, lanes)``
+    that sets ``dst[di + k*ds : +L] = combine(dst[...], src[si + k*ss : +L],
+    mult[mi : mi+L])`` for ``0 <= k < count``, the multiplier held in a
+    register.
 
-    The ``count`` updates of one pivot column: an :func:`lane_fnmadd` per
-    update would reload the multiplier each time, because the compiler must
-    assume that ``dst`` and ``mult`` overlap (they are the same array in the
-    factorisation).  Loads and stores as :func:`lane_fnmadd`.
+    An :func:`lane_fnmadd` per element would reload the multiplier each time,
+    because the compiler must assume that ``dst`` and ``mult`` overlap (they
+    are the same array in the factorisation).  Loads and stores as
+    :func:`lane_fnmadd`.
     """
-    width = lanes.count
 
-    def codegen(context, builder, signature, args):
-        (di_, ds_, si_, ss_, mi_, count_), intp = _index_values(
-            context, builder, signature, args, (1, 2, 4, 5, 7, 8)
-        )
-        dty, sty, mty = signature.args[0], signature.args[3], signature.args[6]
-        align = dty.dtype.bitwidth // 8
-        m = builder.load(_vector_pointer(context, builder, mty, args[6], mi_, width), align=align)
-        with cgutils.for_range(builder, count_, intp=intp) as loop:
-            d_at = builder.add(di_, builder.mul(loop.index, ds_))
-            s_at = builder.add(si_, builder.mul(loop.index, ss_))
-            dp = _vector_pointer(context, builder, dty, args[0], d_at, width)
-            sp = _vector_pointer(context, builder, sty, args[3], s_at, width)
-            x = builder.load(sp, align=align)
-            builder.store(_fnmadd(builder, builder.load(dp, align=align), x, m), dp, align=align)
-        return context.get_dummy_value()
+    def typer(typingctx, dst, di, ds, src, si, ss, mult, mi, count, lanes):
+        width = lanes.count
 
-    return types.void(dst, di, ds, src, si, ss, mult, mi, count, lanes), codegen
+        def codegen(context, builder, signature, args):
+            (di_, ds_, si_, ss_, mi_, count_), intp = _index_values(
+                context, builder, signature, args, (1, 2, 4, 5, 7, 8)
+            )
+            dty, sty, mty = signature.args[0], signature.args[3], signature.args[6]
+            align = dty.dtype.bitwidth // 8
+            m = builder.load(
+                _vector_pointer(context, builder, mty, args[6], mi_, width), align=align
+            )
+            with cgutils.for_range(builder, count_, intp=intp) as loop:
+                d_at = builder.add(di_, builder.mul(loop.index, ds_))
+                s_at = builder.add(si_, builder.mul(loop.index, ss_))
+                dp = _vector_pointer(context, builder, dty, args[0], d_at, width)
+                sp = _vector_pointer(context, builder, sty, args[3], s_at, width)
+                x = builder.load(sp, align=align)
+                d = builder.load(dp, align=align)
+                builder.store(combine(builder, d, x, m), dp, align=align)
+            return context.get_dummy_value()
+
+        return types.void(dst, di, ds, src, si, ss, mult, mi, count, lanes), codegen
+
+    return intrinsic(typer)
+
+
+#: dst[di + k*ds] -= src[si + k*ss] * mult[mi], k < count (one pivot column's updates).
+lane_fnmadd_run = _lane_run(lambda builder, d, x, m: _fnmadd(builder, d, x, m))
+#: dst[di + k*ds] += src[si + k*ss] * mult[mi], k < count.
+lane_fmadd_run = _lane_run(
+    lambda builder, d, x, m: builder.fadd(
+        d, builder.fmul(x, m, flags=("contract",)), flags=("contract",)
+    )
+)
 
 
 @intrinsic

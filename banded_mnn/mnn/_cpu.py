@@ -69,8 +69,8 @@ def factor_lanes(
                 W, first, real, bw, t0, t1, T, E, D, O, S, I, weq2, wiv2, ws2, central,
                 tab0, tab1, tabq, scratch, lanes,
             )  # fmt: skip
-            for j in range(t0 * n * L, t1 * n * L):
-                diag[j] = W[(j // L) * w * L + j % L]
+            for j in range(t0 * n, t1 * n):
+                diag[j * L : (j + 1) * L] = W[j * w * L : j * w * L + L]
             if solve:
                 rhs_steps(
                     coef, coef_off, cs0, cs1, cs2, cs3, rhs, rhs_off, rs0, rs1,

@@ -30,7 +30,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .._backends._band_kernels import lane_fmadd, lane_mul
+from .._backends._band_kernels import lane_fmadd, lane_fmadd_run, lane_mul
 
 #: Steps handled by one parallel job.
 STEP_CHUNK = 256
@@ -109,8 +109,7 @@ def lhs_steps(
         scratch[weq + l] = weq2
     for t in range(t0, t1):
         col0 = t * n
-        for k in range(col0 * w * L, (col0 + n) * w * L):
-            W[k] = 0.0
+        W[col0 * w * L : (col0 + n) * w * L] = 0.0  # a slice: vectorised, unlike a loop
         # Equation rows: block [t, t] += w_eq^2 sum_e c[t, e]^T c[t, e].
         for e in range(E):
             for d in range(D):
@@ -122,11 +121,9 @@ def lhs_steps(
         for e in range(E):
             for jq in range(n):
                 lane_mul(scratch, sm, scratch, weq, scratch, row + (e * n + jq) * L, lanes)
-                for jp in range(jq, n):
-                    lane_fmadd(
-                        W, ((col0 + jq) * w + jp - jq) * L,
-                        scratch, sm, scratch, row + (e * n + jp) * L, lanes,
-                    )  # fmt: skip
+                # A[t*n + jp, t*n + jq] += w^2 c[e, jp] c[e, jq], jq <= jp < n.
+                lane_fmadd_run(W, (col0 + jq) * w * L, L, scratch, row + (e * n + jq) * L, L,
+                               scratch, sm, n - jq, lanes)  # fmt: skip
         # Initial-value rows: identity on the pinned unknowns.
         if t < S:
             for d in range(D):
@@ -200,8 +197,7 @@ def rhs_steps(
     coef_l = 0
     factor_l = L
     for t in range(t0, t1):
-        for j in range(t * n * L, (t + 1) * n * L):
-            Y[j] = 0.0
+        Y[t * n * L : (t + 1) * n * L] = 0.0
         for e in range(E):
             _load_lanes(rhs, rhs_off, first, real, t * rs0 + e * rs1, scratch, factor_l, lanes)
             for l in range(L):

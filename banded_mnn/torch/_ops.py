@@ -121,11 +121,67 @@ def _as_matrix(x: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------
+# Operators and how they are called
+# --------------------------------------------------------------------------
+
+#: operator -> its Python body.
+_BODIES: dict[Any, Callable] = {}
+
+
+def _operator(name: str) -> Callable:
+    """``torch.library.custom_op("banded_mnn::<name>")`` (no mutated
+    arguments), remembering the body for :func:`_call`."""
+
+    def define(body: Callable) -> Any:
+        op = torch.library.custom_op(f"banded_mnn::{name}", body, mutates_args=())
+        _BODIES[op] = body
+        return op
+
+    return define
+
+
+def _dispatch_mode_active() -> bool:
+    """Whether a Python dispatch mode (fake tensors, export, ...) is active."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return _get_current_dispatch_mode() is not None
+
+
+def _plain_eager(args: tuple) -> bool:
+    """Whether a call with ``args`` happens in plain eager mode: not compiling,
+    no torch.func transform or dispatch mode active, and every tensor an
+    ordinary CPU or CUDA tensor."""
+    if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
+        return False
+    if _dispatch_mode_active():
+        return False
+    return all(
+        type(a) is Tensor
+        and a.device.type in ("cpu", "cuda")
+        and not torch._C._functorch.is_functorch_wrapped_tensor(a)
+        for a in args
+        if isinstance(a, Tensor)
+    )
+
+
+def _call(op: Any, *args: Any) -> Any:
+    """``op(*args)``; in plain eager mode its body directly.
+
+    The operator's dispatch (schema handling, the Python kernel's wrappers)
+    costs about 45 us per call, as much again as the bodies' own Python; the
+    operator is needed only where its registrations are: its vmap rule under
+    torch.func, its fake implementation under torch.compile and export."""
+    if _plain_eager(args):
+        return _BODIES[op](*args)
+    return op(*args)
+
+
+# --------------------------------------------------------------------------
 # Operators: band routines
 # --------------------------------------------------------------------------
 
 
-@torch.library.custom_op("banded_mnn::cholesky_banded", mutates_args=())
+@_operator("cholesky_banded")
 def _cholesky(ab: Tensor, lower: bool, check: bool) -> tuple[Tensor, Tensor]:
     """Factor and status; with ``check``, raise for a failed system."""
     with _on_device(ab):
@@ -142,7 +198,7 @@ def _(ab, lower, check):
     return torch.empty_like(ab), ab.new_empty(ab.shape[:-2], dtype=torch.int32)
 
 
-@torch.library.custom_op("banded_mnn::cholesky_banded_backward", mutates_args=())
+@_operator("cholesky_banded_backward")
 def _cholesky_backward(c: Tensor, grad_c: Tensor, lower: bool) -> Tensor:
     if c.device.type == "cuda":
         # The banded reverse-mode Cholesky is a CPU (Numba) kernel: CUDA
@@ -166,13 +222,13 @@ def _cholesky_bwd(ctx, grad_c, grad_info):
     (c,) = ctx.saved_tensors
     if grad_c is None:
         return None, None, None
-    return _cholesky_backward(c, grad_c, ctx.lower), None, None
+    return _call(_cholesky_backward, c, grad_c, ctx.lower), None, None
 
 
 _cholesky.register_autograd(_cholesky_bwd, setup_context=_cholesky_setup)
 
 
-@torch.library.custom_op("banded_mnn::cho_solve_banded", mutates_args=())
+@_operator("cho_solve_banded")
 def _cho_solve(cb: Tensor, b: Tensor, lower: bool) -> Tensor:
     with _on_device(cb):
         return _t(_api.cho_solve_banded((_np(cb), lower), _np(b), check_finite=False))
@@ -183,7 +239,7 @@ def _(cb, b, lower):
     return cb.new_empty(_solve_shape(cb, b))
 
 
-@torch.library.custom_op("banded_mnn::band_gradient", mutates_args=())
+@_operator("band_gradient")
 def _band_gradient(c: Tensor, lam: Tensor, x: Tensor, lower: bool, factored: bool) -> Tensor:
     """dL/d(band) for x = A^{-1} b: of the factor (``factored``) or of A."""
     with _on_device(c):
@@ -224,15 +280,15 @@ def _rhs_gradient(lam: Tensor, b_shape: torch.Size) -> Tensor:
 def _cho_solve_bwd(ctx, grad_x):
     cb, x = ctx.saved_tensors
     grad_x, x = _matrices(grad_x, x, ctx.shapes[1])
-    lam = _cho_solve(cb, grad_x, ctx.lower)
-    g_cb = _band_gradient(cb, lam, x, ctx.lower, True)
+    lam = _call(_cho_solve, cb, grad_x, ctx.lower)
+    g_cb = _call(_band_gradient, cb, lam, x, ctx.lower, True)
     return _sum_to(g_cb, ctx.shapes[0]), _rhs_gradient(lam, ctx.shapes[1]), None
 
 
 _cho_solve.register_autograd(_cho_solve_bwd, setup_context=_solve_setup)
 
 
-@torch.library.custom_op("banded_mnn::solveh_banded", mutates_args=())
+@_operator("solveh_banded")
 def _solveh(ab: Tensor, b: Tensor, lower: bool, check: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Solution, factor (for the backward) and per-system status; with
     ``check``, raise for a failed system."""
@@ -265,8 +321,8 @@ def _solveh_bwd(ctx, grad_x, grad_c, grad_info):
     if grad_x is None:
         return None, None, None, None
     grad_x, x = _matrices(grad_x, x, ctx.shapes[1])
-    lam = _cho_solve(c, grad_x, ctx.lower)
-    g_ab = _band_gradient(c, lam, x, ctx.lower, False)
+    lam = _call(_cho_solve, c, grad_x, ctx.lower)
+    g_ab = _call(_band_gradient, c, lam, x, ctx.lower, False)
     return _sum_to(g_ab, ctx.shapes[0]), _rhs_gradient(lam, ctx.shapes[1]), None, None
 
 
@@ -326,7 +382,7 @@ def _function(op, setup_context, backward, name: str) -> Callable:
 
     function = type(name, (torch.autograd.Function,), {
         "generate_vmap_rule": True,
-        "forward": staticmethod(lambda *args: op(*args)),
+        "forward": staticmethod(lambda *args: _call(op, *args)),
         "setup_context": staticmethod(setup_context),
         "backward": staticmethod(torch.autograd.function.once_differentiable(derivative)),
     })  # fmt: skip
@@ -516,15 +572,14 @@ def _inputs(tensors, n_steps, n_init_var_steps, step_first, weights, central):
     return _layer._prepare(*arrays, n_steps, n_init_var_steps, step_first, weights, central)
 
 
-def _system(factor: Tensor, lanes: int, inputs) -> _layer.OdeSystem:
-    spec = inputs.spec
+def _system(factor: Tensor, lanes: int, spec: _layer.OdeSpec, lhs_batch) -> _layer.OdeSystem:
     per_lane = spec.n_unknowns * (spec.bandwidth + 1)
     workspace = _np(factor).reshape(-1, per_lane * lanes)
-    info = np.zeros(inputs.lhs_batch, dtype=np.int32)
+    info = np.zeros(lhs_batch, dtype=np.int32)
     return _layer.OdeSystem(workspace, info, spec)
 
 
-@torch.library.custom_op("banded_mnn::ode_forward", mutates_args=())
+@_operator("ode_forward")
 def _ode_forward(
     coefficients: Tensor,
     rhs_equation: Tensor,
@@ -553,7 +608,7 @@ def _(coefficients, rhs_equation, init_vars, steps, n_steps, n_init_var_steps, w
     return u, factor, lanes
 
 
-@torch.library.custom_op("banded_mnn::ode_solve", mutates_args=())
+@_operator("ode_solve")
 def _ode_solve(
     factor: Tensor,
     lanes: int,
@@ -569,7 +624,7 @@ def _ode_solve(
     """Solve with a stored factor (S-MNN's frozen left-hand side)."""
     tensors = (coefficients, rhs_equation, init_vars, steps)
     inputs = _inputs(tensors, n_steps, n_init_var_steps, False, tuple(weights), central)
-    system = _system(factor, lanes, inputs)
+    system = _system(factor, lanes, inputs.spec, inputs.lhs_batch)
     inputs.batch = torch.broadcast_shapes(inputs.batch, inputs.lhs_batch)
     return _t(np.ascontiguousarray(system._solve_inputs(inputs)))
 
@@ -583,7 +638,7 @@ def _(factor, lanes, coefficients, rhs_equation, init_vars, steps, n_steps, n_in
     return coefficients.new_empty([*batch, spec.n_steps, spec.n_dims, spec.n_orders])
 
 
-@torch.library.custom_op("banded_mnn::ode_backward", mutates_args=())
+@_operator("ode_backward")
 def _ode_backward(
     grad_u: Tensor,
     u: Tensor,
@@ -602,8 +657,9 @@ def _ode_backward(
     """Gradients of the four inputs (zeros for the left-hand side's when
     ``lhs_gradients`` is false: a frozen left-hand side)."""
     tensors = (coefficients, rhs_equation, init_vars, steps)
-    inputs = _inputs(tensors, n_steps, n_init_var_steps, False, tuple(weights), central)
-    system = _system(factor, lanes, inputs)
+    # The shapes suffice here: OdeSystem.vjp validates and prepares the arrays.
+    spec, lhs_batch, _ = _shapes(tensors, n_steps, n_init_var_steps, weights, central)
+    system = _system(factor, lanes, spec, lhs_batch)
     arrays = [_np(t) for t in tensors]
     grads = system.vjp(_np(grad_u), _np(u), *arrays[:3], arrays[3] if lhs_gradients else None)
     return [
@@ -629,7 +685,7 @@ def _ode_bwd(ctx, grad_u, grad_factor, grad_lanes):
     u, factor, *tensors = ctx.saved_tensors
     if grad_u is None:
         return (None,) * 8
-    grads = _ode_backward(grad_u, u, factor, ctx.lanes, *tensors, *ctx.static, True)
+    grads = _call(_ode_backward, grad_u, u, factor, ctx.lanes, *tensors, *ctx.static, True)
     return (*grads, None, None, None, None)
 
 
@@ -644,7 +700,7 @@ def _ode_solve_setup(ctx, inputs, output):
 
 def _ode_solve_bwd(ctx, grad_u):
     u, factor, *tensors = ctx.saved_tensors
-    grads = _ode_backward(grad_u, u, factor, ctx.lanes, *tensors, *ctx.static, False)
+    grads = _call(_ode_backward, grad_u, u, factor, ctx.lanes, *tensors, *ctx.static, False)
     # A frozen left-hand side: no gradient for coefficients and steps (as S-MNN).
     return (None, None, None, grads[1], grads[2], None, None, None, None, None)
 
