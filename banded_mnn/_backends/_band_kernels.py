@@ -136,6 +136,11 @@ def _fnmadd(builder, acc, x, y):
     return builder.fsub(acc, builder.fmul(x, y, flags=("contract",)), flags=("contract",))
 
 
+def _fmadd(builder, acc, x, y):
+    """acc + x*y, one fused multiply-add where the CPU has FMA."""
+    return builder.fadd(acc, builder.fmul(x, y, flags=("contract",)), flags=("contract",))
+
+
 def _index_values(context, builder, signature, args, positions):
     """The integer arguments at ``positions``, as ``intp`` values."""
     intp = context.get_value_type(types.intp)
@@ -184,42 +189,52 @@ def _lane_run(combine):
 #: dst[di + k*ds] -= src[si + k*ss] * mult[mi], k < count (one pivot column's updates).
 lane_fnmadd_run = _lane_run(lambda builder, d, x, m: _fnmadd(builder, d, x, m))
 #: dst[di + k*ds] += src[si + k*ss] * mult[mi], k < count.
-lane_fmadd_run = _lane_run(
-    lambda builder, d, x, m: builder.fadd(
-        d, builder.fmul(x, m, flags=("contract",)), flags=("contract",)
-    )
-)
+lane_fmadd_run = _lane_run(lambda builder, d, x, m: _fmadd(builder, d, x, m))
 
 
-@intrinsic
-def lane_dot_sub(typingctx, dst, di, a, ai, as_, b, bi, bs, count, lanes):
-    """``dst[di : di+L] -= sum_k a[ai + k*as_ : +L] * b[bi + k*bs : +L]`` over
-    ``0 <= k < count``, accumulated in a register and stored once (a chain of
-    :func:`lane_fnmadd` on one ``dst`` would go through memory at every
-    step).  Loads and stores as :func:`lane_fnmadd`.
+def _lane_dot(subtract: bool):
+    """An intrinsic ``f(dst, di, a, ai, as_, b, bi, bs, count, lanes)`` that
+    sets ``dst[di : di+L]`` to ``sum_k a[ai + k*as_ : +L] * b[bi + k*bs : +L]``
+    over ``0 <= k < count`` (``subtract``: ``dst`` minus that sum),
+    accumulated in a register and stored once.  A chain of
+    :func:`lane_fnmadd` on one ``dst`` would go through memory at every step.
+    Loads and stores as :func:`lane_fnmadd`.
     """
-    width = lanes.count
 
-    def codegen(context, builder, signature, args):
-        (di_, ai_, as__, bi_, bs_, count_), intp = _index_values(
-            context, builder, signature, args, (1, 3, 4, 6, 7, 8)
-        )
-        dty, aty, bty = signature.args[0], signature.args[2], signature.args[5]
-        align = dty.dtype.bitwidth // 8
-        dp = _vector_pointer(context, builder, dty, args[0], di_, width)
-        acc = cgutils.alloca_once_value(builder, builder.load(dp, align=align))
-        with cgutils.for_range(builder, count_, intp=intp) as loop:
-            a_at = builder.add(ai_, builder.mul(loop.index, as__))
-            b_at = builder.add(bi_, builder.mul(loop.index, bs_))
-            x = builder.load(_vector_pointer(context, builder, aty, args[2], a_at, width),
-                             align=align)  # fmt: skip
-            y = builder.load(_vector_pointer(context, builder, bty, args[5], b_at, width),
-                             align=align)  # fmt: skip
-            builder.store(_fnmadd(builder, builder.load(acc), x, y), acc)
-        builder.store(builder.load(acc), dp, align=align)
-        return context.get_dummy_value()
+    def typer(typingctx, dst, di, a, ai, as_, b, bi, bs, count, lanes):
+        width = lanes.count
 
-    return types.void(dst, di, a, ai, as_, b, bi, bs, count, lanes), codegen
+        def codegen(context, builder, signature, args):
+            (di_, ai_, as__, bi_, bs_, count_), intp = _index_values(
+                context, builder, signature, args, (1, 3, 4, 6, 7, 8)
+            )
+            dty, aty, bty = signature.args[0], signature.args[2], signature.args[5]
+            align = dty.dtype.bitwidth // 8
+            dp = _vector_pointer(context, builder, dty, args[0], di_, width)
+            vector = ir.VectorType(context.get_data_type(dty.dtype), width)
+            start = builder.load(dp, align=align) if subtract else ir.Constant(vector, None)
+            acc = cgutils.alloca_once_value(builder, start)
+            with cgutils.for_range(builder, count_, intp=intp) as loop:
+                a_at = builder.add(ai_, builder.mul(loop.index, as__))
+                b_at = builder.add(bi_, builder.mul(loop.index, bs_))
+                x = builder.load(_vector_pointer(context, builder, aty, args[2], a_at, width),
+                                 align=align)  # fmt: skip
+                y = builder.load(_vector_pointer(context, builder, bty, args[5], b_at, width),
+                                 align=align)  # fmt: skip
+                update = _fnmadd if subtract else _fmadd
+                builder.store(update(builder, builder.load(acc), x, y), acc)
+            builder.store(builder.load(acc), dp, align=align)
+            return context.get_dummy_value()
+
+        return types.void(dst, di, a, ai, as_, b, bi, bs, count, lanes), codegen
+
+    return intrinsic(typer)
+
+
+#: dst[di] = sum_k a[ai + k*as_] * b[bi + k*bs], k < count.
+lane_dot = _lane_dot(subtract=False)
+#: dst[di] -= sum_k a[ai + k*as_] * b[bi + k*bs], k < count (a back-substitution row).
+lane_dot_sub = _lane_dot(subtract=True)
 
 
 @njit(cache=True, nogil=True)

@@ -57,7 +57,8 @@ def factor_lanes(
             continue
         W = W_all[c]
         Y = np.zeros(M * L if solve else 0, dtype=W_all.dtype)
-        scratch = np.empty((E * n + 2 * O + 2) * L, dtype=W_all.dtype)
+        rows = np.empty(STEP_BLOCK * E * n * L, dtype=W_all.dtype)  # a block's coefficients
+        scratch = np.empty((n + 2 * O + 2) * L, dtype=W_all.dtype)
         linfo = np.zeros(L, dtype=np.int32)
         recip = np.empty(2 * L, dtype=W_all.dtype)
         diag = np.empty(M * L, dtype=W_all.dtype)  # A[j, j] of every lane
@@ -67,7 +68,7 @@ def factor_lanes(
             lhs_steps(
                 coef, coef_off, cs0, cs1, cs2, cs3, steps_buf, steps_off, steps_st,
                 W, first, real, bw, t0, t1, T, E, D, O, S, I, weq2, wiv2, ws2, central,
-                tab0, tab1, tabq, scratch, lanes,
+                tab0, tab1, tabq, rows, scratch, lanes,
             )  # fmt: skip
             for j in range(t0 * n, t1 * n):
                 diag[j * L : (j + 1) * L] = W[j * w * L : j * w * L + L]
@@ -75,7 +76,7 @@ def factor_lanes(
                 rhs_steps(
                     coef, coef_off, cs0, cs1, cs2, cs3, rhs, rhs_off, rs0, rs1,
                     init, init_off, vs0, vs1, vs2, Y, first, real, t0, t1,
-                    E, D, O, S, I, weq2, wiv2, scratch, lanes,
+                    E, D, O, S, I, weq2, wiv2, rows, scratch, lanes,
                 )  # fmt: skip
             if not factorise:
                 continue
@@ -154,7 +155,7 @@ def vjp_lanes(
             vjp_steps(
                 coef, coef_off, cs0, cs1, cs2, cs3, rhs, rhs_off, rs0, rs1, steps_buf, steps_off,
                 steps_st, X, LAM, first, real, t0, min(T, t0 + STEP_BLOCK), T, E, D, O,
-                weq2, ws2, central, tab0, tab1, tabq, lhs, grad_coef, grad_rhs, grad_steps,
+                weq2, ws2, central, tab0, tab1, tabq, lhs, grad_coef.reshape(-1), grad_rhs, grad_steps,
                 scratch, lanes,
             )  # fmt: skip
 

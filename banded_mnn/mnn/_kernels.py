@@ -30,7 +30,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .._backends._band_kernels import lane_fmadd, lane_fmadd_run, lane_mul
+from .._backends._band_kernels import lane_dot, lane_fmadd, lane_fmadd_run, lane_mul
 
 #: Steps handled by one parallel job.
 STEP_CHUNK = 256
@@ -84,7 +84,7 @@ def _load_lanes(buf, offs, first, real, base, dst, di, lanes):
 def lhs_steps(
     coef, coef_off, cs0, cs1, cs2, cs3, steps_buf, steps_off, steps_st,
     W, first, real, bw, t0, t1, T, E, D, O, S, I, weq2, wiv2, ws2, central,
-    tab0, tab1, tabq, scratch, lanes,
+    tab0, tab1, tabq, rows, scratch, lanes,
 ):  # fmt: skip
     """Band columns ``j = t*n .. t*n+n-1`` (``t0 <= t < t1``) of the normal
     matrices of ``L`` systems (``first .. first+real-1``; the others get the
@@ -95,20 +95,21 @@ def lhs_steps(
 
     ``tab0``, ``tab1``, ``tabq`` are ``ws^2`` times the smoothness tables,
     each entry repeated over the lanes ((O*O*L), see
-    :func:`smoothness_tables`); ``scratch`` holds at least
-    ``(E*n + 3*O + 2)*L`` elements.
+    :func:`smoothness_tables`).  The coefficients of every lane are left in
+    ``rows``, ``rows[((t - t0)*E*n + e*n + p)*L + l] = c_l[t, e, p]``, for
+    :func:`rhs_steps`.  ``scratch`` holds at least ``(2*O + 1)*L`` elements.
     """
     L = len(lanes)
     n = D * O
     w = bw + 1
-    row = 0  # coefficients c[t, e, :] of every lane: (E*n, L)
-    hp = E * n * L  # powers h^m, m < 2*O - 1: (2*O - 1, L)
+    hp = 0  # powers h^m, m < 2*O - 1: (2*O - 1, L)
     sm = hp + (2 * O - 1) * L  # one smoothness value: (L,)
     weq = sm + L  # w_eq^2 repeated: (L,)
     for l in range(L):
         scratch[weq + l] = weq2
     for t in range(t0, t1):
         col0 = t * n
+        row = (t - t0) * E * n * L  # c[t, e, :] of every lane in rows: (E*n, L)
         W[col0 * w * L : (col0 + n) * w * L] = 0.0  # a slice: vectorised, unlike a loop
         # Equation rows: block [t, t] += w_eq^2 sum_e c[t, e]^T c[t, e].
         for e in range(E):
@@ -116,13 +117,13 @@ def lhs_steps(
                 for o in range(O):
                     _load_lanes(
                         coef, coef_off, first, real, t * cs0 + e * cs1 + d * cs2 + o * cs3,
-                        scratch, row + (e * n + d * O + o) * L, lanes,
+                        rows, row + (e * n + d * O + o) * L, lanes,
                     )  # fmt: skip
         for e in range(E):
             for jq in range(n):
-                lane_mul(scratch, sm, scratch, weq, scratch, row + (e * n + jq) * L, lanes)
+                lane_mul(scratch, sm, scratch, weq, rows, row + (e * n + jq) * L, lanes)
                 # A[t*n + jp, t*n + jq] += w^2 c[e, jp] c[e, jq], jq <= jp < n.
-                lane_fmadd_run(W, (col0 + jq) * w * L, L, scratch, row + (e * n + jq) * L, L,
+                lane_fmadd_run(W, (col0 + jq) * w * L, L, rows, row + (e * n + jq) * L, L,
                                scratch, sm, n - jq, lanes)  # fmt: skip
         # Initial-value rows: identity on the pinned unknowns.
         if t < S:
@@ -186,30 +187,36 @@ def lhs_steps(
 @njit(cache=True, nogil=True)
 def rhs_steps(
     coef, coef_off, cs0, cs1, cs2, cs3, rhs, rhs_off, rs0, rs1, init, init_off, vs0, vs1, vs2,
-    Y, first, real, t0, t1, E, D, O, S, I, weq2, wiv2, scratch, lanes,
+    Y, first, real, t0, t1, E, D, O, S, I, weq2, wiv2, rows, scratch, lanes,
 ):  # fmt: skip
     """Entries ``t*n .. t*n+n-1`` (``t0 <= t < t1``) of the right-hand sides
     ``A^T W b`` of ``L`` systems -- ``w_eq^2 sum_e c[t, e, d, o] r[t, e]``,
     plus ``w_iv^2 v[t, d, o]`` where pinned -- into ``Y[j*L + l]`` (zero for
-    the padding lanes).  ``scratch`` holds at least ``2*L`` elements."""
+    the padding lanes).  The coefficients are read from ``rows`` as
+    :func:`lhs_steps` leaves them there for the same steps, or from ``coef``
+    if ``rows`` is empty.  ``scratch`` holds at least ``(n + 1)*L`` elements."""
     L = len(lanes)
     n = D * O
-    coef_l = 0
-    factor_l = L
+    factor_l = 0
+    loaded = rows.size > 0
     for t in range(t0, t1):
         Y[t * n * L : (t + 1) * n * L] = 0.0
         for e in range(E):
             _load_lanes(rhs, rhs_off, first, real, t * rs0 + e * rs1, scratch, factor_l, lanes)
             for l in range(L):
                 scratch[factor_l + l] *= weq2
-            for d in range(D):
-                for o in range(O):
+            # Y[t*n + p] += (w^2 r[t, e]) c[t, e, p], p < n.
+            if loaded:
+                row = ((t - t0) * E + e) * n * L
+                lane_fmadd_run(Y, t * n * L, L, rows, row, L, scratch, factor_l, n, lanes)
+            else:
+                for p in range(n):
                     _load_lanes(
-                        coef, coef_off, first, real, t * cs0 + e * cs1 + d * cs2 + o * cs3,
-                        scratch, coef_l, lanes,
+                        coef, coef_off, first, real,
+                        t * cs0 + e * cs1 + (p // O) * cs2 + (p % O) * cs3, scratch, L + p * L,
+                        lanes,
                     )  # fmt: skip
-                    lane_fmadd(Y, (t * n + d * O + o) * L, scratch, coef_l, scratch, factor_l,
-                               lanes)  # fmt: skip
+                lane_fmadd_run(Y, t * n * L, L, scratch, L, L, scratch, factor_l, n, lanes)
         if t < S:
             for l in range(real):
                 base = init_off[first + l] + t * vs0
@@ -236,11 +243,11 @@ def assemble_rhs(
     for job in prange(nsys * chunks):
         i = job // chunks
         t0 = (job - i * chunks) * STEP_CHUNK
-        scratch = np.empty(2, dtype=beta.dtype)
+        scratch = np.empty(D * O + 1, dtype=beta.dtype)
         rhs_steps(
             coef, coef_off, cs0, cs1, cs2, cs3, rhs, rhs_off, rs0, rs1, init, init_off,
             vs0, vs1, vs2, beta[i], i, 1, t0, min(T, t0 + STEP_CHUNK), E, D, O, S, I,
-            weq2, wiv2, scratch, one_lane,
+            weq2, wiv2, scratch[:0], scratch, one_lane,
         )  # fmt: skip
 
 
@@ -280,39 +287,33 @@ def vjp_steps(
                     _load_lanes(coef, coef_off, first, real, t * cs0 + e * cs1 + d * cs2 + o * cs3,
                                 scratch, crow + (d * O + o) * L, lanes)  # fmt: skip
             _load_lanes(rhs, rhs_off, first, real, t * rs0 + e * rs1, scratch, rl, lanes)
-            for l in range(2 * L):
-                scratch[cx + l] = 0.0
-            for p in range(n):
-                lane_fmadd(scratch, cx, scratch, crow + p * L, X, (col0 + p) * L, lanes)
-                lane_fmadd(scratch, cl, scratch, crow + p * L, LAM, (col0 + p) * L, lanes)
+            lane_dot(scratch, cx, scratch, crow, L, X, col0 * L, L, n, lanes)
+            lane_dot(scratch, cl, scratch, crow, L, LAM, col0 * L, L, n, lanes)
             for l in range(real):
                 grad_rhs[first + l, t, e] = weq2 * scratch[cl + l]
-            if lhs:
+            if lhs:  # grad_coef is flat: (systems, T, E, n), C order
                 for l in range(real):
                     res = scratch[rl + l] - scratch[cx + l]
                     c_lam = scratch[cl + l]
-                    for d in range(D):
-                        for o in range(O):
-                            j = (col0 + d * O + o) * L + l
-                            grad_coef[first + l, t, e, d, o] = weq2 * (res * LAM[j] - c_lam * X[j])
+                    out = (((first + l) * T + t) * E + e) * n
+                    for p in range(n):
+                        j = (col0 + p) * L + l
+                        grad_coef[out + p] = weq2 * (res * LAM[j] - c_lam * X[j])
         if not lhs or t + 1 >= T:
             continue
         # Step size h_t: -lam^T (dA/dh) x over the pair (t, t+1), summed over dims.
-        for k in range(4 * O * O * L):
-            scratch[mat + k] = 0.0
-        for d in range(D):
-            a0 = (col0 + d * O) * L  # u[t, d, 0]
-            a1 = a0 + n * L  # u[t+1, d, 0]
-            for o1 in range(O):
-                for o2 in range(O):
-                    m = mat + (o1 * O + o2) * L
-                    lane_fmadd(scratch, m, LAM, a0 + o1 * L, X, a0 + o2 * L, lanes)
-                    m += O * O * L
-                    lane_fmadd(scratch, m, LAM, a1 + o1 * L, X, a1 + o2 * L, lanes)
-                    m += O * O * L
-                    lane_fmadd(scratch, m, LAM, a1 + o1 * L, X, a0 + o2 * L, lanes)
-                    m += O * O * L
-                    lane_fmadd(scratch, m, X, a1 + o1 * L, LAM, a0 + o2 * L, lanes)
+        a0 = col0 * L  # u[t, 0, 0]; dimension d is O*L further
+        a1 = a0 + n * L  # u[t+1, 0, 0]
+        for o1 in range(O):
+            for o2 in range(O):
+                m = mat + (o1 * O + o2) * L
+                lane_dot(scratch, m, LAM, a0 + o1 * L, O * L, X, a0 + o2 * L, O * L, D, lanes)
+                m += O * O * L
+                lane_dot(scratch, m, LAM, a1 + o1 * L, O * L, X, a1 + o2 * L, O * L, D, lanes)
+                m += O * O * L
+                lane_dot(scratch, m, LAM, a1 + o1 * L, O * L, X, a0 + o2 * L, O * L, D, lanes)
+                m += O * O * L
+                lane_dot(scratch, m, X, a1 + o1 * L, O * L, LAM, a0 + o2 * L, O * L, D, lanes)
         for l in range(L):
             i = first + (l if l < real else 0)
             h = steps_buf[steps_off[i] + t * steps_st]
