@@ -302,13 +302,14 @@ def forward(W, Y, n, bw, nrhs, recip, lanes, j0, j1):
 
 
 @njit(cache=True, nogil=True)
-def backward(W, Y, n, bw, nrhs, lanes):
-    """``Y <- L^{-T} Y`` for a factored ``W``.
+def backward(W, Y, n, bw, nrhs, lanes, j0=0, j1=-1):
+    """``Y <- L^{-T} Y`` for a factored ``W``: rows ``[j0, j1)`` (all by
+    default), which requires rows from ``j1`` on to be done.
 
     x[j] = (y[j] - sum_t L[j + t, j] x[j + t]) / L[j, j], from the last row up.
     """
     L = len(lanes)
-    for j in range(n - 1, -1, -1):
+    for j in range(n - 1 if j1 < 0 else j1 - 1, j0 - 1, -1):
         m = min(bw, n - 1 - j)
         p = j * (bw + 1) * L
         for k in range(nrhs):

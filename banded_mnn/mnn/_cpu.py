@@ -129,18 +129,29 @@ def solve_lanes(W_all, b, bw, lanes):
 @njit(parallel=True, cache=True)
 def vjp_lanes(
     coef, coef_off, coef_st, rhs, rhs_off, rhs_st, steps_buf, steps_off, steps_st,
-    x, lam, grad_coef, grad_rhs, grad_steps,
+    x, lam, W_all, bw, lam_head, grad_coef, grad_rhs, grad_steps,
     T, E, D, O, weq2, ws2, central, tab0, tab1, tabq, lhs, lanes,
 ):  # fmt: skip
     """The VJP's pass over the steps (:func:`._kernels.vjp_steps`) for every
-    system: ``x`` and ``lam`` (systems, M) are gathered into the lane layout
-    one chunk of ``L`` systems at a time."""
+    system, ``x`` and ``lam`` (systems, M) gathered into the lane layout one
+    chunk of ``L`` systems at a time.
+
+    With a factor ``W_all`` (the layout of :func:`factor_lanes`; empty: none)
+    ``lam`` holds ``dL/du`` and ``A^{-1} dL/du`` is solved here: the forward
+    substitution, then the backward substitution a block of steps at a time
+    from the end, each block's gradients computed as soon as its (and the next
+    step's) values are final, while they are in cache.  Otherwise ``lam`` is
+    ``A^{-1} dL/du`` already.  ``lam_head`` (systems, H) receives its first H
+    entries (the initial values' gradient needs them).
+    """
     L = len(lanes)
     nsys, M = x.shape
     n = D * O
     cs0, cs1, cs2, cs3 = coef_st
     rs0, rs1 = rhs_st
+    solve = W_all.shape[0] > 0
     chunks = (nsys + L - 1) // L
+    grad_coef_flat = grad_coef.reshape(-1)
     for c in prange(chunks):
         first = c * L
         real = min(L, nsys - first)
@@ -151,13 +162,21 @@ def vjp_lanes(
                 X[j * L + l] = x[first + l, j]
                 LAM[j * L + l] = lam[first + l, j]
         scratch = np.empty((n + 4 * O * O + 2 * O + 8) * L, dtype=x.dtype)
-        for t0 in range(0, T, STEP_BLOCK):
+        if solve:
+            recip = np.empty(L, dtype=x.dtype)
+            forward(W_all[c], LAM, M, bw, 1, recip, lanes, 0, M)
+        for t0 in range(((T - 1) // STEP_BLOCK) * STEP_BLOCK, -1, -STEP_BLOCK):
+            t1 = min(T, t0 + STEP_BLOCK)
+            if solve:
+                backward(W_all[c], LAM, M, bw, 1, lanes, t0 * n, t1 * n)
             vjp_steps(
                 coef, coef_off, cs0, cs1, cs2, cs3, rhs, rhs_off, rs0, rs1, steps_buf, steps_off,
-                steps_st, X, LAM, first, real, t0, min(T, t0 + STEP_BLOCK), T, E, D, O,
-                weq2, ws2, central, tab0, tab1, tabq, lhs, grad_coef.reshape(-1), grad_rhs, grad_steps,
-                scratch, lanes,
+                steps_st, X, LAM, first, real, t0, t1, T, E, D, O, weq2, ws2, central,
+                tab0, tab1, tabq, lhs, grad_coef_flat, grad_rhs, grad_steps, scratch, lanes,
             )  # fmt: skip
+        for l in range(real):
+            for j in range(lam_head.shape[1]):
+                lam_head[first + l, j] = LAM[j * L + l]
 
 
 @njit(parallel=True, cache=True)

@@ -845,12 +845,21 @@ class OdeSystem:
         if u.shape != out_shape:
             raise ValueError(f"u must have shape {out_shape} (the solution); got {u.shape}")
         try:
-            lam = np.array(np.broadcast_to(grad_u, out_shape), dtype=dtype, order="C")
+            grad_u = np.broadcast_to(grad_u, out_shape)
         except ValueError:
             raise ValueError(
                 f"grad_u must broadcast to the solution's shape {out_shape}; got {grad_u.shape}"
             ) from None
         nsys = math.prod(batch)
+        S, I = spec.n_init_var_steps, spec.n_init_var_orders
+        # The kernel solves for lam = A^{-1} grad_u itself (fused with its pass
+        # over the steps) when the factor is the lane workspace, one per system.
+        fused = self.cyclic is None and batch == self.lhs_batch_shape and dtype == self.dtype
+        if fused:  # read in place when already contiguous
+            lam = np.ascontiguousarray(grad_u, dtype=dtype)
+        else:
+            lam = np.array(grad_u, dtype=dtype, order="C")
+        lam_head = _empty(batch + (S, spec.n_dims, spec.n_orders), dtype=dtype)
         grads_full = {
             # Written in full by the kernel.
             "rhs_equation": _empty(batch + (T, E), dtype=dtype),
@@ -858,18 +867,21 @@ class OdeSystem:
             "steps": _empty(batch + (T - 1,) if lhs else (0,), dtype=dtype),
         }
         if lam.size:
-            lam = self._solve_batch(lam.reshape(batch + (spec.n_unknowns, 1)))
+            if not fused:
+                lam = self._solve_batch(lam.reshape(batch + (spec.n_unknowns, 1)))
             x = np.ascontiguousarray(u, dtype=dtype).reshape(nsys, spec.n_unknowns)
             c = _flat(a["coefficients"], batch, 4, dtype)
             r = _flat(a["rhs_equation"], batch, 2, dtype)
             h = _flat(a.get("steps"), batch, 1, dtype)
             gc = grads_full["coefficients"]
             gh = grads_full["steps"]
-            lanes = _choose_lanes(nsys)
+            lanes = self.lanes if fused else _choose_lanes(nsys)
             ws2 = spec.weight_smooth**2
             vjp_lanes(
                 c[0], c[1], c[2], r[0], r[1], r[2], h[0], h[1], h[2][0],
                 x, lam.reshape(nsys, spec.n_unknowns),
+                self.workspace if fused else np.empty((0, 0), dtype), spec.bandwidth,
+                lam_head.reshape(nsys, -1),
                 gc.reshape((nsys, T, E, D, O) if lhs else (0, 0, 0, 0, 0)),
                 grads_full["rhs_equation"].reshape(nsys, T, E),
                 gh.reshape((nsys, T - 1) if lhs else (0, 0)),
@@ -878,9 +890,7 @@ class OdeSystem:
                   for t in _tables(O, spec.enable_central_smoothness, dtype)),
                 lhs, _lane_marker(lanes),
             )  # fmt: skip
-        lam = lam.reshape(out_shape)
-        S, I = spec.n_init_var_steps, spec.n_init_var_orders
-        grads_full["init_vars"] = spec.weight_init_var**2 * lam[..., :S, :, :I]
+        grads_full["init_vars"] = spec.weight_init_var**2 * lam_head[..., :I]
 
         def finish(name: str) -> np.ndarray | None:
             if name not in inputs.arrays or (not lhs and name in ("coefficients", "steps")):
