@@ -263,16 +263,46 @@ def test_torch_func_transforms(rng):
 
 
 def test_operator_or_body(rng, monkeypatch):
-    """Plain eager calls run the operators' bodies directly; vmap, fake
-    tensors and torch.compile get the operators (their vmap rules and fake
-    implementations)."""
+    """Plain eager calls run the operators' bodies directly (ode_forward its
+    own autograd.Function); vmap, fake tensors and torch.compile get the
+    operators (their vmap rules and fake implementations)."""
     calls = []
     bodies = dict(_ops._BODIES)
     for op, body in bodies.items():
         monkeypatch.setitem(_ops._BODIES, op, lambda *a, _b=body: calls.append(_b) or _b(*a))
-    inputs = [x.requires_grad_() for x in mnn_inputs(rng, (3,))]
-    bt.ode_forward(*inputs).sum().backward()
+    ab = spd(rng, (2,), 7, 2).requires_grad_()
+    b = torch.ones(2, 7, 1, dtype=F64)
+    bt.solveh_banded(ab, b).sum().backward()
+    assert calls == [bodies[op] for op in (_ops._solveh, _ops._cho_solve, _ops._band_gradient)]
+    # ode_forward in plain eager mode: its own autograd.Function, same values
+    # and gradients as through the operators.
+    calls.clear()
+    inputs = mnn_inputs(rng, (3,))
+    static = (6, 1, [1.0, 2.0, 0.5], True)
+    results = []
+    for eager in (True, False):
+        leaves = [x.clone().requires_grad_() for x in inputs]
+        if eager:
+            u = _ops._OdeForwardEager.apply(*leaves, static)
+        else:
+            u = _ops._OdeForward(*leaves, *static)[0]
+        (u**2).sum().backward()
+        results.append([u.detach()] + [x.grad for x in leaves])
     assert calls == [bodies[_ops._ode_forward], bodies[_ops._ode_backward]]
+    for eager, op in zip(*results, strict=True):
+        torch.testing.assert_close(eager, op, rtol=1e-12, atol=0)
+    # Only the right-hand side needs a gradient: no left-hand-side gradients.
+    r = inputs[1].clone().requires_grad_()
+    (
+        bt.ode_forward(inputs[0], r, *inputs[2:], 6, 1, False, 1.0, 2.0, 0.5, True) ** 2
+    ).sum().backward()
+    torch.testing.assert_close(r.grad, results[1][2], rtol=1e-12, atol=0)
+    # The solution is saved for the backward: modifying it in place is caught.
+    u = bt.ode_forward(*(x.clone().requires_grad_() for x in inputs))
+    loss = u.sum()  # (which saves nothing itself)
+    u.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
     plain = [x.detach() for x in inputs]
     # (Under torch.func.grad the forward meets plain tensors and may run the
     # body; its backward meets wrapped ones.  test_torch_func_transforms checks it.)
@@ -286,7 +316,7 @@ def test_operator_or_body(rng, monkeypatch):
     assert _ops._plain_eager(tuple(plain))
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    ab, b = spd(rng, (2,), 7, 2), torch.ones(2, 7, 1, dtype=F64)
+    ab = ab.detach()
     with FakeTensorMode() as mode:
         fake = [mode.from_tensor(x) for x in (ab, b)]
         assert not _ops._plain_eager(tuple(fake))
