@@ -2,7 +2,7 @@
 
 Forward + backward at B=16, T=2048, D=3, O=3, E=3 (float64, CPU) for
 
-* ``"banded_mnn.torch"``: the adapter's custom operator;
+* ``"banded_mnn.torch"``: :func:`banded_mnn.torch.ode_forward` (eager mode);
 * ``"NumPy-level"``: the NumPy-level calls it wraps (``ode_forward`` with
   ``return_system=True`` and ``OdeSystem.vjp``), to measure the adapter's
   overhead;

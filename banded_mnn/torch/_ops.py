@@ -5,7 +5,10 @@ Each public function is a thin Python wrapper around a
 (shape) implementation for ``torch.compile``, an autograd formula
 (``register_autograd``) and a vmap rule; in eager mode the call goes through a
 ``torch.autograd.Function`` with the same derivative (for ``torch.func``, see
-:func:`_function`), under ``torch.compile`` to the operator itself.  Tensor
+:func:`_function`), under ``torch.compile`` to the operator itself.  In plain
+eager mode (:func:`_plain_eager`) that Function runs the operator's body
+without the operator's dispatch (:func:`_call`), and ``ode_forward`` on CPU
+tensors has a leaner Function of its own (:class:`_OdeForwardEager`).  Tensor
 data crosses to NumPy without
 a copy (``Tensor.numpy()`` on a detached, conjugation-resolved view: any
 strides); results come back with ``torch.from_numpy``, also without a copy.
