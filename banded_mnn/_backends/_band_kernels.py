@@ -141,6 +141,12 @@ def _fmadd(builder, acc, x, y):
     return builder.fadd(acc, builder.fmul(x, y, flags=("contract",)), flags=("contract",))
 
 
+def _strided_pointer(context, builder, array_type, array, start, stride, k, width):
+    """The vector pointer at element ``start + k*stride`` of a 1-D array."""
+    at = builder.add(start, builder.mul(k, stride))
+    return _vector_pointer(context, builder, array_type, array, at, width)
+
+
 def _index_values(context, builder, signature, args, positions):
     """The integer arguments at ``positions``, as ``intp`` values."""
     intp = context.get_value_type(types.intp)
@@ -172,10 +178,9 @@ def _lane_run(combine):
                 _vector_pointer(context, builder, mty, args[6], mi_, width), align=align
             )
             with cgutils.for_range(builder, count_, intp=intp) as loop:
-                d_at = builder.add(di_, builder.mul(loop.index, ds_))
-                s_at = builder.add(si_, builder.mul(loop.index, ss_))
-                dp = _vector_pointer(context, builder, dty, args[0], d_at, width)
-                sp = _vector_pointer(context, builder, sty, args[3], s_at, width)
+                k = loop.index
+                dp = _strided_pointer(context, builder, dty, args[0], di_, ds_, k, width)
+                sp = _strided_pointer(context, builder, sty, args[3], si_, ss_, k, width)
                 x = builder.load(sp, align=align)
                 d = builder.load(dp, align=align)
                 builder.store(combine(builder, d, x, m), dp, align=align)
@@ -215,12 +220,11 @@ def _lane_dot(subtract: bool):
             start = builder.load(dp, align=align) if subtract else ir.Constant(vector, None)
             acc = cgutils.alloca_once_value(builder, start)
             with cgutils.for_range(builder, count_, intp=intp) as loop:
-                a_at = builder.add(ai_, builder.mul(loop.index, as__))
-                b_at = builder.add(bi_, builder.mul(loop.index, bs_))
-                x = builder.load(_vector_pointer(context, builder, aty, args[2], a_at, width),
-                                 align=align)  # fmt: skip
-                y = builder.load(_vector_pointer(context, builder, bty, args[5], b_at, width),
-                                 align=align)  # fmt: skip
+                k = loop.index
+                ap = _strided_pointer(context, builder, aty, args[2], ai_, as__, k, width)
+                bp = _strided_pointer(context, builder, bty, args[5], bi_, bs_, k, width)
+                x = builder.load(ap, align=align)
+                y = builder.load(bp, align=align)
                 update = _fnmadd if subtract else _fmadd
                 builder.store(update(builder, builder.load(acc), x, y), acc)
             builder.store(builder.load(acc), dp, align=align)
