@@ -316,3 +316,27 @@ def test_empty_result_still_checks_finiteness():
     with pytest.raises(ValueError, match="cb must not contain infs or NaNs"):
         bm.cho_solve_banded((ab, False), np.zeros((4, 0)))
     assert bm.solveh_banded(ab, np.zeros((4, 0)), check_finite=False).shape == (4, 0)
+
+
+@pytest.mark.parametrize(
+    "shape, core_ndim",
+    [((4, 5, 3, 3, 3), 4), ((2, 3, 7), 2), ((1, 6, 2), 2), ((3, 1, 4), 1), ((5,), 1),
+     ((2, 2, 1, 3), 2), ((2, 1, 1), 1)],
+)  # fmt: skip
+def test_contiguous_addressing_matches_the_general_one(shape, core_ndim, rng):
+    """flat_batch's shortcut for C-contiguous arrays of the full batch shape
+    addresses every element as the general path does."""
+    from banded_mnn import _strided
+
+    x = rng.standard_normal(shape)
+    batch = shape[: len(shape) - core_ndim]
+    fast = _strided.flat_batch(x, batch, core_ndim)
+    general = _strided._flat_general(x, batch, core_ndim)
+    assert fast[2] == general[2]
+    np.testing.assert_array_equal(fast[1], general[1])
+    for buf, offsets, strides in (fast, general):
+        for index in np.ndindex(*shape):
+            i = np.ravel_multi_index(index[: len(batch)], batch) if batch else 0
+            at = offsets[i] + sum(k * s for k, s in zip(index[len(batch) :], strides, strict=True))
+            assert buf[at] == x[index]
+    assert fast[0].base is x or fast[0].base is x.base  # no copy
