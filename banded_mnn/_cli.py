@@ -100,6 +100,12 @@ def info(out: Callable[[str], None] = print) -> None:
         out(f"adapter banded_mnn.{name}: {_adapter_status(name)}")
 
 
+def _seconds(function: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
 def _median_time(function: Callable[[], object], repeat: int) -> float:
     return _interleaved_medians({"": function}, repeat)[""]
 
@@ -340,10 +346,10 @@ def bench_torch(
     per-step algorithm in PyTorch and against the NumPy-level calls it wraps.
 
     ``case`` is ``(B, T, E, D, O)``, float64, one initial value.  After a
-    warm-up, the torch function and the NumPy-level calls are timed in
-    alternation (median of ``3 * repeat`` each), the per-step baseline on its
-    own (median of ``repeat``).  Prints a markdown table and returns the
-    times (seconds).
+    warm-up, ``repeat`` rounds each time the per-step baseline once and then
+    the torch function and the NumPy-level calls three times in alternation;
+    medians of each (``repeat`` and ``3 * repeat`` samples).  Prints a
+    markdown table and returns the times (seconds).
     """
     from .torch.baselines import bench_steps
 
@@ -351,13 +357,20 @@ def bench_torch(
     timed = bench_steps(case)
     for function in timed.values():
         function()  # warm-up
-    # The two sides of the adapter overhead alternate (a ratio of a few
-    # per cent would otherwise be lost in the machine's drift); the per-step
-    # baseline is timed on its own, so that torch's spinning OpenMP threads
-    # after its many small operations do not slow the Numba kernels.
+    # Side by side: each round runs the per-step baseline once, pauses so
+    # that torch's OpenMP threads, which spin after its many small
+    # operations, stop taking the cores from the Numba kernels, and then
+    # alternates the two sides of the adapter overhead three times (a ratio
+    # of a few per cent would otherwise be lost in the machine's drift).
     ours_names = ("banded_mnn.torch", "NumPy-level")
-    times = _interleaved_medians({name: timed[name] for name in ours_names}, 3 * repeat)
-    times["per-step torch"] = _median_time(timed["per-step torch"], repeat)
+    samples: dict[str, list[float]] = {name: [] for name in (*ours_names, "per-step torch")}
+    for _ in range(repeat):
+        samples["per-step torch"].append(_seconds(timed["per-step torch"]))
+        time.sleep(0.2)
+        for _ in range(3):
+            for name in ours_names:
+                samples[name].append(_seconds(timed[name]))
+    times = {name: float(np.median(t)) for name, t in samples.items()}
     ours = times["banded_mnn.torch"]
     out(f"| B={batch} T={steps} E={equations} D={dims} O={orders}, float64, forward + backward "
         "| time [ms] | vs banded_mnn.torch |")  # fmt: skip
