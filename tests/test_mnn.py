@@ -307,6 +307,36 @@ def test_vjp_finite_differences(rng, lanes, central, O):
     _directional_check(rng, inputs, kwargs)
 
 
+@pytest.mark.parametrize("central", [False, True], ids=["default", "central"])
+def test_vjp_across_step_blocks(rng, central):
+    """Sequences longer than the kernels' blocks of 32 steps (the VJP's
+    solve runs a block at a time from the end): every input by a random
+    direction, and the step sizes one by one around the block boundaries,
+    where central smoothness reads the previous block's values."""
+    from banded_mnn.mnn._cpu import STEP_BLOCK
+
+    T = 2 * STEP_BLOCK + 6
+    inputs = random_problem(rng, (2,), T, 2, 2, 3, 1, 2)
+    kwargs = {"enable_central_smoothness": central, "weight_smooth": 1.7}
+    _directional_check(rng, inputs, kwargs)
+    c, r, v, h = inputs
+    u = ode_forward(*inputs, **kwargs)
+    g = rng.standard_normal(u.shape)
+    system = OdeSystem.factor(c, h, n_init_var_steps=1, n_init_var_orders=2, **kwargs)
+    grad_h = system.vjp(g, u, c, r, v, h).steps
+    eps = 1e-6
+    for t in (STEP_BLOCK - 2, STEP_BLOCK - 1, STEP_BLOCK, STEP_BLOCK + 1, 2 * STEP_BLOCK):
+        step = np.zeros_like(h)
+        step[1, t] = eps
+        numeric = np.sum(g * (ode_forward(c, r, v, h + step, **kwargs)
+                              - ode_forward(c, r, v, h - step, **kwargs))) / (2 * eps)  # fmt: skip
+        assert abs(numeric - grad_h[1, t]) <= 1e-5 * max(1.0, abs(numeric)), (
+            t,
+            numeric,
+            grad_h[1, t],
+        )
+
+
 def test_vjp_broadcasting(rng):
     # Every [b] axis of length 1, and a left-hand side shared by 3 right-hand sides.
     c, r, v, h = random_problem(

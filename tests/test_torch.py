@@ -297,6 +297,13 @@ def test_operator_or_body(rng, monkeypatch):
         bt.ode_forward(inputs[0], r, *inputs[2:], 6, 1, False, 1.0, 2.0, 0.5, True) ** 2
     ).sum().backward()
     torch.testing.assert_close(r.grad, results[1][2], rtol=1e-12, atol=0)
+    # The factor is a saved tensor: freed with the graph after the backward.
+    u = bt.ode_forward(*(x.clone().requires_grad_() for x in inputs))
+    assert isinstance(u.grad_fn, _ops._OdeForwardEager._backward_cls)
+    u.sum().backward()
+    with pytest.raises(RuntimeError, match="freed"):
+        _ = u.grad_fn.saved_tensors
+    assert _ops._plain_eager((torch.nn.Parameter(inputs[0]),))
     # The solution is saved for the backward: modifying it in place is caught.
     u = bt.ode_forward(*(x.clone().requires_grad_() for x in inputs))
     loss = u.sum()  # (which saves nothing itself)

@@ -139,8 +139,9 @@ def vjp_lanes(
     With a factor ``W_all`` (the layout of :func:`factor_lanes`; empty: none)
     ``lam`` holds ``dL/du`` and ``A^{-1} dL/du`` is solved here: the forward
     substitution, then the backward substitution a block of steps at a time
-    from the end, each block's gradients computed as soon as its (and the next
-    step's) values are final, while they are in cache.  Otherwise ``lam`` is
+    from the end, each block's gradients computed as soon as the values they
+    read are final (the block's, the next step's and, with central
+    smoothness, the previous step's), while they are in cache.  Otherwise ``lam`` is
     ``A^{-1} dL/du`` already.  ``lam_head`` (systems, H) receives its first H
     entries (the initial values' gradient needs them).
     """
@@ -165,10 +166,16 @@ def vjp_lanes(
         if solve:
             recip = np.empty(L, dtype=x.dtype)
             forward(W_all[c], LAM, M, bw, 1, recip, lanes, 0, M)
+        done = M  # rows [done, M) of LAM are final
         for t0 in range(((T - 1) // STEP_BLOCK) * STEP_BLOCK, -1, -STEP_BLOCK):
             t1 = min(T, t0 + STEP_BLOCK)
             if solve:
-                backward(W_all[c], LAM, M, bw, 1, lanes, t0 * n, t1 * n)
+                # The block's gradients read lam at steps t0 .. t1 (+1 with
+                # central smoothness, whose rows span three steps) and, with
+                # central smoothness, at step t0 - 1 too.
+                low = max(t0 - 1, 0) * n if central else t0 * n
+                backward(W_all[c], LAM, M, bw, 1, lanes, low, done)
+                done = low
             vjp_steps(
                 coef, coef_off, cs0, cs1, cs2, cs3, rhs, rhs_off, rs0, rs1, steps_buf, steps_off,
                 steps_st, X, LAM, first, real, t0, t1, T, E, D, O, weq2, ws2, central,

@@ -153,13 +153,13 @@ def _dispatch_mode_active() -> bool:
 def _plain_eager(args: tuple) -> bool:
     """Whether a call with ``args`` happens in plain eager mode: not compiling,
     no torch.func transform or dispatch mode active, and every tensor an
-    ordinary CPU or CUDA tensor."""
+    ordinary CPU or CUDA tensor or parameter (no subclass)."""
     if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
         return False
     if _dispatch_mode_active():
         return False
     return all(
-        type(a) is Tensor
+        type(a) in (Tensor, torch.nn.Parameter)
         and a.device.type in ("cpu", "cuda")
         and not torch._C._functorch.is_functorch_wrapped_tensor(a)
         for a in args
@@ -732,18 +732,23 @@ class _OdeForwardEager(torch.autograd.Function):
         tensors = (coefficients, rhs_equation, init_vars, steps)
         n_steps, n_init_var_steps, weights, central = static
         inputs = _inputs(tensors, n_steps, n_init_var_steps, False, tuple(weights), central)
-        u, ctx.system = _layer._forward(inputs, False, True, None, None)
+        u, system = _layer._forward(inputs, False, True, None, None)
         u = _t(np.ascontiguousarray(u))
-        ctx.save_for_backward(*tensors, u)
+        # The factor as a saved tensor, so that torch frees it with the graph
+        # (after the backward unless retain_graph), not with the output.
+        ctx.layout = (system.lanes, system.spec, system.lhs_batch_shape)
+        ctx.save_for_backward(*tensors, u, _t(system.workspace.reshape(-1)))
         return u
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_u):
-        *arrays, u = (_np(t) for t in ctx.saved_tensors)
+        *tensors, u, factor = ctx.saved_tensors
+        system = _system(factor, *ctx.layout)
+        arrays = [_np(t) for t in tensors]
         # No left-hand-side gradients when neither coefficients nor steps need one.
         lhs = ctx.needs_input_grad[0] or ctx.needs_input_grad[3]
-        grads = ctx.system.vjp(_np(grad_u), u, *arrays[:3], arrays[3] if lhs else None)
+        grads = system.vjp(_np(grad_u), _np(u), *arrays[:3], arrays[3] if lhs else None)
         return (*(None if g is None else _t(np.ascontiguousarray(g)) for g in grads), None)
 
 
