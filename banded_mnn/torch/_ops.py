@@ -721,11 +721,10 @@ torch.library.register_vmap(
 class _OdeForwardEager(torch.autograd.Function):
     """``ode_forward`` on CPU tensors in plain eager mode (see
     :func:`_plain_eager`): the operator's body and derivative without the
-    operator, the factor kept as the layer's own object rather than a tensor
-    output.  It saves what a call costs around the kernels (0.3 ms of 0.4 on
-    a small problem, 0.4 of 1.1 ms at B=16, T=2048, see
-    ``docs/performance.md``).  The arguments after the tensors are
-    :func:`_ode_forward`'s, in one tuple."""
+    operator, the factor a saved tensor rather than an output.  With it the
+    adapter's overhead on a small problem (B=16, T=8) fell from 0.30 to
+    0.20 ms, see ``docs/performance.md``.  The arguments after the tensors
+    are :func:`_ode_forward`'s, in one tuple."""
 
     @staticmethod
     def forward(ctx, coefficients, rhs_equation, init_vars, steps, static):
