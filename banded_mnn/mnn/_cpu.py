@@ -58,7 +58,7 @@ def factor_lanes(
         W = W_all[c]
         Y = np.zeros(M * L if solve else 0, dtype=W_all.dtype)
         rows = np.empty(STEP_BLOCK * E * n * L, dtype=W_all.dtype)  # a block's coefficients
-        scratch = np.empty((n + 2 * O + 2) * L, dtype=W_all.dtype)
+        scratch = np.empty((2 * O + 1) * L, dtype=W_all.dtype)  # see lhs_steps, rhs_steps
         linfo = np.zeros(L, dtype=np.int32)
         recip = np.empty(2 * L, dtype=W_all.dtype)
         diag = np.empty(M * L, dtype=W_all.dtype)  # A[j, j] of every lane

@@ -194,7 +194,8 @@ def rhs_steps(
     plus ``w_iv^2 v[t, d, o]`` where pinned -- into ``Y[j*L + l]`` (zero for
     the padding lanes).  The coefficients are read from ``rows`` as
     :func:`lhs_steps` leaves them there for the same steps, or from ``coef``
-    if ``rows`` is empty.  ``scratch`` holds at least ``(n + 1)*L`` elements."""
+    if ``rows`` is empty.  ``scratch`` holds at least ``L`` elements
+    (``(n + 1)*L`` when ``rows`` is empty)."""
     L = len(lanes)
     n = D * O
     factor_l = 0

@@ -289,10 +289,15 @@ def _flat(x: np.ndarray | None, batch: tuple[int, ...], core_ndim: int, dtype: n
         strides = (0,) * core_ndim
     else:
         buf, offsets, strides = flat_batch(x, batch, core_ndim)
-    # Always read-only, so that each kernel compiles once per dtype.
-    buf = buf.view()
-    buf.flags.writeable = False
-    return buf, offsets, strides
+    return _read_only(buf), offsets, strides
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """A read-only view of ``a``: kernel inputs are always passed read-only,
+    so that each kernel compiles once per dtype, not once per writeability."""
+    view = a.view()
+    view.flags.writeable = False
+    return view
 
 
 @functools.lru_cache(maxsize=64)
@@ -879,7 +884,7 @@ class OdeSystem:
             ws2 = spec.weight_smooth**2
             vjp_lanes(
                 c[0], c[1], c[2], r[0], r[1], r[2], h[0], h[1], h[2][0],
-                x, lam.reshape(nsys, spec.n_unknowns),
+                _read_only(x), _read_only(lam.reshape(nsys, spec.n_unknowns)),
                 self.workspace if fused else np.empty((0, 0), dtype), spec.bandwidth,
                 lam_head.reshape(nsys, -1),
                 gc.reshape((nsys, T, E, D, O) if lhs else (0, 0, 0, 0, 0)),
