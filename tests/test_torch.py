@@ -283,7 +283,7 @@ def test_operator_or_body(rng, monkeypatch):
     for eager in (True, False):
         leaves = [x.clone().requires_grad_() for x in inputs]
         if eager:
-            u = _ops._OdeForwardEager.apply(*leaves, static)
+            u = _ops._OdeForwardEager.apply(*leaves, _ops._shapes(leaves, *static))
         else:
             u = _ops._OdeForward(*leaves, *static)[0]
         (u**2).sum().backward()
@@ -340,13 +340,13 @@ def test_zero_copy(rng, monkeypatch):
     inputs = mnn_inputs(rng)
     inputs[0] = inputs[0].transpose(-1, -2).contiguous().transpose(-1, -2)  # non-contiguous
     seen = []
-    real = banded_mnn.mnn._layer._prepare
+    real = banded_mnn.mnn._layer._forward
 
-    def spy(*args, **kwargs):
-        seen.extend(a for a in args[:4] if isinstance(a, np.ndarray))
-        return real(*args, **kwargs)
+    def spy(inputs, *args):  # the arrays the layer's kernels read
+        seen.extend(inputs.arrays.values())
+        return real(inputs, *args)
 
-    monkeypatch.setattr(banded_mnn.mnn._layer, "_prepare", spy)
+    monkeypatch.setattr(banded_mnn.mnn._layer, "_forward", spy)
     u = bt.ode_forward(*inputs)
     pointers = {t.data_ptr() for t in inputs}
     assert {a.__array_interface__["data"][0] for a in seen if a.strides} >= pointers
@@ -415,3 +415,39 @@ def test_per_step_baseline_agrees(rng):
     (u_ref * g).sum().backward()
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(b.grad, a.grad)
+
+
+def test_ode_forward_step_axis_first_and_rhs_only_gradients(rng):
+    # The CPU shortcut with is_step_dim_first: values and gradients as the
+    # canonical layout's, and float64 gradcheck.
+    c, r, v, h = mnn_inputs(rng, (2,), 5, 2, 2, 3, 1, 2)
+    names = _ops._MNN_NAMES
+    first = [x.movedim(-_layer_core(n), 0) for x, n in zip((c, r, v, h), names, strict=True)]
+    args = [x.clone().requires_grad_() for x in first]
+    u = bt.ode_forward(*args, is_step_dim_first=True, enable_central_smoothness=True)
+    canonical = [x.clone().requires_grad_() for x in (c, r, v, h)]
+    ref = bt.ode_forward(*canonical, enable_central_smoothness=True)
+    torch.testing.assert_close(u, ref.movedim(-3, 0), rtol=1e-12, atol=0)
+    (u.movedim(0, -3) * ref.detach()).sum().backward()
+    (ref * ref.detach()).sum().backward()
+    for x, y, name in zip(args, canonical, names, strict=True):
+        torch.testing.assert_close(
+            x.grad.movedim(0, -_layer_core(name)), y.grad, rtol=1e-12, atol=0
+        )
+    assert torch.autograd.gradcheck(lambda *a: bt.ode_forward(*a, is_step_dim_first=True), args)
+    # Only the right-hand side needs a gradient while the step sizes carry a
+    # batch axis of their own: the right-hand side's gradient is still that
+    # of the full batch, summed over its broadcast axis.
+    hb = torch.tensor(rng.uniform(0.2, 0.6, (3, 1, 4)), dtype=F64)
+    r1 = r[:1].clone().requires_grad_()
+    u = bt.ode_forward(c, r1, v, hb)
+    assert u.shape == (3, 2, 5, 2, 3)
+    u.pow(2).sum().backward()
+    r2 = r[:1].clone().requires_grad_()
+    h2 = hb.clone().requires_grad_()  # (then every gradient is computed)
+    bt.ode_forward(c, r2, v, h2).pow(2).sum().backward()
+    torch.testing.assert_close(r1.grad, r2.grad, rtol=1e-12, atol=0)
+
+
+def _layer_core(name):
+    return banded_mnn.mnn._layer._CORE_NDIM[name]

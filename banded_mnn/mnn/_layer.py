@@ -833,15 +833,10 @@ class OdeSystem:
             was broadcast along) and floating dtype; ``coefficients`` and
             ``steps`` are ``None`` when ``steps`` is not given.
         """
-        from ._cpu import vjp_lanes
-
         lhs = steps is not None
         inputs = self._inputs(coefficients, rhs_equation, init_vars, steps)
-        spec, batch = self.spec, inputs.batch
-        dtype = np.result_type(inputs.dtype, self.dtype)
-        a = {k: np.asarray(x, dtype=dtype) for k, x in inputs.arrays.items()}
-        T, E, D, O = spec.n_steps, spec.n_equations, spec.n_dims, spec.n_orders
-        out_shape = batch + (T, D, O)
+        spec = self.spec
+        out_shape = inputs.batch + (spec.n_steps, spec.n_dims, spec.n_orders)
         grad_u = _api._as_real_array(grad_u, "grad_u")
         u = _api._as_real_array(u, "u")
         if self.is_step_dim_first:
@@ -855,6 +850,20 @@ class OdeSystem:
             raise ValueError(
                 f"grad_u must broadcast to the solution's shape {out_shape}; got {grad_u.shape}"
             ) from None
+        return self._vjp(inputs, grad_u, u, lhs)
+
+    def _vjp(self, inputs: _Inputs, grad_u: np.ndarray, u: np.ndarray, lhs: bool) -> OdeGradients:
+        """:meth:`vjp` on validated inputs: ``inputs`` as :func:`_prepare`
+        returns them, ``grad_u`` and ``u`` real arrays of the solution's shape
+        in the canonical layout; gradients for ``coefficients`` and ``steps``
+        only with ``lhs``.  (The torch adapter calls it directly with the
+        inputs it validated in the forward.)"""
+        from ._cpu import vjp_lanes
+
+        spec, batch = self.spec, inputs.batch
+        dtype = np.result_type(inputs.dtype, self.dtype)
+        a = {k: np.asarray(x, dtype=dtype) for k, x in inputs.arrays.items()}
+        T, E, D, O = spec.n_steps, spec.n_equations, spec.n_dims, spec.n_orders
         nsys = math.prod(batch)
         S, I = spec.n_init_var_steps, spec.n_init_var_orders
         # The kernel solves for lam = A^{-1} grad_u itself (fused with its pass

@@ -8,7 +8,8 @@ Each public function is a thin Python wrapper around a
 :func:`_function`), under ``torch.compile`` to the operator itself.  In plain
 eager mode (:func:`_plain_eager`) that Function runs the operator's body
 without the operator's dispatch (:func:`_call`), and ``ode_forward`` on CPU
-tensors has a leaner Function of its own (:class:`_OdeForwardEager`).  Tensor
+tensors has a leaner Function of its own (:class:`_OdeForwardEager`, reached
+with one validation and no operator).  Tensor
 data crosses to NumPy without
 a copy (``Tensor.numpy()`` on a detached, conjugation-resolved view: any
 strides); results come back with ``torch.from_numpy``, also without a copy.
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -98,7 +99,7 @@ def _np(t: Tensor) -> Any:
 def _t(a: Any) -> Tensor:
     """A tensor over ``a`` (no copy; ``a`` must be our own, writable array)."""
     if isinstance(a, np.ndarray):
-        return torch.from_numpy(np.require(a, requirements="W"))
+        return torch.from_numpy(a if a.flags.writeable else a.copy())
     return torch.from_dlpack(a)  # a CuPy array
 
 
@@ -144,27 +145,48 @@ def _operator(name: str) -> Callable:
 
 
 def _dispatch_mode_active() -> bool:
-    """Whether a Python dispatch mode (fake tensors, export, ...) is active."""
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
+    """Whether a Python dispatch mode (fake tensors, export, ...) is active
+    (what ``torch.utils._python_dispatch._get_current_dispatch_mode`` tests)."""
+    return torch._C._len_torch_dispatch_stack() > 0
 
-    return _get_current_dispatch_mode() is not None
+
+_PLAIN_TYPES = (Tensor, torch.nn.Parameter)
+
+
+def _no_transform() -> bool:
+    """Not compiling, and no torch.func transform or dispatch mode active."""
+    return not (
+        torch.compiler.is_compiling()
+        or torch._C._functorch.peek_interpreter_stack() is not None
+        or _dispatch_mode_active()
+    )
 
 
 def _plain_eager(args: tuple) -> bool:
-    """Whether a call with ``args`` happens in plain eager mode: not compiling,
-    no torch.func transform or dispatch mode active, and every tensor an
-    ordinary CPU or CUDA tensor or parameter (no subclass)."""
-    if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
-        return False
-    if _dispatch_mode_active():
-        return False
-    return all(
-        type(a) in (Tensor, torch.nn.Parameter)
+    """Whether a call with ``args`` happens in plain eager mode
+    (:func:`_no_transform`), every tensor an ordinary CPU or CUDA tensor or
+    parameter (no subclass)."""
+    return _no_transform() and all(
+        type(a) in _PLAIN_TYPES
         and a.device.type in ("cpu", "cuda")
         and not torch._C._functorch.is_functorch_wrapped_tensor(a)
         for a in args
         if isinstance(a, Tensor)
     )
+
+
+def _plain_cpu(tensors: tuple) -> bool:
+    """Whether ``tensors`` are plain CPU tensors or parameters of one floating
+    dtype in plain eager mode: the CPU layer's shortcut (:class:`_OdeForwardEager`)."""
+    if not _no_transform():  # (first: torch.compile traces no further)
+        return False
+    dtype = getattr(tensors[0], "dtype", None)
+    for t in tensors:
+        if type(t) not in _PLAIN_TYPES or t.dtype is not dtype or not t.is_cpu:
+            return False
+        if torch._C._functorch.is_functorch_wrapped_tensor(t):
+            return False
+    return dtype in _FLOATS
 
 
 def _call(op: Any, *args: Any) -> Any:
@@ -719,23 +741,22 @@ torch.library.register_vmap(
 
 
 class _OdeForwardEager(torch.autograd.Function):
-    """``ode_forward`` on CPU tensors in plain eager mode (see
-    :func:`_plain_eager`): the operator's body and derivative without the
-    operator, the factor a saved tensor rather than an output.  With it the
-    adapter's overhead on a small problem (B=16, T=8) fell from 0.30 to
-    0.20 ms, see ``docs/performance.md``.  The arguments after the tensors
-    are :func:`_ode_forward`'s, in one tuple."""
+    """``ode_forward`` on plain CPU tensors in plain eager mode (see
+    :func:`_plain_cpu`): the operator's body and derivative without the
+    operator, in as few Python steps as they take, since at full size they
+    run with the caches cold after the kernels.  The tensors are validated
+    once, by :func:`ode_forward` (``shapes``: :func:`_shapes`' result), for
+    the forward and the backward; the factor is a saved tensor rather than an
+    output.  See ``docs/performance.md`` for the overhead."""
 
     @staticmethod
-    def forward(ctx, coefficients, rhs_equation, init_vars, steps, static):
+    def forward(ctx, coefficients, rhs_equation, init_vars, steps, shapes):
         tensors = (coefficients, rhs_equation, init_vars, steps)
-        n_steps, n_init_var_steps, weights, central = static
-        inputs = _inputs(tensors, n_steps, n_init_var_steps, False, tuple(weights), central)
-        u, system = _layer._forward(inputs, False, True, None, None)
-        u = _t(np.ascontiguousarray(u))
+        u, system = _layer._forward(_validated(tensors, shapes), False, True, None, None)
+        u = _t(u)  # our own, C-contiguous
         # The factor as a saved tensor, so that torch frees it with the graph
         # (after the backward unless retain_graph), not with the output.
-        ctx.layout = (system.lanes, system.spec, system.lhs_batch_shape)
+        ctx.shapes, ctx.lanes = shapes, system.lanes
         ctx.save_for_backward(*tensors, u, _t(system.workspace.reshape(-1)))
         return u
 
@@ -743,12 +764,21 @@ class _OdeForwardEager(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_u):
         *tensors, u, factor = ctx.saved_tensors
-        system = _system(factor, *ctx.layout)
-        arrays = [_np(t) for t in tensors]
-        # No left-hand-side gradients when neither coefficients nor steps need one.
+        spec, lhs_batch, _ = ctx.shapes
+        system = _system(factor, ctx.lanes, spec, lhs_batch)
+        # No left-hand-side gradients when neither coefficients nor steps need
+        # one.  (The engine gives grad_u the solution's shape and dtype.)
         lhs = ctx.needs_input_grad[0] or ctx.needs_input_grad[3]
-        grads = system.vjp(_np(grad_u), _np(u), *arrays[:3], arrays[3] if lhs else None)
-        return (*(None if g is None else _t(np.ascontiguousarray(g)) for g in grads), None)
+        grads = system._vjp(_validated(tensors, ctx.shapes), _np(grad_u), _np(u), lhs)
+        return (*(None if g is None else _t(g) for g in grads), None)
+
+
+def _validated(tensors: tuple, shapes: tuple) -> _layer._Inputs:
+    """The layer's inputs over NumPy views of plain CPU ``tensors`` of one
+    dtype, in the canonical layout, whose shapes :func:`_shapes` validated."""
+    arrays = {name: _np(t) for name, t in zip(_MNN_NAMES, tensors, strict=True)}
+    dtype = arrays["coefficients"].dtype
+    return _layer._Inputs(arrays, dict.fromkeys(arrays, dtype), *shapes, dtype)
 
 
 torch.library.register_vmap(_ode_solve, _vmap_rule(_ode_solve, (2, 3, 4, 5)))
@@ -768,6 +798,14 @@ _ROUTE_CPU_TENSORS_TO_GPU_PATH = False
 #: device, kind), kind "lanes" (the CPU layer's workspace), "band" (a band
 #: factor tensor) or "cyclic" (a cyclic-reduction factor).
 _FROZEN: dict[int, tuple] = {}
+
+
+def _step_axis_last(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """``is_step_dim_first`` inputs as views in the canonical layout."""
+    return [
+        t.movedim(0, t.ndim - _layer._CORE_NDIM[name]) if t.ndim >= _layer._CORE_NDIM[name] else t
+        for t, name in zip(tensors, _MNN_NAMES, strict=True)
+    ]
 
 
 def clear_frozen_lhs_cache() -> None:
@@ -822,6 +860,20 @@ def ode_forward(
     >>> u[:, 0, 0].sum().backward()
     """
     del prefer_cuda_graph
+    weights = (weight_equation, weight_init_var, weight_smooth)
+    tensors = (coefficients, rhs_equation, init_vars, steps)
+    if (
+        _plain_cpu(tensors)
+        and type(frozen_lhs_cache_version) is int
+        and frozen_lhs_cache_version == 0
+        and _layer._choose_algorithm(algorithm) == "sequential"
+        and not _ROUTE_CPU_TENSORS_TO_GPU_PATH
+    ):  # The common case on the CPU, with the fewest Python steps.
+        if is_step_dim_first:
+            tensors = _step_axis_last(tensors)
+        shapes = _shapes(tensors, n_steps, n_init_var_steps, weights, enable_central_smoothness)
+        u = _OdeForwardEager.apply(*tensors, shapes)
+        return u.movedim(-3, 0) if is_step_dim_first else u
     dtype = _check(coefficients, "coefficients", gpu=True).dtype
     tensors = [coefficients] + [
         _check(t, name, dtype, gpu=True)
@@ -834,13 +886,7 @@ def ode_forward(
     composed = coefficients.device.type == "cuda" or cyclic or _ROUTE_CPU_TENSORS_TO_GPU_PATH
     kind = "cyclic" if cyclic else ("band" if composed else "lanes")
     if is_step_dim_first:
-        tensors = [
-            t.movedim(0, t.ndim - _layer._CORE_NDIM[name])
-            if t.ndim >= _layer._CORE_NDIM[name]
-            else t
-            for t, name in zip(tensors, _MNN_NAMES, strict=True)
-        ]
-    weights = (weight_equation, weight_init_var, weight_smooth)
+        tensors = _step_axis_last(tensors)
     # Validate and fix the sizes on shapes alone (same rules and messages as NumPy).
     spec, lhs_batch, batch = _layer.check_shapes(
         {name: tuple(t.shape) for name, t in zip(_MNN_NAMES, tensors, strict=True)},
@@ -865,8 +911,6 @@ def ode_forward(
     elif frozen is not None:
         factor, lanes = frozen[:2]
         u = _OdeSolve(factor, lanes, *tensors, *static)
-    elif not version and _plain_eager(tuple(tensors)):
-        u = _OdeForwardEager.apply(*tensors, static)
     else:
         u, factor, lanes = _OdeForward(*tensors, *static)
     if version and frozen is None:
