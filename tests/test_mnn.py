@@ -413,6 +413,24 @@ def test_bad_shapes_name_the_argument(rng, change, match):
         ode_forward(*change(*inputs))
 
 
+def test_shape_validation_memo():
+    from banded_mnn.mnn import _layer
+
+    shapes = {"coefficients": (2, 5, 2, 2, 3), "rhs_equation": (5, 2), "init_vars": (2, 1, 2, 2),
+              "steps": (1, 4)}  # fmt: skip
+    cached = _layer._check_shapes_cached
+    cached.cache_clear()
+    for weights in [(1.0, 2, 0.5), (1.0, 2, 0.5), (np.float64(1.0), 2.0, 0.5)]:
+        args = (shapes, None, None, weights, True)
+        assert _layer.check_shapes_memo(*args) == _layer.check_shapes(*args)
+    # The plain call twice: one miss then one hit; the NumPy scalar weight bypasses the memo.
+    assert (cached.cache_info().hits, cached.cache_info().misses) == (1, 1)
+    bad = dict(shapes, steps=(1, 3))
+    for _ in range(2):  # errors are raised every time, never remembered
+        with pytest.raises(ValueError, match="n_steps axis"):
+            _layer.check_shapes_memo(bad, None, None, (1.0, 1.0, 1.0), False)
+
+
 def test_bad_options(rng):
     c, r, v, h = random_problem(rng, (2,), 5, 2, 2, 1, 1, 1)
     with pytest.raises(ValueError, match="n_orders >= 2"):

@@ -251,6 +251,30 @@ def check_shapes(
     return spec, lhs_batch, batch
 
 
+def check_shapes_memo(
+    shapes: dict[str, tuple[int, ...]],
+    n_steps: int | None,
+    n_init_var_steps: int | None,
+    weights: tuple[Any, Any, Any],
+    central: bool,
+) -> tuple[OdeSpec, tuple[int, ...], tuple[int, ...]]:
+    """:func:`check_shapes`, memoised when the sizes and weights are plain
+    Python numbers (the usual case: a model calls the layer with the same
+    shapes at every step).  Not for tracing (symbolic sizes)."""
+    if all(type(w) in (float, int) for w in weights) and all(
+        v is None or type(v) is int for v in (n_steps, n_init_var_steps)
+    ):
+        key = tuple((name, tuple(shape)) for name, shape in shapes.items())
+        if all(type(n) is int for _, shape in key for n in shape):
+            return _check_shapes_cached(key, n_steps, n_init_var_steps, tuple(weights), central)
+    return check_shapes(shapes, n_steps, n_init_var_steps, weights, central)
+
+
+@functools.lru_cache(maxsize=256)
+def _check_shapes_cached(key, n_steps, n_init_var_steps, weights, central):
+    return check_shapes(dict(key), n_steps, n_init_var_steps, weights, central)
+
+
 def _prepare(
     coefficients: Any,
     rhs_equation: Any,
@@ -273,7 +297,7 @@ def _prepare(
     arrays = {
         name: _canonical(x, name, is_step_dim_first) for name, x in raw.items() if x is not None
     }
-    spec, lhs_batch, batch = check_shapes(
+    spec, lhs_batch, batch = check_shapes_memo(
         {name: a.shape for name, a in arrays.items()}, n_steps, n_init_var_steps, weights, central
     )
     dtypes = {name: a.dtype for name, a in arrays.items()}

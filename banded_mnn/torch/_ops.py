@@ -88,8 +88,10 @@ def _cuda_usable() -> tuple[bool, str]:
 def _np(t: Tensor) -> Any:
     """A NumPy view of a CPU ``t``, or a CuPy view of a CUDA ``t`` (no copy;
     conjugate/negative bits resolved first)."""
-    t = t.detach().resolve_conj().resolve_neg()
-    if t.device.type == "cuda":
+    t = t.detach()
+    if t.is_conj() or t.is_neg():  # (tested first: each resolve is a dispatched call)
+        t = t.resolve_conj().resolve_neg()
+    if t.is_cuda:
         import cupy
 
         return cupy.from_dlpack(t)
@@ -871,7 +873,10 @@ def ode_forward(
     ):  # The common case on the CPU, with the fewest Python steps.
         if is_step_dim_first:
             tensors = _step_axis_last(tensors)
-        shapes = _shapes(tensors, n_steps, n_init_var_steps, weights, enable_central_smoothness)
+        shapes = _layer.check_shapes_memo(
+            {name: t.shape for name, t in zip(_MNN_NAMES, tensors, strict=True)},
+            n_steps, n_init_var_steps, weights, enable_central_smoothness,
+        )  # fmt: skip
         u = _OdeForwardEager.apply(*tensors, shapes)
         return u.movedim(-3, 0) if is_step_dim_first else u
     dtype = _check(coefficients, "coefficients", gpu=True).dtype
