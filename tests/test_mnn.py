@@ -425,6 +425,11 @@ def test_shape_validation_memo():
         assert _layer.check_shapes_memo(*args) == _layer.check_shapes(*args)
     # The plain call twice: one miss then one hit; the NumPy scalar weight bypasses the memo.
     assert (cached.cache_info().hits, cached.cache_info().misses) == (1, 1)
+    # So does a flag that is not a bool (which may not even be hashable).
+    for central in (np.array(True), [1], np.True_):
+        args = (shapes, None, None, (1.0, 1.0, 1.0), central)
+        assert _layer.check_shapes_memo(*args) == _layer.check_shapes(*args)
+    assert cached.cache_info().misses == 1
     bad = dict(shapes, steps=(1, 3))
     for _ in range(2):  # errors are raised every time, never remembered
         with pytest.raises(ValueError, match="n_steps axis"):

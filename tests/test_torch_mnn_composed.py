@@ -98,6 +98,15 @@ def test_values_and_gradients_match_the_cpu_layer(rng, composed, case, algorithm
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS, ids=["band", "cyclic"])
+def test_empty_batch(rng, composed, algorithm):
+    tensors = [x.requires_grad_() for x in inputs(rng, (0,), (0,))]
+    reference, result = both(tensors, algorithm)
+    assert composed and result.shape == reference.shape == (0, 7, 2, 3)
+    result.sum().backward()
+    assert [x.grad.shape for x in tensors] == [x.shape for x in tensors]
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS, ids=["band", "cyclic"])
 def test_gradcheck(rng, composed, algorithm):
     tensors = [t.requires_grad_() for t in inputs(rng, c_batch=(1,), T=5, D=1, O=2, E=1)]
     with routed():

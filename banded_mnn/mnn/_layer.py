@@ -261,8 +261,10 @@ def check_shapes_memo(
     """:func:`check_shapes`, memoised when the sizes and weights are plain
     Python numbers (the usual case: a model calls the layer with the same
     shapes at every step).  Not for tracing (symbolic sizes)."""
-    if all(type(w) in (float, int) for w in weights) and all(
-        v is None or type(v) is int for v in (n_steps, n_init_var_steps)
+    if (
+        type(central) is bool
+        and all(type(w) in (float, int) for w in weights)
+        and all(v is None or type(v) is int for v in (n_steps, n_init_var_steps))
     ):
         key = tuple((name, tuple(shape)) for name, shape in shapes.items())
         if all(type(n) is int for _, shape in key for n in shape):

@@ -218,6 +218,6 @@ def ode_forward(
     else:
         blocks = lhs_blocks(coefficients, steps, spec, lhs_batch, weights)
         ab = band_from_blocks(blocks[0], blocks[1], spec.bandwidth, *blocks[2:])
-        ab = ab.reshape(*lhs_batch, spec.bandwidth + 1, -1)
+        ab = ab.reshape(*lhs_batch, spec.bandwidth + 1, T * n)  # (not -1: empty batches)
         x, factor, _ = _ops._Solveh(ab, beta, True, True)
     return x.reshape(*batch, T, D, O), factor
