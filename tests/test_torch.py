@@ -451,3 +451,39 @@ def test_ode_forward_step_axis_first_and_rhs_only_gradients(rng):
 
 def _layer_core(name):
     return banded_mnn.mnn._layer._CORE_NDIM[name]
+
+
+def test_cuda_results_come_from_torchs_caching_allocator(monkeypatch):
+    # GPU-only glue, run on stand-ins: inside _on_device(a CUDA tensor), CuPy
+    # allocates from torch's caching allocator on torch's current stream of
+    # that device, and each block goes back to torch when CuPy releases it.
+    import gc
+    import sys
+    import types
+
+    from stand_in_cupy import stand_in_cupy
+
+    events = []
+    monkeypatch.setitem(sys.modules, "cupy", stand_in_cupy(events))
+    monkeypatch.setattr(_ops, "_cuda_usable", lambda: (True, ""))
+    stream = types.SimpleNamespace(__cuda_stream__=lambda: (2, 77))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: stream)
+
+    def alloc(size, device, on):
+        events.append(("alloc", size, device, on))
+        return 4096
+
+    monkeypatch.setattr(torch.cuda, "caching_allocator_alloc", alloc)
+    monkeypatch.setattr(
+        torch.cuda, "caching_allocator_delete", lambda a: events.append(("free", a))
+    )
+    with _ops._on_device(types.SimpleNamespace(device=torch.device("cuda", 1))):
+        allocate = sys.modules["cupy"].cuda.get_allocator()
+        block, empty = allocate(800), allocate(0)
+    assert events == [("device", 1), ("stream", (2, 77)), "allocator", ("alloc", 800, 1, stream),
+                      "exit allocator", ("exit device", 1)]  # fmt: skip
+    assert (block.ptr, block.mem.size, block.device_id) == (4096, 800, 1)
+    assert (empty.ptr, empty.mem.size) == (0, 0)  # no block for zero bytes
+    del block, empty
+    gc.collect()
+    assert events[-1] == ("free", 4096) and events.count(("free", 4096)) == 1

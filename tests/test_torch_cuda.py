@@ -71,6 +71,23 @@ def test_current_stream_and_no_copies(bmt, rng):
     torch.testing.assert_close(x.cpu(), bmt.solveh_banded(ab_t.cpu(), b_t.cpu()))
 
 
+def test_outputs_are_torch_allocations(bmt, rng):
+    import cupy
+
+    ab, b = _pair(rng, batch=(64,), m=300)
+    ab_t, b_t = torch.from_numpy(ab).cuda(), torch.from_numpy(b).cuda()
+    pool = cupy.get_default_memory_pool()
+    torch.cuda.synchronize()
+    before, pooled = torch.cuda.memory_allocated(), pool.total_bytes()
+    x = bmt.solveh_banded(ab_t, b_t)
+    torch.cuda.synchronize()
+    assert pool.total_bytes() == pooled  # nothing from CuPy's own pool
+    assert torch.cuda.memory_allocated() >= before + x.numel() * x.element_size()
+    del x
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() == before  # every block given back
+
+
 def test_status_and_errors(bmt, rng):
     ab, b = _pair(rng)
     ab[1, -1, 5] = -1.0

@@ -69,15 +69,56 @@ def _same_device(*tensors: tuple[str, Tensor]) -> None:
 
 def _on_device(t: Tensor):
     """For a CUDA tensor: make its device and torch's current stream there
-    CuPy's current ones, so that the kernels run in torch's stream order."""
+    CuPy's current ones, so that the kernels run in torch's stream order, and
+    take CuPy's allocations (outputs and temporaries) from torch's caching
+    allocator on that stream (:func:`_torch_allocator`)."""
     if t.device.type != "cuda":
         return contextlib.nullcontext()
     usable, why = _cuda_usable()
     if not usable:
         raise RuntimeError(f"a tensor is on {t.device}, but the GPU backend cannot run: {why}")
+    import cupy
+
     from .._backends._cupy import on_stream
 
-    return on_stream(t.device.index, torch.cuda.current_stream(t.device))
+    index = t.device.index
+    stream = torch.cuda.current_stream(t.device)
+    context = contextlib.ExitStack()
+    context.enter_context(on_stream(index, stream))
+    context.enter_context(cupy.cuda.using_allocator(_torch_allocator(index, stream)))
+    return context
+
+
+class _TorchBlock:
+    """Owner of a block from torch's caching allocator, given back to it when
+    CuPy releases the memory (the last array or tensor over it is gone)."""
+
+    __slots__ = ("address",)
+
+    def __init__(self, address: int) -> None:
+        self.address = address
+
+    def __del__(self) -> None:
+        torch.cuda.caching_allocator_delete(self.address)
+
+
+def _torch_allocator(device_index: int, stream: Any) -> Callable[[int], Any]:
+    """A CuPy allocator (``cupy.cuda.using_allocator``) drawing from torch's
+    caching allocator on ``stream`` of device ``device_index``: results come
+    back to torch as torch allocations (counted by
+    ``torch.cuda.memory_allocated``, reused by torch after they die), and
+    CuPy's own pool does not hold GPU memory beside torch's."""
+    import cupy
+
+    def allocate(size: int) -> Any:
+        if size == 0:  # (torch has no empty block to give)
+            return cupy.cuda.MemoryPointer(cupy.cuda.UnownedMemory(0, 0, None, device_index), 0)
+        address = torch.cuda.caching_allocator_alloc(size, device_index, stream)
+        owner = _TorchBlock(address)
+        memory = cupy.cuda.UnownedMemory(address, size, owner, device_index)
+        return cupy.cuda.MemoryPointer(memory, 0)
+
+    return allocate
 
 
 @functools.cache
