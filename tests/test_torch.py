@@ -487,3 +487,48 @@ def test_cuda_results_come_from_torchs_caching_allocator(monkeypatch):
     del block, empty
     gc.collect()
     assert events[-1] == ("free", 4096) and events.count(("free", 4096)) == 1
+
+
+@pytest.mark.parametrize("route", ["eager", "operators", "composed", "cyclic"])
+def test_higher_order_derivatives_raise(rng, monkeypatch, route):
+    # The backward formulas are first order.  A gradient taken with
+    # create_graph=True and differentiated again must raise, also when it does
+    # not depend on the upstream gradient (a loss linear in the output), where
+    # torch's once_differentiable alone would let a second derivative leave
+    # that dependence out silently.
+    match = "higher-order derivatives are not supported"
+    c, r, v, h = mnn_inputs(rng, (2,))
+    c.requires_grad_()
+    w = torch.tensor(rng.standard_normal((2, 6, 2, 3)), dtype=F64)
+    algorithm = "cyclic" if route == "cyclic" else None
+    if route == "operators":  # the custom operators' autograd.Function
+        monkeypatch.setattr(_ops, "_plain_cpu", lambda tensors: False)
+    if route == "composed":
+        monkeypatch.setattr(_ops, "_ROUTE_CPU_TENSORS_TO_GPU_PATH", True)
+    for loss in (lambda u: (w * u).sum(), lambda u: (u**2).sum()):
+        u = bt.ode_forward(c, r, v, h, algorithm=algorithm)
+        (g,) = torch.autograd.grad(loss(u), c, create_graph=True)
+        with pytest.raises(RuntimeError, match=match):
+            torch.autograd.grad(g.pow(2).sum() + c.pow(2).sum(), c)
+    if route == "cyclic":
+        return  # (torch.func does not go through the cyclic path, see docs/adapters.md)
+    with pytest.raises(RuntimeError, match=match):
+        torch.func.grad(lambda x: torch.func.grad(
+            lambda y: (w * bt.ode_forward(y, r, v, h, algorithm=algorithm)).sum())(x).sum())(c.detach())  # fmt: skip
+
+
+def test_higher_order_derivatives_raise_band_functions(rng):
+    ab = spd(rng, (2,), 7, 2).requires_grad_()
+    b = torch.tensor(rng.standard_normal((2, 7, 1)), dtype=F64)
+    for f in (
+        lambda a: bt.solveh_banded(a, b),
+        lambda a: bt.cholesky_banded(a),
+        lambda a: bt.cho_solve_banded((bt.cholesky_banded(a), False), b),
+    ):
+        (g,) = torch.autograd.grad(f(ab).sum(), ab, create_graph=True)
+        with pytest.raises(RuntimeError, match="higher-order derivatives are not supported"):
+            torch.autograd.grad(g.pow(2).sum() + ab.sum(), ab)
+    # First-order gradients are unchanged by create_graph.
+    (g1,) = torch.autograd.grad(bt.solveh_banded(ab, b).sum(), ab, create_graph=True)
+    (g0,) = torch.autograd.grad(bt.solveh_banded(ab, b).sum(), ab)
+    torch.testing.assert_close(g1.detach(), g0, rtol=0, atol=0)

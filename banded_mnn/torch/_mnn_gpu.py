@@ -99,6 +99,14 @@ class CyclicSolve(torch.autograd.Function):
     def backward(ctx: Any, grad_x: Tensor):
         from . import _ops
 
+        # First order only, like the other functions' backward formulas (the
+        # solve for lam is not differentiable).
+        return _ops._first_order("ode_forward")(CyclicSolve._gradients)(ctx, grad_x)
+
+    @staticmethod
+    def _gradients(ctx: Any, grad_x: Tensor):
+        from . import _ops
+
         (x,) = ctx.saved_tensors
         with _ops._on_device(grad_x):
             lam = _cyclic.solve_blocks(ctx.factor, _ops._np(grad_x.contiguous()))

@@ -432,8 +432,69 @@ def _vmap_rule(op, tensor_args: tuple[int, ...], vector_arg: int | None = None,
     return rule
 
 
-def _function(op, setup_context, backward, name: str) -> Callable:
-    """Call ``op`` so that both torch.func's transforms and torch.compile work.
+class _NotDifferentiable(torch.autograd.Function):
+    """First-order gradients computed with ``create_graph=True`` (or inside a
+    torch.func transform), passed through unchanged but linked to the tensors
+    they depend on, so that differentiating them again raises.  Our backward
+    formulas are not differentiable; without the link, a gradient that does
+    not depend on the upstream gradient (a loss linear in the output) would
+    come back without a graph, and a second differentiation would silently
+    leave its dependence on the inputs out."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(name, count, *tensors):
+        return tuple(t.clone() for t in tensors[:count])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.name = inputs[0]
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"banded_mnn.torch.{ctx.name}: a gradient computed with create_graph=True is being "
+            "differentiated again; higher-order derivatives are not supported (the backward "
+            "formulas are not differentiable)"
+        )
+
+
+def _first_order(name: str) -> Callable:
+    """Decorate an autograd.Function's backward like ``once_differentiable``
+    (it runs without recording a graph), and link its results to the tensors
+    it depends on when a graph is being recorded (:class:`_NotDifferentiable`):
+    to the saved tensors and the upstream gradients that require grad."""
+
+    def decorate(derivative: Callable) -> Callable:
+        @functools.wraps(derivative)
+        def backward(ctx, *grads):
+            with torch.no_grad():
+                results = derivative(ctx, *grads)
+            if not torch.is_grad_enabled():
+                return results
+            links = [
+                t for t in (*ctx.saved_tensors, *grads) if isinstance(t, Tensor) and t.requires_grad
+            ]
+            single = not isinstance(results, tuple)
+            results = [results] if single else list(results)
+            present = [k for k, g in enumerate(results) if isinstance(g, Tensor)]
+            if links and present:
+                guarded = _NotDifferentiable.apply(
+                    name, len(present), *(results[k] for k in present), *links
+                )
+                for k, g in zip(present, guarded, strict=True):
+                    results[k] = g
+            return results[0] if single else tuple(results)
+
+        return backward
+
+    return decorate
+
+
+def _function(op, setup_context, backward, name: str, public: str) -> Callable:
+    """Call ``op`` so that both torch.func's transforms and torch.compile work
+    (``public``: the function's name in error messages).
 
     Eagerly: through a ``torch.autograd.Function`` with the operator's
     derivative (the functions given to ``register_autograd``), which
@@ -452,7 +513,7 @@ def _function(op, setup_context, backward, name: str) -> Callable:
         "generate_vmap_rule": True,
         "forward": staticmethod(lambda *args: _call(op, *args)),
         "setup_context": staticmethod(setup_context),
-        "backward": staticmethod(torch.autograd.function.once_differentiable(derivative)),
+        "backward": staticmethod(_first_order(public)(derivative)),
     })  # fmt: skip
 
     def call(*args):
@@ -463,9 +524,9 @@ def _function(op, setup_context, backward, name: str) -> Callable:
     return call
 
 
-_Cholesky = _function(_cholesky, _cholesky_setup, _cholesky_bwd, "_Cholesky")
-_ChoSolve = _function(_cho_solve, _solve_setup, _cho_solve_bwd, "_ChoSolve")
-_Solveh = _function(_solveh, _solveh_setup, _solveh_bwd, "_Solveh")
+_Cholesky = _function(_cholesky, _cholesky_setup, _cholesky_bwd, "_Cholesky", "cholesky_banded")
+_ChoSolve = _function(_cho_solve, _solve_setup, _cho_solve_bwd, "_ChoSolve", "cho_solve_banded")
+_Solveh = _function(_solveh, _solveh_setup, _solveh_bwd, "_Solveh", "solveh_banded")
 
 torch.library.register_vmap(_cholesky, _vmap_rule(_cholesky, (0,)))
 torch.library.register_vmap(_cholesky_backward, _vmap_rule(_cholesky_backward, (0, 1)))
@@ -774,8 +835,8 @@ def _ode_solve_bwd(ctx, grad_u):
 
 
 _ode_solve.register_autograd(_ode_solve_bwd, setup_context=_ode_solve_setup)
-_OdeForward = _function(_ode_forward, _ode_setup, _ode_bwd, "_OdeForward")
-_OdeSolve = _function(_ode_solve, _ode_solve_setup, _ode_solve_bwd, "_OdeSolve")
+_OdeForward = _function(_ode_forward, _ode_setup, _ode_bwd, "_OdeForward", "ode_forward")
+_OdeSolve = _function(_ode_solve, _ode_solve_setup, _ode_solve_bwd, "_OdeSolve", "ode_forward")
 
 
 torch.library.register_vmap(
@@ -804,7 +865,7 @@ class _OdeForwardEager(torch.autograd.Function):
         return u
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @_first_order("ode_forward")
     def backward(ctx, grad_u):
         *tensors, u, factor = ctx.saved_tensors
         spec, lhs_batch, _ = ctx.shapes
