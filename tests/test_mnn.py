@@ -3,6 +3,8 @@ solutions and finite differences."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from mnn_oracle import dense_rows, oracle_forward
@@ -444,6 +446,30 @@ def test_bad_options(rng):
         ode_forward(c, r, v, h, weight_smooth=np.ones(3))
     with pytest.raises(ValueError, match="n_init_var_steps"):
         ode_forward(c, r, v, h, n_init_var_steps=9)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_misaligned_workspace(rng, monkeypatch, dtype):
+    # The factorisation streams finished columns to the workspace with
+    # aligned vector stores; a workspace off alignment takes plain copies
+    # instead, with the same results.  Over several blocks of steps, with
+    # padding lanes and central smoothness.
+    from banded_mnn.mnn import _layer
+
+    inputs = random_problem(rng, (11,), 70, 2, 2, 3, 1, 2, dtype=dtype)
+    options = {"enable_central_smoothness": True, "return_system": True}
+    u, system = ode_forward(*inputs, **options)
+    aligned = _layer._aligned_empty
+
+    def misaligned(shape, dtype):
+        buffer = aligned((math.prod(shape) + 1,), dtype)
+        return buffer[1:].reshape(shape)
+
+    monkeypatch.setattr(_layer, "_aligned_empty", misaligned)
+    u2, system2 = ode_forward(*inputs, **options)
+    assert system2.workspace.ctypes.data % 64 != 0
+    np.testing.assert_array_equal(u2, u)
+    np.testing.assert_array_equal(system2.factor_band, system.factor_band)
 
 
 def test_inputs_are_not_written(rng):

@@ -241,6 +241,34 @@ lane_dot = _lane_dot(subtract=False)
 lane_dot_sub = _lane_dot(subtract=True)
 
 
+@intrinsic
+def stream_columns(typingctx, dst, di, src, si, count, lanes):
+    """``dst[di : di + count*L] = src[si : si + count*L]`` in ``L``-wide
+    vectors whose stores are non-temporal (``!nontemporal``: on x86 streaming
+    stores, which write whole cache lines without first reading them and do
+    not keep them in the caches), then a fence, so that the data is visible
+    to other threads in order.  ``dst`` must be aligned to ``L`` elements at
+    ``di``; ``count`` counts vectors."""
+    width = lanes.count
+
+    def codegen(context, builder, signature, args):
+        (di_, si_, count_), intp = _index_values(context, builder, signature, args, (1, 3, 4))
+        dty, sty = signature.args[0], signature.args[2]
+        itemsize = dty.dtype.bitwidth // 8
+        nontemporal = builder.module.add_metadata([ir.IntType(32)(1)])
+        with cgutils.for_range(builder, count_, intp=intp) as loop:
+            k = builder.mul(loop.index, ir.Constant(intp, width))
+            source = _vector_pointer(context, builder, sty, args[2], builder.add(si_, k), width)
+            target = _vector_pointer(context, builder, dty, args[0], builder.add(di_, k), width)
+            value = builder.load(source, align=itemsize)
+            store = builder.store(value, target, align=width * itemsize)
+            store.set_metadata("nontemporal", nontemporal)
+        builder.fence("seq_cst")
+        return context.get_dummy_value()
+
+    return types.void(dst, di, src, si, count, lanes), codegen
+
+
 @njit(cache=True, nogil=True)
 def factor(W, Y, n, bw, nrhs, info, recip, lanes, j0, j1):
     """Columns ``[j0, j1)`` of the right-looking band Cholesky of every lane.

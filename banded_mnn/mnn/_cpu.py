@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .._backends._band_kernels import backward, factor, forward
+from .._backends._band_kernels import backward, factor, forward, stream_columns
 from ._kernels import lhs_steps, rhs_steps, vjp_steps
 
 #: Steps assembled before the factorisation catches up (rows stay in cache).
@@ -60,18 +60,28 @@ def factor_lanes(
         rows = np.empty(STEP_BLOCK * E * n * L, dtype=W_all.dtype)  # a block's coefficients
         scratch = np.empty((2 * O + 1) * L, dtype=W_all.dtype)  # see lhs_steps, rhs_steps
         linfo = np.zeros(L, dtype=np.int32)
+        before = np.zeros(L, dtype=np.int32)
         recip = np.empty(2 * L, dtype=W_all.dtype)
         diag = np.empty(M * L, dtype=W_all.dtype)  # A[j, j] of every lane
+        # Factoring, a window of columns from `done` on (the block being
+        # assembled and the columns it still updates) is worked on in cache;
+        # its finished columns are streamed to W, which is far larger than the
+        # caches: written whole, its lines need not be read first.
+        window = np.empty(((STEP_BLOCK * n + bw) * w * L) if factorise else 0, W_all.dtype)
+        aligned = W.ctypes.data % (L * W.itemsize) == 0  # (streaming stores need it)
         done = 0
         for t0 in range(0, T, STEP_BLOCK):
             t1 = min(T, t0 + STEP_BLOCK)
+            target = window if factorise else W
+            base = done if factorise else 0  # the first column in target
             lhs_steps(
                 coef, coef_off, cs0, cs1, cs2, cs3, steps_buf, steps_off, steps_st,
-                W, first, real, bw, t0, t1, T, E, D, O, S, I, weq2, wiv2, ws2, central,
-                tab0, tab1, tabq, rows, scratch, lanes,
+                target, first, real, bw, t0, t1, T, E, D, O, S, I, weq2, wiv2, ws2, central,
+                tab0, tab1, tabq, rows, scratch, lanes, base,
             )  # fmt: skip
             for j in range(t0 * n, t1 * n):
-                diag[j * L : (j + 1) * L] = W[j * w * L : j * w * L + L]
+                k = (j - base) * w * L
+                diag[j * L : (j + 1) * L] = target[k : k + L]
             if solve:
                 rhs_steps(
                     coef, coef_off, cs0, cs1, cs2, cs3, rhs, rhs_off, rs0, rs1,
@@ -81,12 +91,25 @@ def factor_lanes(
             if not factorise:
                 continue
             ready = M if t1 == T else max(done, t1 * n - bw)
-            factor(W, Y, M, bw, nrhs, linfo, recip, lanes, done, ready)
+            before[:] = linfo
+            # Columns done .. ready - 1, numbered from the window's start.
+            factor(window, Y[done * nrhs * L :], M - done, bw, nrhs, linfo, recip, lanes, 0,
+                   ready - done)  # fmt: skip
+            for l in range(L):
+                if linfo[l] != before[l]:  # (the factor numbers its columns from 0 too)
+                    linfo[l] += done
             for j in range(done, ready):  # the singularity test, while in cache
                 for l in range(real):
-                    pivot = W[j * w * L + l]
+                    pivot = window[(j - done) * w * L + l]
                     if linfo[l] == 0 and pivot * pivot <= singular_tol * diag[j * L + l]:
                         linfo[l] = j + 1
+            if aligned:
+                stream_columns(W, done * w * L, window, 0, (ready - done) * w, lanes)
+            else:
+                W[done * w * L : ready * w * L] = window[: (ready - done) * w * L]
+            # The columns still being updated move to the window's start.
+            carried = (t1 * n - ready) * w * L
+            window[:carried] = window[(ready - done) * w * L : (ready - done) * w * L + carried]
             done = ready
         if solve:
             backward(W, Y, M, bw, 1, lanes)

@@ -84,7 +84,7 @@ def _load_lanes(buf, offs, first, real, base, dst, di, lanes):
 def lhs_steps(
     coef, coef_off, cs0, cs1, cs2, cs3, steps_buf, steps_off, steps_st,
     W, first, real, bw, t0, t1, T, E, D, O, S, I, weq2, wiv2, ws2, central,
-    tab0, tab1, tabq, rows, scratch, lanes,
+    tab0, tab1, tabq, rows, scratch, lanes, col_base=0,
 ):  # fmt: skip
     """Band columns ``j = t*n .. t*n+n-1`` (``t0 <= t < t1``) of the normal
     matrices of ``L`` systems (``first .. first+real-1``; the others get the
@@ -98,6 +98,8 @@ def lhs_steps(
     :func:`smoothness_tables`).  The coefficients of every lane are left in
     ``rows``, ``rows[((t - t0)*E*n + e*n + p)*L + l] = c_l[t, e, p]``, for
     :func:`rhs_steps`.  ``scratch`` holds at least ``(2*O + 1)*L`` elements.
+    ``W`` may be a window starting at column ``col_base`` of the band (column
+    ``j`` at ``j - col_base``).
     """
     L = len(lanes)
     n = D * O
@@ -108,7 +110,7 @@ def lhs_steps(
     for l in range(L):
         scratch[weq + l] = weq2
     for t in range(t0, t1):
-        col0 = t * n
+        col0 = t * n - col_base
         row = (t - t0) * E * n * L  # c[t, e, :] of every lane in rows: (E*n, L)
         W[col0 * w * L : (col0 + n) * w * L] = 0.0  # a slice: vectorised, unlike a loop
         # Equation rows: block [t, t] += w_eq^2 sum_e c[t, e]^T c[t, e].
