@@ -388,6 +388,19 @@ def test_singular_problem_is_reported(lanes):
     assert np.isnan(system.solve(c, np.ones((1, 1)), np.zeros((0, 1, 0)))).all()
 
 
+def test_failure_in_a_later_block_is_located(rng):
+    # The factorisation works block by block in a window of columns; the
+    # failed minor's order is still counted from the first unknown.  A NaN
+    # coefficient of unknown (d=1, o=1) at step 70 (third block of 32 steps)
+    # makes that unknown's pivot the first non-finite one.
+    c, r, v, h = random_problem(rng, (11,), 100, 2, 2, 3, 1, 2)
+    c[9, 70, 1, 1, 1] = np.nan
+    system = OdeSystem.factor(c, h, n_init_var_steps=1, n_init_var_orders=2, check=False)
+    expected = np.zeros(11, np.int32)
+    expected[9] = 70 * 6 + (1 * 3 + 1) + 1
+    np.testing.assert_array_equal(system.info, expected)
+
+
 def test_nonfinite_lhs_is_named(rng):
     c, r, v, h = random_problem(rng, (2,), 5, 2, 2, 3, 1, 2)
     c[1, 2, 0, 0, 0] = np.nan
