@@ -693,7 +693,8 @@ _MNN_NAMES = ("coefficients", "rhs_equation", "init_vars", "steps")
 def _shapes(tensors, n_steps, n_init_var_steps, weights, central):
     """``(spec, lhs_batch, batch)`` from the tensors' shapes alone."""
     shapes = {name: tuple(t.shape) for name, t in zip(_MNN_NAMES, tensors, strict=True)}
-    return _layer.check_shapes(shapes, n_steps, n_init_var_steps, tuple(weights), central)
+    # (Memoised for plain-int sizes; symbolic ones, while tracing, are checked afresh.)
+    return _layer.check_shapes_memo(shapes, n_steps, n_init_var_steps, tuple(weights), central)
 
 
 def _inputs(tensors, n_steps, n_init_var_steps, step_first, weights, central):
@@ -975,10 +976,7 @@ def ode_forward(
     ):  # The common case on the CPU, with the fewest Python steps.
         if is_step_dim_first:
             tensors = _step_axis_last(tensors)
-        shapes = _layer.check_shapes_memo(
-            {name: t.shape for name, t in zip(_MNN_NAMES, tensors, strict=True)},
-            n_steps, n_init_var_steps, weights, enable_central_smoothness,
-        )  # fmt: skip
+        shapes = _shapes(tensors, n_steps, n_init_var_steps, weights, enable_central_smoothness)
         u = _OdeForwardEager.apply(*tensors, shapes)
         return u.movedim(-3, 0) if is_step_dim_first else u
     dtype = _check(coefficients, "coefficients", gpu=True).dtype
