@@ -18,6 +18,17 @@ Where the arrays live decides what runs (:func:`_placement`):
   runs the CPU layer and copies ``u`` back) and the ``cholesky_banded``
   gradient (a CPU kernel), as in the PyTorch adapter.
 
+Sharding (several devices): arguments sharded along batch axes over a mesh
+of explicit axes (``jax.sharding.AxisType.Explicit``, the default of
+``jax.make_mesh``) run through ``jax.shard_map`` (:func:`_sharded_callback`):
+each device solves its own shard and the results keep the batch sharding.
+Inside a user's ``jax.shard_map`` the callbacks see the per-device buffers;
+their results are typed as varying along the manual axes their arguments
+vary along, and the gradients of arguments shared across devices are summed
+over them (:func:`_retype`).  Under a mesh of ``Auto`` axes the sharding is
+not known while tracing, and XLA's partitioner, which cannot split a
+callback, gathers the batch onto every device.
+
 JAX convention (as ``jnp.linalg.cholesky``), unlike the NumPy and torch
 functions: a system that is not positive definite, or holds NaN or inf, is
 not an exception (inside a callback it could only surface as an opaque
@@ -31,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -39,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental.buffer_callback import buffer_callback
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from .. import _api, _vjp
 from .._strided import namespace, to_numpy
@@ -97,12 +110,167 @@ def _backend(x: Any) -> str | None:
     return _BACKEND_FOR_CPU_BUFFERS if namespace(x) is np else None
 
 
-def _callback(host: Callable, shapes, *args):
-    """``host(*arrays)`` as a buffer callback (see :func:`_run`)."""
+def _callback(
+    host: Callable,
+    shapes,
+    *args,
+    core: tuple[int, ...] | None = None,
+    like: tuple[int | None, ...] | None = None,
+    summed: bool = False,
+):
+    """``host(*arrays)`` as a buffer callback (see :func:`_run`).
+
+    ``core``: the number of trailing core axes of each argument and then of
+    each output; the axes in front of them are batch axes, which broadcast
+    (aligned on the right).  When arguments are sharded along batch axes over
+    a mesh of explicit axes, the callback runs on each device's shard (see
+    :func:`_sharded_callback`).
+
+    ``like`` and ``summed`` type the results inside ``jax.shard_map`` (see
+    :func:`_retype`): for each output, the index of the one argument it
+    depends on (None: all of them); with ``summed``, the outputs are
+    gradients, each shaped like the argument ``like`` names and summed over
+    the batch positions that argument broadcasts along.
+    """
     single = not isinstance(shapes, tuple)
+    n_out = 1 if single else len(shapes)
+    like = (None,) * n_out if like is None else like
+    if core is not None:
+        layout = _batch_layout(args, core[: len(args)])
+        if layout is not None:
+            return _sharded_callback(host, shapes, args, core, like, summed, *layout)
     logical = [s.shape for s in ([shapes] if single else shapes)]
     run = functools.partial(_run, host, single, logical)
-    return buffer_callback(run, shapes, vmap_method="expand_dims")(*args)
+    outs = buffer_callback(run, shapes, vmap_method="expand_dims")(*args)
+    outs = _retype([outs] if single else list(outs), args, like, summed)
+    return outs[0] if single else tuple(outs)
+
+
+def _varying(x: Any) -> frozenset[str]:
+    """The manual mesh axes along which ``x`` varies (inside ``jax.shard_map``)."""
+    axis_type = getattr(jax.typeof(x), "manual_axis_type", None)
+    return frozenset(getattr(axis_type, "varying", ()))
+
+
+def _retype(outs: list, args, like: tuple[int | None, ...], summed: bool) -> list:
+    """Inside ``jax.shard_map`` a callback's results are typed as equal on
+    every device; they vary along the manual axes their arguments vary
+    along (``like``: the argument each depends on, None for all).  Gradients
+    (``summed``) of an argument that varies along fewer axes than the others
+    are partial sums on each device: they are summed over the rest (``psum``)."""
+    every = frozenset().union(*map(_varying, args))
+    if not every:
+        return outs
+    typed = []
+    for out, source in zip(outs, like, strict=True):
+        target = every if source is None else _varying(args[source])
+        out = jax.lax.pcast(out, tuple(sorted(every if summed else target)), to="varying")
+        spread = every - target if summed else frozenset()
+        typed.append(jax.lax.psum(out, tuple(sorted(spread))) if spread else out)
+    return typed
+
+
+# --------------------------------------------------------------------------
+# Sharding along batch axes
+# --------------------------------------------------------------------------
+
+
+def _spec_axes(entry: Any) -> tuple[str, ...]:
+    """The mesh axes of one entry of a ``PartitionSpec``."""
+    if entry is None or entry is PartitionSpec.UNCONSTRAINED:
+        return ()
+    return tuple(entry) if isinstance(entry, tuple) else (entry,)
+
+
+def _batch_layout(args, core: tuple[int, ...]) -> tuple[Any, list[tuple[str, ...]]] | None:
+    """The mesh and, for each position of the broadcast batch shape, the mesh
+    axes that shard it -- or None when no argument is sharded along a batch
+    axis over a mesh whose axes are all explicit (``AxisType.Explicit``: the
+    sharding is part of the arrays' types, known while tracing).
+
+    A position takes the axes of the first argument sharded there (evenly,
+    with axes no other position uses); arguments of length 1 there broadcast
+    and are replicated.  Sharding along core axes is ignored here (those
+    axes are gathered by :func:`_sharded_callback`).
+    """
+    n_batch = max(a.ndim - n for a, n in zip(args, core, strict=True))
+    axes: list[tuple[str, ...]] = [()] * n_batch
+    mesh = None
+    for a, n in zip(args, core, strict=True):
+        sharding = getattr(jax.typeof(a), "sharding", None)
+        spec, m = getattr(sharding, "spec", None), getattr(sharding, "mesh", None)
+        if spec is None or m is None or not m.axis_names:
+            continue
+        if any(t != AxisType.Explicit for t in m.axis_types) or (mesh is not None and m != mesh):
+            continue
+        sizes = dict(zip(m.axis_names, m.axis_sizes, strict=True))
+        lead = n_batch - (a.ndim - n)
+        for d in range(a.ndim - n):
+            names = _spec_axes(spec[d] if d < len(spec) else None)
+            k = lead + d
+            if not names or axes[k] or a.shape[d] == 1:
+                continue
+            if any(names_k and set(names_k) & set(names) for names_k in axes):
+                continue
+            if a.shape[d] % math.prod(sizes[name] for name in names):
+                continue
+            axes[k], mesh = names, m
+    return None if mesh is None else (mesh, axes)
+
+
+def _batch_spec(shape: tuple[int, ...], n_core: int, axes: list[tuple[str, ...]]) -> PartitionSpec:
+    """The spec of an array of ``shape`` in the batch layout ``axes``: sharded
+    along its batch axes of full length, replicated along the others."""
+    lead = len(axes) - (len(shape) - n_core)
+    entries: list[Any] = []
+    for d in range(len(shape) - n_core):
+        names = axes[lead + d] if shape[d] != 1 else ()
+        entries.append(None if not names else names[0] if len(names) == 1 else names)
+    return PartitionSpec(*entries, *([None] * n_core))
+
+
+def _local_shape(shape: tuple[int, ...], spec: PartitionSpec, sizes: dict[str, int]):
+    return tuple(
+        n // math.prod(sizes[a] for a in _spec_axes(e)) for n, e in zip(shape, spec, strict=True)
+    )
+
+
+def _sharded_callback(host, shapes, args, core, like, summed, mesh, axes):
+    """The callback under ``jax.shard_map`` over ``mesh``: each device runs
+    it on its own shard of the batch, so no device sees the whole batch.
+
+    Arguments are resharded to the batch layout first (``jax.sharding.reshard``;
+    a no-op when they are laid out so already, a gather along sharded core
+    axes).  Outputs are sharded along their batch axes of full length
+    (:func:`_retype`: gradients of arguments that broadcast along a sharded
+    batch axis are summed over its devices).
+    """
+    single = not isinstance(shapes, tuple)
+    out_structs = [shapes] if single else list(shapes)
+    core_out = core[len(args) :]
+    sizes = dict(zip(mesh.axis_names, mesh.axis_sizes, strict=True))
+    in_specs = [_batch_spec(a.shape, n, axes) for a, n in zip(args, core[: len(args)], strict=True)]
+    out_specs = [_batch_spec(s.shape, n, axes) for s, n in zip(out_structs, core_out, strict=True)]
+    local = [
+        jax.ShapeDtypeStruct(_local_shape(s.shape, spec, sizes), s.dtype)
+        for s, spec in zip(out_structs, out_specs, strict=True)
+    ]
+    args = [
+        a if jax.typeof(a).sharding.spec == spec
+        else jax.sharding.reshard(a, NamedSharding(mesh, spec))
+        for a, spec in zip(args, in_specs, strict=True)
+    ]  # fmt: skip
+    run = functools.partial(_run, host, single, [s.shape for s in local])
+
+    def body(*shards):
+        outs = buffer_callback(run, local[0] if single else tuple(local),
+                               vmap_method="expand_dims")(*shards)  # fmt: skip
+        outs = _retype([outs] if single else list(outs), shards, like, summed)
+        return outs[0] if single else tuple(outs)
+
+    mapped = jax.shard_map(body, mesh=mesh, in_specs=tuple(in_specs),
+                           out_specs=out_specs[0] if single else tuple(out_specs))  # fmt: skip
+    return mapped(*args)
 
 
 def _run(host: Callable, single: bool, logical: list[tuple[int, ...]], ctx, outs, *buffers) -> None:
@@ -157,7 +325,7 @@ def _cholesky(ab, lower):
         jax.ShapeDtypeStruct(ab.shape, ab.dtype),
         jax.ShapeDtypeStruct(ab.shape[:-2], jnp.int32),
     )
-    return _callback(functools.partial(_host_cholesky, lower=lower), shapes, ab)
+    return _callback(functools.partial(_host_cholesky, lower=lower), shapes, ab, core=(2, 2, 0))
 
 
 def _cholesky_fwd(ab, lower):
@@ -172,7 +340,8 @@ def _cholesky_bwd(lower, c, cotangents):
         # A CPU kernel: GPU arrays make a round trip through the host.
         return _vjp.cholesky_gradient(to_numpy(c_), to_numpy(g_), lower)
 
-    return (_callback(host, jax.ShapeDtypeStruct(c.shape, c.dtype), c, grad_c),)
+    shape = jax.ShapeDtypeStruct(c.shape, c.dtype)
+    return (_callback(host, shape, c, grad_c, core=(2, 2, 2), like=(0,), summed=True),)
 
 
 _cholesky.defvjp(_cholesky_fwd, _cholesky_bwd)
@@ -206,7 +375,7 @@ def _solve_gradients(c, lam, x, b, ndims, lower, factored):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _cho_solve(c, b, lower):
     shape = jax.ShapeDtypeStruct(_solve_shape(c, b), c.dtype)
-    return _callback(functools.partial(_host_cho_solve, lower=lower), shape, c, b)
+    return _callback(functools.partial(_host_cho_solve, lower=lower), shape, c, b, core=(2, 2, 2))
 
 
 def _cho_solve_fwd(c, b, lower):
@@ -219,7 +388,7 @@ def _cho_solve_bwd(lower, residuals, grad_x):
     lam = _cho_solve(c, grad_x, lower)
     host = functools.partial(_solve_gradients, ndims=(c.ndim, b.ndim), lower=lower, factored=True)
     shapes = (jax.ShapeDtypeStruct(c.shape, c.dtype), jax.ShapeDtypeStruct(b.shape, b.dtype))
-    return _callback(host, shapes, c, lam, x, b)
+    return _callback(host, shapes, c, lam, x, b, core=(2,) * 6, like=(0, 3), summed=True)
 
 
 _cho_solve.defvjp(_cho_solve_fwd, _cho_solve_bwd)
@@ -241,7 +410,7 @@ def _solveh_fwd(ab, b, lower):
         jax.ShapeDtypeStruct(ab.shape, ab.dtype),
         jax.ShapeDtypeStruct(ab.shape[:-2], jnp.int32),
     )
-    x, c, info = _callback(host, shapes, ab, b)
+    x, c, info = _callback(host, shapes, ab, b, core=(2, 2, 2, 2, 0), like=(None, 0, 0))
     return (x, info), (c, b, x)
 
 
@@ -251,7 +420,7 @@ def _solveh_bwd(lower, residuals, cotangents):
     lam = _cho_solve(c, grad_x, lower)
     host = functools.partial(_solve_gradients, ndims=(c.ndim, b.ndim), lower=lower, factored=False)
     shapes = (jax.ShapeDtypeStruct(c.shape, c.dtype), jax.ShapeDtypeStruct(b.shape, b.dtype))
-    return _callback(host, shapes, c, lam, x, b)
+    return _callback(host, shapes, c, lam, x, b, core=(2,) * 6, like=(0, 3), summed=True)
 
 
 _solveh.defvjp(_solveh_fwd, _solveh_bwd)
@@ -401,7 +570,8 @@ def _ode(coefficients, rhs_equation, init_vars, steps, static):
     shape = jax.ShapeDtypeStruct(batch + (spec.n_steps, spec.n_dims, spec.n_orders),
                                  coefficients.dtype)  # fmt: skip
     return _callback(functools.partial(_host_ode, static[:4]), shape,
-                     coefficients, rhs_equation, init_vars, steps)  # fmt: skip
+                     coefficients, rhs_equation, init_vars, steps,
+                     core=(*_CORE_NDIM.values(), 3))  # fmt: skip
 
 
 def _ode_fwd(coefficients, rhs_equation, init_vars, steps, static):
@@ -426,7 +596,10 @@ def _ode_bwd(static, residuals, grad_u):
         return system.vjp(to_numpy(grad_u_), to_numpy(u_), *arrays_)
 
     shapes = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in arrays)
-    return _callback(host, shapes, grad_u, u, *arrays)
+    core = tuple(_CORE_NDIM.values())
+    return _callback(
+        host, shapes, grad_u, u, *arrays, core=(3, 3, *core, *core), like=(2, 3, 4, 5), summed=True
+    )
 
 
 _ode.defvjp(_ode_fwd, _ode_bwd)
