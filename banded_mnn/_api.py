@@ -24,6 +24,7 @@ from ._strided import (
     StridedBatch,
     addressable,
     drop_broadcast_axes,
+    is_dask_array,
     namespace,
     to_numpy,
     without_self_overlap,
@@ -91,14 +92,19 @@ def _as_real_array(x: Any, name: str, xp: ModuleType = np, backend: str | None =
                 "banded_mnn does not copy between host and device behind your back)"
             )
         array = x
-    if array.dtype.kind == "c":
+    check_real_dtype(array.dtype, name)
+    return array
+
+
+def check_real_dtype(dtype: np.dtype, name: str) -> None:
+    """Raise ``TypeError`` unless ``dtype`` is a real numeric dtype."""
+    if dtype.kind == "c":
         raise TypeError(
-            f"{name} must be real; got complex dtype {array.dtype} "
+            f"{name} must be real; got complex dtype {dtype} "
             "(complex Hermitian matrices are not supported)"
         )
-    if array.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must be an array of real numbers; got dtype {array.dtype}")
-    return array
+    if dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be an array of real numbers; got dtype {dtype}")
 
 
 def _result_dtype(*arrays: np.ndarray) -> np.dtype:
@@ -210,6 +216,16 @@ def _raise_if_failed(info: Any, function: str) -> None:
 def _as_batched(x: Any) -> Any:
     """``(M,)`` right-hand sides as ``(M, 1)``; others unchanged."""
     return x[:, None] if x.ndim == 1 else x
+
+
+def _on_dask(function: str, ab: Any, b: Any | None, lower: bool, check_finite: bool,
+             backend: str | None, raising: bool):  # fmt: skip
+    """The lazy result for Dask operands (see :mod:`banded_mnn._dask`)."""
+    from . import _dask
+
+    return _dask.band_routine(
+        function, ab, b, lower=lower, check_finite=check_finite, backend=backend, raising=raising
+    )
 
 
 # --------------------------------------------------------------------------
@@ -433,6 +449,8 @@ def cholesky_banded(
     Notes
     -----
     """
+    if is_dask_array(ab):
+        return _on_dask("cholesky_banded", ab, None, lower, check_finite, backend, True)
     c, info = _factor(ab, overwrite_ab, lower, check_finite, backend)
     _raise_if_failed(info, "cholesky_banded")
     return c
@@ -507,6 +525,8 @@ def cholesky_banded_ex(
     >>> bool(np.isnan(c[1]).any())
     True
     """
+    if is_dask_array(ab):
+        return _on_dask("cholesky_banded", ab, None, lower, check_finite, backend, False)
     return _factor(ab, overwrite_ab, lower, check_finite, backend)
 
 
@@ -580,6 +600,8 @@ def cho_solve_banded(
     cb, lower = cb_and_lower
     if np.ndim(lower) != 0:
         raise ValueError("cb_and_lower must be a pair (cb, lower) with lower a bool")
+    if is_dask_array(cb) or is_dask_array(b):
+        return _on_dask("cho_solve_banded", cb, b, bool(lower), check_finite, backend, True)
     x, _ = _solve(
         cb,
         b,
@@ -650,6 +672,8 @@ def solveh_banded(
     Notes
     -----
     """
+    if is_dask_array(ab) or is_dask_array(b):
+        return _on_dask("solveh_banded", ab, b, lower, check_finite, backend, True)
     x, info = solveh_banded_ex(
         ab, b, overwrite_ab, overwrite_b, lower, check_finite, backend=backend
     )
@@ -734,6 +758,8 @@ def solveh_banded_ex(
     True
     """
     del overwrite_ab  # ab is only read; see solveh_banded
+    if is_dask_array(ab) or is_dask_array(b):
+        return _on_dask("solveh_banded", ab, b, lower, check_finite, backend, False)
     return _solve(
         ab,
         b,

@@ -40,6 +40,11 @@ def namespace(x: Any) -> ModuleType:
     return np
 
 
+def is_dask_array(x: Any) -> bool:
+    """True for a ``dask.array.Array`` (checked without importing Dask)."""
+    return type(x).__module__.startswith("dask.") and hasattr(x, "__dask_graph__")
+
+
 def to_numpy(x: Any) -> np.ndarray:
     """``x`` on the host: a CuPy array is copied there (waiting for the device)."""
     return x.get() if hasattr(x, "get") else np.asarray(x)

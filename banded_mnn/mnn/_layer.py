@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import _api, _backends
 from .._errors import NotPositiveDefiniteError
-from .._strided import StridedBatch, flat_batch
+from .._strided import StridedBatch, flat_batch, is_dask_array
 
 #: Allocator of kernel outputs (tests fill it with NaN to catch unwritten cells).
 _empty = np.empty
@@ -1052,6 +1052,22 @@ def ode_forward(
     True
     """
     del prefer_cuda_graph  # no CUDA graphs: a solve is a few kernel calls
+    raw = (coefficients, rhs_equation, init_vars, steps)
+    if any(is_dask_array(x) for x in raw):
+        from .. import _dask
+
+        return _dask.ode_forward(
+            dict(zip(("coefficients", "rhs_equation", "init_vars", "steps"), raw, strict=True)),
+            n_steps=n_steps,
+            n_init_var_steps=n_init_var_steps,
+            is_step_dim_first=is_step_dim_first,
+            weights=(weight_equation, weight_init_var, weight_smooth),
+            central=enable_central_smoothness,
+            frozen_lhs_cache_version=frozen_lhs_cache_version,
+            return_system=return_system,
+            algorithm=algorithm,
+            backend=backend,
+        )
     inputs = _prepare(
         coefficients,
         rhs_equation,

@@ -1,0 +1,431 @@
+"""Dask arrays in, lazy Dask arrays out: the band routines and the MNN layer,
+one task per batch chunk.
+
+Call path: :mod:`banded_mnn._api` and :func:`banded_mnn.mnn.ode_forward` see a
+Dask operand (:func:`is_dask_array`, which imports nothing) and hand the call
+to :func:`band_routine` or :func:`ode_forward` here, which
+
+1. validate everything the metadata shows (shapes, dtypes, band layout, the
+   chunks' array type against ``backend``) with the in-memory path's own
+   checks, so that such errors are raised at call time;
+2. bring every operand to a Dask array whose batch axes are chunked alike
+   (:func:`_align`): NumPy and CuPy operands take the chunks of the Dask
+   operands, axes of length 1 stay one chunk and are broadcast by the
+   graph, never copied per chunk; each operand's core axes become one chunk;
+3. build the graph with :func:`dask.array.apply_gufunc`: one task per output
+   batch chunk, which calls the in-memory routine on its chunk under the
+   per-task thread rule (:func:`kernel_threads`), and one small task per
+   chunk of each batch axis that gives the chunk's position in the batch, so
+   that a failure names its index in the whole batch.
+
+Nothing is computed here.  Dask arrays are never written: the
+``overwrite_*`` flags are ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from . import _api
+from ._errors import NotPositiveDefiniteError
+from ._strided import is_dask_array, namespace, to_numpy
+
+#: Environment variable that fixes the number of kernel threads of every
+#: task (overrides the rule of :func:`threads_per_task`).
+THREADS_ENV = "BANDED_MNN_THREADS_PER_TASK"
+
+
+# --------------------------------------------------------------------------
+# Threads: Dask runs tasks in parallel, and the Numba kernels are parallel too
+# --------------------------------------------------------------------------
+
+
+def threads_per_task() -> int | None:
+    """Kernel threads for a task running now, or ``None`` to leave Numba's setting.
+
+    The rule, first match wins:
+
+    1. ``BANDED_MNN_THREADS_PER_TASK`` in the environment (of the workers);
+    2. on a ``distributed`` worker: ``OMP_NUM_THREADS`` if set -- Dask's
+       Nanny sets it to 1 in the workers it starts, so that the worker
+       threads are the parallelism -- else the cores divided by the worker's
+       threads;
+    3. in a thread of Dask's local threaded scheduler: the cores divided by
+       its threads (``num_workers`` in Dask's config, by default the cores);
+    4. otherwise (the synchronous scheduler, in the calling thread): ``None``.
+
+    Always capped by ``NUMBA_NUM_THREADS``.
+    """
+    explicit = os.environ.get(THREADS_ENV)
+    if explicit:
+        return max(1, int(explicit))
+    import dask
+    from dask.system import CPU_COUNT
+
+    worker = _current_worker()
+    if worker is not None:
+        omp = os.environ.get("OMP_NUM_THREADS")
+        if omp:
+            return max(1, int(omp))
+        return max(1, CPU_COUNT // max(1, worker.state.nthreads))
+    if threading.current_thread() is threading.main_thread():
+        return None
+    return max(1, CPU_COUNT // (dask.config.get("num_workers", None) or CPU_COUNT))
+
+
+def _current_worker():
+    try:
+        from distributed import get_worker
+    except ImportError:
+        return None
+    try:
+        return get_worker()
+    except ValueError:  # not in a worker's task
+        return None
+
+
+#: Serialises kernels under Numba's "workqueue" threading layer, which aborts
+#: the process when two threads enter parallel regions at once ("omp" and
+#: "tbb" are thread-safe and take no lock).
+_WORKQUEUE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def kernel_threads() -> Iterator[None]:
+    """Run the block with :func:`threads_per_task` Numba threads (a setting
+    local to the calling thread), restored afterwards."""
+    import numba
+
+    wanted = threads_per_task()
+    previous = numba.get_num_threads()
+    lock = contextlib.nullcontext()
+    with contextlib.suppress(ValueError):  # no parallel region has run yet
+        if numba.threading_layer() == "workqueue":
+            lock = _WORKQUEUE_LOCK
+    if wanted is not None:
+        numba.set_num_threads(min(wanted, numba.config.NUMBA_NUM_THREADS))
+    try:
+        with lock:
+            yield
+    finally:
+        numba.set_num_threads(previous)
+
+
+# --------------------------------------------------------------------------
+# Operands
+# --------------------------------------------------------------------------
+
+
+def _metadata_checks(name: str, x: Any) -> Any:
+    """The array that stands for ``x``'s chunks in the in-memory checks: its
+    Dask ``_meta`` (NumPy or CuPy, zero size, the right dtype) or ``x``."""
+    if is_dask_array(x):
+        if any(math.isnan(n) for n in x.shape):
+            raise ValueError(
+                f"{name} has unknown chunk sizes (shape {x.shape}); call "
+                f"{name}.compute_chunk_sizes() first"
+            )
+        return x._meta
+    return x
+
+
+def _align(
+    operands: dict[str, tuple[Any, int]], batch: tuple[int, ...]
+) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
+    """Dask arrays for ``operands`` (name -> (array, core ndim)) with the same
+    chunks along every batch axis they share (right-aligned to ``batch``)
+    and one chunk along each core axis.
+
+    Batch chunks follow the first Dask operand that is not of length 1 along
+    the axis (the others are rechunked to match); NumPy or CuPy operands are
+    cut to those chunks (Dask's automatic chunks along an axis no Dask
+    operand has).  Returns the arrays and the batch chunks of the output.
+    """
+    import dask.array as da
+
+    nb = len(batch)
+    chunks: list[tuple[int, ...] | None] = [None if n != 1 else (1,) for n in batch]
+    for x, core in operands.values():
+        if is_dask_array(x):
+            k = x.ndim - core
+            for j in range(k):
+                i = nb - k + j
+                if chunks[i] is None and x.shape[j] == batch[i]:
+                    chunks[i] = x.chunks[j]
+    aligned = {}
+    for name, (x, core) in operands.items():
+        k = x.ndim - core
+        batch_chunks = [
+            (1,) if x.shape[j] == 1 else (chunks[nb - k + j] or "auto") for j in range(k)
+        ]
+        wanted = tuple(batch_chunks) + tuple(-1 for _ in range(core))
+        if is_dask_array(x):
+            x = x.rechunk(wanted)
+        else:
+            # name=False: a random name instead of hashing the whole array.
+            x = da.from_array(x, chunks=wanted, asarray=False, name=False)
+        for j in range(k):
+            if chunks[nb - k + j] is None:
+                chunks[nb - k + j] = x.chunks[j]
+        aligned[name] = x
+    return aligned, [c if c is not None else (n,) for c, n in zip(chunks, batch, strict=True)]
+
+
+def _positions(batch: tuple[int, ...], chunks: list[tuple[int, ...]]) -> list[Any]:
+    """Per batch axis, a Dask array of the indices along it, chunked like the
+    output and shaped to broadcast along that axis only: a task reads its
+    chunk's position in the batch from element 0."""
+    import dask.array as da
+
+    nb = len(batch)
+    out = []
+    for i, (n, c) in enumerate(zip(batch, chunks, strict=True)):
+        index = da.arange(n, chunks=(c,), dtype=np.int64)
+        out.append(index[(slice(None),) + (None,) * (nb - 1 - i)])
+    return out
+
+
+def _offset(positions: tuple[np.ndarray, ...]) -> tuple[int, ...]:
+    return tuple(int(p.reshape(-1)[0]) for p in positions)
+
+
+def _meta(like: Any, ndim: int, dtype: Any) -> Any:
+    """A zero-size array of ``like``'s module (NumPy or CuPy) for Dask's ``meta``."""
+    return namespace(like).empty((0,) * ndim, dtype=dtype)
+
+
+def _loop_letters(n: int) -> list[str]:
+    return [f"b{i}" for i in range(n)]
+
+
+# --------------------------------------------------------------------------
+# Band routines
+# --------------------------------------------------------------------------
+
+
+def band_routine(
+    function: str,
+    ab: Any,
+    b: Any | None,
+    *,
+    lower: bool,
+    check_finite: bool,
+    backend: str | None,
+    raising: bool,
+) -> Any:
+    """``cholesky_banded`` (``b is None``), ``cho_solve_banded`` or
+    ``solveh_banded`` on Dask operands: the lazy result, or with
+    ``raising=False`` the lazy ``(result, info)`` of the ``_ex`` variant."""
+    import dask.array as da
+
+    factored = function == "cho_solve_banded"
+    name_ab = "cb" if factored else "ab"
+    metas = {name_ab: _metadata_checks(name_ab, ab)}
+    if b is not None:
+        metas["b"] = _metadata_checks("b", b)
+    # The in-memory path's own checks, on stand-ins of the chunks.
+    _impl, xp = _api._select(backend, metas)
+    for name, meta in metas.items():
+        _api._as_real_array(meta, name, xp, backend)
+    if b is not None and xp is not np:
+        _api._same_device(metas)
+    if not is_dask_array(ab):
+        ab = _api._as_real_array(ab, name_ab, xp, backend)
+    if b is not None and not is_dask_array(b):
+        b = _api._as_real_array(b, "b", xp, backend)
+    _api._check_band(ab, name_ab)
+    if b is None:
+        batch, out_core, dtype = ab.shape[:-2], 2, _api._result_dtype(ab)
+        operands = {name_ab: (ab, 2)}
+        signature = "(w,m)"
+        out_signature = "(w,m)"
+    else:
+        batch, out_shape = _api._rhs_layout(ab, b, name_ab, "b")
+        dtype = _api._result_dtype(ab, b)
+        out_core = len(out_shape) - len(batch)
+        operands = {name_ab: (ab, 2), "b": (b, 1 if b.ndim == 1 else 2)}
+        signature = "(w,m),(m)" if b.ndim == 1 else "(w,m),(m,k)"
+        out_signature = "(m)" if b.ndim == 1 else "(m,k)"
+    arrays, chunks = _align(operands, batch)
+    positions = _positions(batch, chunks)
+    signature += ",()" * len(batch)
+    like = next(iter(metas.values()))
+    options = {
+        "function": function,
+        "lower": bool(lower),
+        "check_finite": bool(check_finite),
+        "backend": backend,
+        "raising": raising,
+        "n_positions": len(batch),
+    }
+    ndim = len(batch) + out_core
+    if raising:
+        return da.apply_gufunc(
+            _band_chunk, f"{signature}->{out_signature}", *arrays.values(), *positions,
+            meta=_meta(like, ndim, dtype), vectorize=False, **options,
+        )  # fmt: skip
+    return da.apply_gufunc(
+        _band_chunk, f"{signature}->{out_signature},()", *arrays.values(), *positions,
+        meta=(_meta(like, ndim, dtype), _meta(like, len(batch), np.int32)),
+        vectorize=False, **options,
+    )  # fmt: skip
+
+
+def _band_chunk(*args: Any, function: str, lower: bool, check_finite: bool,
+                backend: str | None, raising: bool, n_positions: int):  # fmt: skip
+    """One task: the in-memory routine on one batch chunk."""
+    operands, positions = args[: len(args) - n_positions], args[len(args) - n_positions :]
+    with kernel_threads():
+        if function == "cholesky_banded":
+            result, info = _api._factor(operands[0], False, lower, check_finite, backend)
+        else:
+            result, info = _api._solve(
+                *operands,
+                factored=function == "cho_solve_banded",
+                overwrite_b=False,
+                lower=lower,
+                check_finite=check_finite,
+                backend=backend,
+                name_ab="cb" if function == "cho_solve_banded" else "ab",
+            )
+    if not raising:
+        return result, info
+    if info.size and bool(info.any()):
+        raise NotPositiveDefiniteError(to_numpy(info), function, offset=_offset(positions))
+    return result
+
+
+# --------------------------------------------------------------------------
+# The MNN layer
+# --------------------------------------------------------------------------
+
+
+def ode_forward(
+    arrays: dict[str, Any],
+    *,
+    n_steps: int | None,
+    n_init_var_steps: int | None,
+    is_step_dim_first: bool,
+    weights: tuple[Any, Any, Any],
+    central: bool,
+    frozen_lhs_cache_version: int,
+    return_system: bool,
+    algorithm: str | None,
+    backend: str | None,
+) -> Any:
+    """:func:`banded_mnn.mnn.ode_forward` with Dask operands among ``arrays``
+    (name -> array or ``None``): the lazy solution ``u``."""
+    import dask.array as da
+
+    from .mnn import _layer
+
+    if return_system:
+        raise ValueError(
+            "ode_forward: return_system=True is not supported with Dask arrays (the factor "
+            "would live in the workers); the VJP on Dask arrays is not supported"
+        )
+    if frozen_lhs_cache_version:
+        raise ValueError(
+            "ode_forward: frozen_lhs_cache_version is not supported with Dask arrays (the "
+            "cache lives in one process)"
+        )
+    if algorithm is not None and algorithm not in _layer.ALGORITHMS:
+        raise ValueError(
+            f"algorithm must be one of {', '.join(map(repr, _layer.ALGORITHMS))} or None; got "
+            f"{algorithm!r}"
+        )
+    from . import _backends
+
+    _backends.cpu_only(backend, "the MNN layer")
+    present: dict[str, Any] = {}
+    for name, x in arrays.items():
+        if x is None:
+            continue
+        meta = _metadata_checks(name, x)
+        if namespace(meta) is not np or hasattr(meta, "__cuda_array_interface__"):
+            raise TypeError(
+                f"{name}: the MNN layer runs on NumPy arrays (the CPU) in this version; got "
+                f"chunks of type {type(meta).__module__}.{type(meta).__name__}"
+            )
+        if not is_dask_array(x):
+            x = np.asarray(x)
+        _api.check_real_dtype(x.dtype, name)
+        core = _layer._CORE_NDIM[name]
+        if x.ndim < core:
+            raise ValueError(
+                f"{name} must have at least {core} dimensions {_layer._SHAPES[name]}; got shape "
+                f"{x.shape}"
+            )
+        if is_step_dim_first:
+            x = (
+                da.moveaxis(x, 0, x.ndim - core)
+                if is_dask_array(x)
+                else np.moveaxis(x, 0, x.ndim - core)
+            )
+        present[name] = x
+    spec, lhs_batch, batch = _layer.check_shapes(
+        {name: x.shape for name, x in present.items()}, n_steps, n_init_var_steps, weights, central
+    )
+    dtype = _api._result_dtype(*present.values())
+    operands = {name: (x, _layer._CORE_NDIM[name]) for name, x in present.items()}
+    aligned, chunks = _align(operands, batch)
+    positions = _positions(batch, chunks)
+    nb = len(batch)
+    # The left-hand side's batch axes along which it is broadcast: a failure
+    # there is at index 0 of the whole batch whatever the chunk.
+    lhs_padded = (1,) * (nb - len(lhs_batch)) + tuple(lhs_batch)
+    broadcast_axes = tuple(i for i in range(nb) if lhs_padded[i] == 1 and batch[i] != 1)
+    cores = {
+        "coefficients": "(ct,ce,cd,co)",
+        "rhs_equation": "(rt,re)",
+        "init_vars": "(vt,vd,vo)",
+        "steps": "(ht)",
+    }
+    signature = ",".join(cores[name] for name in aligned) + ",()" * nb + "->(T,D,O)"
+    options = {
+        "n_steps": spec.n_steps,
+        "n_init_var_steps": spec.n_init_var_steps,
+        "weight_equation": spec.weight_equation,
+        "weight_init_var": spec.weight_init_var,
+        "weight_smooth": spec.weight_smooth,
+        "enable_central_smoothness": spec.enable_central_smoothness,
+        "algorithm": algorithm,
+        "backend": backend,
+    }
+    u = da.apply_gufunc(
+        _ode_chunk, signature, *aligned.values(), *positions,
+        output_sizes={"T": spec.n_steps, "D": spec.n_dims, "O": spec.n_orders},
+        meta=np.empty((0,) * (nb + 3), dtype=dtype), vectorize=False,
+        names=tuple(aligned), n_positions=nb, lhs_ndim=len(lhs_batch),
+        broadcast_axes=broadcast_axes, options=options,
+    )  # fmt: skip
+    return da.moveaxis(u, -3, 0) if is_step_dim_first else u
+
+
+def _ode_chunk(*args: Any, names: tuple[str, ...], n_positions: int, lhs_ndim: int,
+               broadcast_axes: tuple[int, ...], options: dict[str, Any]) -> np.ndarray:  # fmt: skip
+    """One task: the in-memory MNN layer on one batch chunk."""
+    from .mnn import _layer
+
+    inputs = dict(zip(names, args[: len(names)], strict=True))
+    positions = args[len(names) :]
+    with kernel_threads():
+        try:
+            return _layer.ode_forward(
+                inputs["coefficients"],
+                inputs.get("rhs_equation"),
+                inputs.get("init_vars"),
+                inputs.get("steps"),
+                **options,
+            )
+        except NotPositiveDefiniteError as error:
+            # The error's info has the left-hand side's batch shape.
+            offset = [0 if i in broadcast_axes else o for i, o in enumerate(_offset(positions))]
+            raise error.with_offset(tuple(offset[n_positions - lhs_ndim :])) from None
