@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import runpy
 from pathlib import Path
 
@@ -79,3 +80,12 @@ def test_kdv(monkeypatch, tmp_path):
     result = run("kdv", monkeypatch, tmp_path)
     assert np.isfinite(result["nmse"]) and result["nmse_first_9"] < result["nmse"]
     assert (tmp_path / "kdv.png").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch: see the README")
+def test_ddp_training(monkeypatch, tmp_path):
+    result = run("ddp_training", monkeypatch, tmp_path)
+    assert result["world_size"] == 2 and result["replica_spread"] == 0.0
+    assert result["threads_per_process"] == max(1, (os.cpu_count() or 1) // 2)
+    assert result["loss_end"] < 0.5 * result["loss_start"]
+    assert np.mean(result["losses"][-5:]) < np.mean(result["losses"][:5])
