@@ -12,8 +12,8 @@ to :func:`band_routine` or :func:`ode_forward` here, which
    (:func:`_align`): NumPy and CuPy operands take the chunks of the Dask
    operands, axes of length 1 stay one chunk and are broadcast by the
    graph, never copied per chunk; each operand's core axes become one chunk;
-3. build the graph with :func:`dask.array.apply_gufunc`: one task per output
-   batch chunk, which calls the in-memory routine on its chunk under the
+3. build the graph with :func:`dask.array.blockwise` (:func:`_graph`): one
+   task per output batch chunk, which calls the in-memory routine on its chunk under the
    per-task thread rule (:func:`kernel_threads`), and one small task per
    chunk of each batch axis that gives the chunk's position in the batch, so
    that a failure names its index in the whole batch.
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 import os
 import threading
 from collections.abc import Iterator
@@ -180,16 +181,60 @@ def _align(
 
 def _positions(batch: tuple[int, ...], chunks: list[tuple[int, ...]]) -> list[Any]:
     """Per batch axis, a Dask array of the indices along it, chunked like the
-    output and shaped to broadcast along that axis only: a task reads its
-    chunk's position in the batch from element 0."""
+    output: a task reads its chunk's position in the batch from element 0."""
+    import dask.array as da
+
+    return [da.arange(n, chunks=(c,), dtype=np.int64) for n, c in zip(batch, chunks, strict=True)]
+
+
+def _graph(
+    task: Any,
+    operands: dict[str, tuple[Any, Any]],
+    batch: tuple[int, ...],
+    chunks: list[tuple[int, ...]],
+    out_core: dict[Any, int],
+    metas: tuple[Any, ...],
+    **options: Any,
+) -> Any:
+    """One :func:`dask.array.blockwise` layer: ``task(*chunks of operands,
+    *positions, **options)`` per output batch chunk.
+
+    ``operands`` maps a name to (aligned array, labels of its core axes);
+    batch axes are labelled right-aligned to ``batch``, so that an axis of
+    length 1 is broadcast (its one chunk goes to every task).  ``out_core``
+    maps the labels of the output's core axes to their lengths.  With two
+    ``metas`` the task returns ``(result, info)`` and the two lazy arrays
+    are split off the layer (``info`` has the batch axes only).
+    """
     import dask.array as da
 
     nb = len(batch)
-    out = []
-    for i, (n, c) in enumerate(zip(batch, chunks, strict=True)):
-        index = da.arange(n, chunks=(c,), dtype=np.int64)
-        out.append(index[(slice(None),) + (None,) * (nb - 1 - i)])
-    return out
+    letters = tuple(f"b{i}" for i in range(nb))
+    arginds: list[Any] = []
+    labels = set()
+    for x, core in operands.values():
+        k = x.ndim - len(core)
+        arginds += [x, (*letters[nb - k :], *core)]
+        labels.update(core)
+    for i, position in enumerate(_positions(batch, chunks)):
+        arginds += [position, (letters[i],)]
+    out_index = (*letters, *out_core)
+    if len(metas) == 1:
+        new_axes = {label: n for label, n in out_core.items() if label not in labels}
+        return da.blockwise(
+            task, out_index, *arginds, concatenate=True, new_axes=new_axes, meta=metas[0],
+            n_positions=nb, **options,
+        )  # fmt: skip
+    # A layer of (result, info) pairs over the batch axes, then one element of each.
+    pairs = da.blockwise(
+        task, letters, *arginds, concatenate=True, meta=np.empty((0,) * nb, dtype=object),
+        n_positions=nb, **options,
+    )  # fmt: skip
+    result = da.blockwise(
+        operator.getitem, out_index, pairs, letters, 0, None, new_axes=out_core, meta=metas[0]
+    )
+    info = da.blockwise(operator.getitem, letters, pairs, letters, 1, None, meta=metas[1])
+    return result, info
 
 
 def _offset(positions: tuple[np.ndarray, ...]) -> tuple[int, ...]:
@@ -199,10 +244,6 @@ def _offset(positions: tuple[np.ndarray, ...]) -> tuple[int, ...]:
 def _meta(like: Any, ndim: int, dtype: Any) -> Any:
     """A zero-size array of ``like``'s module (NumPy or CuPy) for Dask's ``meta``."""
     return namespace(like).empty((0,) * ndim, dtype=dtype)
-
-
-def _loop_letters(n: int) -> list[str]:
-    return [f"b{i}" for i in range(n)]
 
 
 # --------------------------------------------------------------------------
@@ -223,7 +264,6 @@ def band_routine(
     """``cholesky_banded`` (``b is None``), ``cho_solve_banded`` or
     ``solveh_banded`` on Dask operands: the lazy result, or with
     ``raising=False`` the lazy ``(result, info)`` of the ``_ex`` variant."""
-    import dask.array as da
 
     factored = function == "cho_solve_banded"
     name_ab = "cb" if factored else "ab"
@@ -242,39 +282,25 @@ def band_routine(
         b = _api._as_real_array(b, "b", xp, backend)
     _api._check_band(ab, name_ab)
     if b is None:
-        batch, out_core, dtype = ab.shape[:-2], 2, _api._result_dtype(ab)
+        batch, dtype = ab.shape[:-2], _api._result_dtype(ab)
+        out_shape = ab.shape
         operands = {name_ab: (ab, 2)}
-        signature = "(w,m)"
-        out_signature = "(w,m)"
+        cores, out_core = {name_ab: "wm"}, "wm"
     else:
         batch, out_shape = _api._rhs_layout(ab, b, name_ab, "b")
         dtype = _api._result_dtype(ab, b)
-        out_core = len(out_shape) - len(batch)
         operands = {name_ab: (ab, 2), "b": (b, 1 if b.ndim == 1 else 2)}
-        signature = "(w,m),(m)" if b.ndim == 1 else "(w,m),(m,k)"
-        out_signature = "(m)" if b.ndim == 1 else "(m,k)"
+        out_core = "m" if b.ndim == 1 else "mk"
+        cores = {name_ab: "wm", "b": out_core}
     arrays, chunks = _align(operands, batch)
-    positions = _positions(batch, chunks)
-    signature += ",()" * len(batch)
     like = next(iter(metas.values()))
-    options = {
-        "function": function,
-        "lower": bool(lower),
-        "check_finite": bool(check_finite),
-        "backend": backend,
-        "raising": raising,
-        "n_positions": len(batch),
-    }
-    ndim = len(batch) + out_core
-    if raising:
-        return da.apply_gufunc(
-            _band_chunk, f"{signature}->{out_signature}", *arrays.values(), *positions,
-            meta=_meta(like, ndim, dtype), vectorize=False, **options,
-        )  # fmt: skip
-    return da.apply_gufunc(
-        _band_chunk, f"{signature}->{out_signature},()", *arrays.values(), *positions,
-        meta=(_meta(like, ndim, dtype), _meta(like, len(batch), np.int32)),
-        vectorize=False, **options,
+    metas_out = (_meta(like, len(batch) + len(out_core), dtype),)
+    if not raising:
+        metas_out += (_meta(like, len(batch), np.int32),)
+    return _graph(
+        _band_chunk, {name: (arrays[name], cores[name]) for name in arrays}, batch, chunks,
+        dict(zip(out_core, out_shape[len(batch) :], strict=True)), metas_out, function=function, lower=bool(lower),
+        check_finite=bool(check_finite), backend=backend, raising=raising,
     )  # fmt: skip
 
 
@@ -376,19 +402,13 @@ def ode_forward(
     dtype = _api._result_dtype(*present.values())
     operands = {name: (x, _layer._CORE_NDIM[name]) for name, x in present.items()}
     aligned, chunks = _align(operands, batch)
-    positions = _positions(batch, chunks)
     nb = len(batch)
     # The left-hand side's batch axes along which it is broadcast: a failure
     # there is at index 0 of the whole batch whatever the chunk.
     lhs_padded = (1,) * (nb - len(lhs_batch)) + tuple(lhs_batch)
     broadcast_axes = tuple(i for i in range(nb) if lhs_padded[i] == 1 and batch[i] != 1)
-    cores = {
-        "coefficients": "(ct,ce,cd,co)",
-        "rhs_equation": "(rt,re)",
-        "init_vars": "(vt,vd,vo)",
-        "steps": "(ht)",
-    }
-    signature = ",".join(cores[name] for name in aligned) + ",()" * nb + "->(T,D,O)"
+    cores = {"coefficients": "tedo", "rhs_equation": "re", "init_vars": "vdi", "steps": "h"}
+    cores = {name: tuple(f"{name}.{c}" for c in cores[name]) for name in aligned}
     options = {
         "n_steps": spec.n_steps,
         "n_init_var_steps": spec.n_init_var_steps,
@@ -399,12 +419,12 @@ def ode_forward(
         "algorithm": algorithm,
         "backend": backend,
     }
-    u = da.apply_gufunc(
-        _ode_chunk, signature, *aligned.values(), *positions,
-        output_sizes={"T": spec.n_steps, "D": spec.n_dims, "O": spec.n_orders},
-        meta=np.empty((0,) * (nb + 3), dtype=dtype), vectorize=False,
-        names=tuple(aligned), n_positions=nb, lhs_ndim=len(lhs_batch),
-        broadcast_axes=broadcast_axes, options=options,
+    u = _graph(
+        _ode_chunk, {name: (x, cores[name]) for name, x in aligned.items()}, batch, chunks,
+        {"T": spec.n_steps, "D": spec.n_dims, "O": spec.n_orders},
+        (np.empty((0,) * (nb + 3), dtype=dtype),),
+        names=tuple(aligned), lhs_ndim=len(lhs_batch), broadcast_axes=broadcast_axes,
+        options=options,
     )  # fmt: skip
     return da.moveaxis(u, -3, 0) if is_step_dim_first else u
 
