@@ -512,7 +512,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="sequential against cyclic reduction: block-tridiagonal systems and the MNN layer",
     )
     blocks_parser.add_argument("--repeat", type=int, default=3, help="timed repetitions")
+    dask_parser = commands.add_parser(
+        "bench-dask",
+        help="the Dask path (threaded scheduler, LocalCluster) against the in-memory call",
+    )
+    dask_parser.add_argument("--batch", type=int, default=2048, help="number of systems")
+    dask_parser.add_argument("--chunk-mb", type=float, default=85.0, help="MB of band per chunk")
+    dask_parser.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    dask_parser.add_argument("--rounds", type=int, default=7, help="timed rounds")
     args = parser.parse_args(argv)
+    if args.command == "bench-dask":
+        from ._bench_dask import bench_dask
+
+        bench_dask(args.batch, args.chunk_mb, args.dtype, args.rounds)
+        return 0
     if args.command == "bench-blocks":
         bench_blocks(repeat=args.repeat)
         return 0
