@@ -89,3 +89,11 @@ def test_ddp_training(monkeypatch, tmp_path):
     assert result["threads_per_process"] == max(1, (os.cpu_count() or 1) // 2)
     assert result["loss_end"] < 0.5 * result["loss_start"]
     assert np.mean(result["losses"][-5:]) < np.mean(result["losses"][:5])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("distributed") is None, reason="dask: see the README")
+def test_out_of_core(monkeypatch, tmp_path):
+    result = run("out_of_core", monkeypatch, tmp_path)
+    assert result["max_residual"] < 1e-12 and result["peak_fraction_of_ram"] <= 0.25
+    assert result["band_gb"] >= 0.2 and result["tasks"] <= 6 * result["chunks"]
+    assert result["throughput_gbs"] > 0 and result["in_memory_gbs"] > 0
