@@ -22,6 +22,7 @@ Run ``python examples/out_of_core.py`` (``--quick``: 0.25 GB, for the tests;
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import threading
@@ -122,10 +123,8 @@ class PeakMemory:
         while not self._stop.is_set():
             total = 0
             for process in [me, *me.children(recursive=True)]:
-                try:
+                with contextlib.suppress(psutil.Error):  # a process that just ended
                     total += process.memory_info().rss
-                except psutil.Error:  # a process that just ended
-                    pass
             self.peak = max(self.peak, total)
             time.sleep(self.interval)
 
