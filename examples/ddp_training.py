@@ -80,6 +80,8 @@ class OscillatorEncoder(torch.nn.Module):
 
 
 def mean_squared_error(model: torch.nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """The loss: the mean over samples and points (so DDP's average over equal
+    shards is the mean over the global batch)."""
     return ((model(y) - y) ** 2).mean()
 
 
@@ -185,6 +187,25 @@ def launch(
 
 
 def main(quick: bool = False, world_size: int = 2, seed: int = 0) -> dict:
+    """Train in ``world_size`` processes; return the losses and checks.
+
+    Parameters
+    ----------
+    quick : bool
+        30 steps instead of 300.
+    world_size : int
+        Number of processes.
+    seed : int
+        Seed of the data, the initial parameters and the shuffles.
+
+    Returns
+    -------
+    dict
+        ``loss_start``, ``loss_end`` (on all the data), ``losses`` (per step,
+        over the global batch), ``replica_spread`` (largest difference between
+        the processes' final parameters), ``threads_per_process`` and
+        ``passed``.
+    """
     steps = 30 if quick else 300
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()

@@ -230,6 +230,7 @@ def _batch_spec(shape: tuple[int, ...], n_core: int, axes: list[tuple[str, ...]]
 
 
 def _local_shape(shape: tuple[int, ...], spec: PartitionSpec, sizes: dict[str, int]):
+    """One device's shard of an array of ``shape`` laid out by ``spec``."""
     return tuple(
         n // math.prod(sizes[a] for a in _spec_axes(e)) for n, e in zip(shape, spec, strict=True)
     )
