@@ -38,7 +38,7 @@ def _driver(
     fout, fout_off, fout_sj, fout_st, store_factor,
     rhs, rhs_off, rhs_sj, rhs_sk,
     out, out_off, out_sj, out_sk, nrhs,
-    check, nonfinite, info, lanes,
+    check, nonfinite, info, lanes, threads,
 ):  # fmt: skip
     """Factor and/or solve ``len(info)`` systems (see module docstring).
 
@@ -50,50 +50,61 @@ def _driver(
     ``nrhs == 0`` means no solve.  Systems with ``info[i] > 0`` get NaN in
     everything written for them.  With ``check``, a non-finite value read from
     the band or the right-hand side sets ``nonfinite[0]`` or ``nonfinite[1]``
-    (the caller then discards the results).
+    (the caller then discards the results).  ``threads`` (Numba's thread
+    count) sets how many sets of workspaces are made, one per thread.
     """
     L = len(lanes)
     nsys = info.shape[0]
     nchunks = (nsys + L - 1) // L
-    for c in prange(nchunks):
-        first = c * L
-        real = min(L, nsys - first)  # lanes past the batch solve the identity
+    workers = max(1, min(threads, nchunks))  # Numba's thread count, read by the caller
+    for worker in prange(workers):
+        # One set of workspaces per thread, reused for its chunks of L
+        # systems.  Allocated per chunk, they were fresh pages every time
+        # where malloc maps large blocks afresh (Dask's Nanny sets
+        # MALLOC_TRIM_THRESHOLD_ in its workers, which does that: 35% slower
+        # at u = 17).  The gathers write every cell they are read from.
         W = np.empty(n * (bw + 1) * L, dtype=band.dtype)
         Y = np.empty(n * nrhs * L, dtype=band.dtype)
-        linfo = np.zeros(L, dtype=np.int32)
+        linfo = np.empty(L, dtype=np.int32)
         recip = np.empty(2 * L, dtype=band.dtype)
-        # Gather a block of rows, then factor (or forward-substitute) the
-        # columns whose updates stay inside the gathered rows, while the block
-        # is still in cache.
-        done = 0
-        for g0 in range(0, n, ROW_BLOCK):
-            g1 = min(n, g0 + ROW_BLOCK)
-            finite = _gather_band(
-                W, band, band_off[first:], band_sj, band_st, n, bw, real, L, g0, g1
-            )
-            if check and not finite:
-                nonfinite[0] = 1
-            finite = _gather_rhs(Y, rhs, rhs_off[first:], rhs_sj, rhs_sk, nrhs, real, L, g0, g1)
-            if check and not finite:
-                nonfinite[1] = 1
-            ready = n if g1 == n else max(done, g1 - bw)
-            if do_factor:
-                factor(W, Y, n, bw, nrhs, linfo, recip, lanes, done, ready)
-            elif nrhs > 0:
-                forward(W, Y, n, bw, nrhs, recip, lanes, done, ready)
-            done = ready
-        if nrhs > 0:
-            backward(W, Y, n, bw, nrhs, lanes)
-        # NaN for failed lanes, then scatter.
-        for l in range(real):
-            info[first + l] = linfo[l]
-            if linfo[l] != 0:
-                _fill_lane(W, Y, n * (bw + 1), n * nrhs, l, L, np.nan)
-        for g0 in range(0, n, ROW_BLOCK):
-            g1 = min(n, g0 + ROW_BLOCK)
-            if store_factor:
-                _scatter_band(W, fout, fout_off[first:], fout_sj, fout_st, n, bw, real, L, g0, g1)
-            _scatter_rhs(Y, out, out_off[first:], out_sj, out_sk, nrhs, real, L, g0, g1)
+        for c in range(worker, nchunks, workers):
+            first = c * L
+            real = min(L, nsys - first)  # lanes past the batch solve the identity
+            linfo[:] = 0
+            # Gather a block of rows, then factor (or forward-substitute) the
+            # columns whose updates stay inside the gathered rows, while the block
+            # is still in cache.
+            done = 0
+            for g0 in range(0, n, ROW_BLOCK):
+                g1 = min(n, g0 + ROW_BLOCK)
+                finite = _gather_band(
+                    W, band, band_off[first:], band_sj, band_st, n, bw, real, L, g0, g1
+                )
+                if check and not finite:
+                    nonfinite[0] = 1
+                finite = _gather_rhs(Y, rhs, rhs_off[first:], rhs_sj, rhs_sk, nrhs, real, L, g0, g1)
+                if check and not finite:
+                    nonfinite[1] = 1
+                ready = n if g1 == n else max(done, g1 - bw)
+                if do_factor:
+                    factor(W, Y, n, bw, nrhs, linfo, recip, lanes, done, ready)
+                elif nrhs > 0:
+                    forward(W, Y, n, bw, nrhs, recip, lanes, done, ready)
+                done = ready
+            if nrhs > 0:
+                backward(W, Y, n, bw, nrhs, lanes)
+            # NaN for failed lanes, then scatter.
+            for l in range(real):
+                info[first + l] = linfo[l]
+                if linfo[l] != 0:
+                    _fill_lane(W, Y, n * (bw + 1), n * nrhs, l, L, np.nan)
+            for g0 in range(0, n, ROW_BLOCK):
+                g1 = min(n, g0 + ROW_BLOCK)
+                if store_factor:
+                    _scatter_band(
+                        W, fout, fout_off[first:], fout_sj, fout_st, n, bw, real, L, g0, g1
+                    )
+                _scatter_rhs(Y, out, out_off[first:], out_sj, out_sk, nrhs, real, L, g0, g1)
 
 
 # Gather/scatter between the caller's arrays and the workspaces, rows [j0, j1)
@@ -185,7 +196,7 @@ def _driver_signature(lanes: int, dtype: np.dtype):
         ro, offs, i64, i64,
         rw, offs, i64, i64, i64,
         b1, types.Array(types.int8, 1, "C"),
-        types.Array(types.int32, 1, "C"), types.UniTuple(types.int64, lanes),
+        types.Array(types.int32, 1, "C"), types.UniTuple(types.int64, lanes), i64,
     )  # fmt: skip
 
 
@@ -286,7 +297,7 @@ def run(
         fout.buf, fout.offsets, fout.strides[0], fout.strides[1], store_factor,
         rhs.buf, rhs.offsets, rhs.strides[0], rhs.strides[1],
         out.buf, out.offsets, out.strides[0], out.strides[1], nrhs,
-        check_finite, nonfinite, info, lane_marker(lanes),
+        check_finite, nonfinite, info, lane_marker(lanes), numba.get_num_threads(),
     )  # fmt: skip
     return info, (bool(nonfinite[0]), bool(nonfinite[1]))
 
