@@ -48,7 +48,7 @@ class DaskOverhead:
 
     def track_oversubscribed_over_rule(self, result):
         """Cluster time with all kernel threads in every task over the thread rule's, in %."""
-        return 100 * (result["time_cluster_oversubscribed"] / result["time_cluster"] - 1)
+        return 100 * result["oversubscribed_over_rule"]
 
 
 class OutOfCore:

@@ -9,8 +9,8 @@ Measured side by side in one run (see docs/performance.md, "Dask"):
   (``chunk_mb`` of band per chunk, at least 64 MB for the overhead figure):
   with Dask's local threaded scheduler over the in-memory arrays, and on a
   ``distributed.LocalCluster`` (one single-threaded worker process per core)
-  holding the chunks in its workers' memory, the results kept there
-  (``persist``);
+  holding the chunks in its workers' memory; both keep the results as
+  chunks (``persist``: in this process, or in the workers);
 * on the cluster, the thread rule (one kernel thread per task: Dask's Nanny
   sets ``OMP_NUM_THREADS=1``) against every task running all of Numba's
   threads (``BANDED_MNN_THREADS_PER_TASK`` = cores).
@@ -66,12 +66,20 @@ def _same(block: np.ndarray) -> np.ndarray:
     return block
 
 
-def _paired(functions: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
-    """Times of each function over ``rounds`` rounds, the order reversed every other round."""
+def _paired(
+    functions: dict[str, Callable[[], object]],
+    rounds: int,
+    before: dict[str, Callable[[], object]] | None = None,
+) -> dict[str, list[float]]:
+    """Times of each function over ``rounds`` rounds, the order reversed
+    every other round; ``before[name]``, if given, runs untimed first."""
+    before = before or {}
     times: dict[str, list[float]] = {name: [] for name in functions}
     names = list(functions)
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
+            if name in before:
+                before[name]()
             start = time.perf_counter()
             functions[name]()
             times[name].append(time.perf_counter() - start)
@@ -117,39 +125,48 @@ def bench_dask(
             x = _api.solveh_banded(ab_, held_b).persist()
             distributed.wait(x)
 
-        variants = {
-            "in memory": lambda: _api.solveh_banded(ab, b),
-            "Dask, threaded scheduler": lambda: _api.solveh_banded(dab, db).compute(
-                scheduler="threads"
-            ),
-            "Dask, LocalCluster": on_cluster,
-        }
-        for function in variants.values():  # warm-up: kernels loaded everywhere
-            function()
-        times = _paired(variants, rounds)
-
         def set_threads(value: str | None) -> None:
             if value is None:
                 os.environ.pop(_dask.THREADS_ENV, None)
             else:
                 os.environ[_dask.THREADS_ENV] = value
 
-        client.run(set_threads, str(cores))
-        on_cluster()
-        oversubscribed = _paired({"all threads per task": on_cluster}, rounds)
+        variants = {
+            "in memory": lambda: _api.solveh_banded(ab, b),
+            "Dask, threaded scheduler": lambda: _api.solveh_banded(dab, db).persist(
+                scheduler="threads"
+            ),
+            "Dask, LocalCluster": on_cluster,
+            "LocalCluster, all threads per task": on_cluster,
+        }
+        before = {  # the thread rule off (every task on all of Numba's threads) or on
+            "Dask, LocalCluster": lambda: client.run(set_threads, None),
+            "LocalCluster, all threads per task": lambda: client.run(set_threads, str(cores)),
+        }
+        for name, function in variants.items():  # warm-up: kernels loaded everywhere
+            before.get(name, lambda: None)()
+            function()
+        times = _paired(variants, rounds, before)
         client.run(set_threads, None)
     base = np.array(times["in memory"])
     result: dict[str, float] = {"time_in_memory": float(np.median(base))}
     out("\n| variant | median [ms] | overhead over in memory (median of per-round ratios) |")
     out("|---|---:|---:|")
     out(f"| in memory, {cores} Numba threads | {np.median(base) * 1e3:.0f} | |")
-    for name, key in (("Dask, threaded scheduler", "threads"), ("Dask, LocalCluster", "cluster")):
+    for name, key, label in (
+        ("Dask, threaded scheduler", "threads", "Dask, threaded scheduler"),
+        ("Dask, LocalCluster", "cluster", "Dask, LocalCluster (thread rule: 1 per task)"),
+        ("LocalCluster, all threads per task", "cluster_oversubscribed",
+         f"Dask, LocalCluster, {cores} kernel threads per task (rule off)"),
+    ):  # fmt: skip
         t = np.array(times[name])
         overhead = float(np.median(t / base)) - 1.0
         result[f"time_{key}"], result[f"overhead_{key}"] = float(np.median(t)), overhead
-        out(f"| {name} | {np.median(t) * 1e3:.0f} | {100 * overhead:+.1f}% |")
-    t_over = float(np.median(oversubscribed["all threads per task"]))
-    result["time_cluster_oversubscribed"] = t_over
-    out(f"| LocalCluster, {cores} kernel threads per task (rule off) | {t_over * 1e3:.0f} | "
-        f"{100 * (t_over / result['time_in_memory'] - 1):+.1f}% (ratio of medians) |")  # fmt: skip
+        out(f"| {label} | {np.median(t) * 1e3:.0f} | {100 * overhead:+.1f}% |")
+    rule = np.array(times["LocalCluster, all threads per task"]) / np.array(
+        times["Dask, LocalCluster"]
+    )
+    result["oversubscribed_over_rule"] = float(np.median(rule)) - 1.0
+    out(f"\nRule off against rule on (LocalCluster, median of per-round ratios): "
+        f"{100 * result['oversubscribed_over_rule']:+.1f}%")  # fmt: skip
     return result
