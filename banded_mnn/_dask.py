@@ -106,10 +106,11 @@ def kernel_threads() -> Iterator[None]:
 
     wanted = threads_per_task()
     previous = numba.get_num_threads()
-    lock = contextlib.nullcontext()
-    with contextlib.suppress(ValueError):  # no parallel region has run yet
-        if numba.threading_layer() == "workqueue":
-            lock = _WORKQUEUE_LOCK
+    try:
+        thread_safe = numba.threading_layer() != "workqueue"
+    except ValueError:  # no parallel region has run yet: the layer is not chosen
+        thread_safe = False
+    lock = contextlib.nullcontext() if thread_safe else _WORKQUEUE_LOCK
     if wanted is not None:
         numba.set_num_threads(min(wanted, numba.config.NUMBA_NUM_THREADS))
     try:

@@ -127,8 +127,11 @@ def worker(args: argparse.Namespace) -> None:
         mean_squared_error(ddp, y).backward()
         synced = {n: p.grad.clone() for n, p in model.named_parameters()}
         indices = list(sampler)
-        torch.save({"local": local, "synced": synced, "indices": indices},
-                   out / f"gradients_rank{rank}.pt")  # fmt: skip
+        # As NumPy arrays (np.savez): a torch.save of these once wrote a
+        # file whose storage record torch.load rejected (1 run in ~10).
+        arrays = {f"local/{n}": g.numpy() for n, g in local.items()}
+        arrays.update({f"synced/{n}": g.numpy() for n, g in synced.items()})
+        np.savez(out / f"gradients_rank{rank}.npz", indices=np.array(indices), **arrays)
         dist.destroy_process_group()
         return
 
