@@ -127,8 +127,9 @@ def worker(args: argparse.Namespace) -> None:
         mean_squared_error(ddp, y).backward()
         synced = {n: p.grad.clone() for n, p in model.named_parameters()}
         indices = list(sampler)
-        # As NumPy arrays (np.savez): a torch.save of these once wrote a
-        # file whose storage record torch.load rejected (1 run in ~10).
+        # As NumPy arrays (np.savez): in one full test run, torch.load
+        # rejected the torch.save of these (a storage record of 256 bytes
+        # where the pickled metadata said 0); not reproduced in isolation.
         arrays = {f"local/{n}": g.numpy() for n, g in local.items()}
         arrays.update({f"synced/{n}": g.numpy() for n, g in synced.items()})
         np.savez(out / f"gradients_rank{rank}.npz", indices=np.array(indices), **arrays)
