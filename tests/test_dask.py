@@ -447,3 +447,22 @@ def test_worker_killed_during_computation(client, rng):
 def test_empty_allocator_poisoned_in_main_process():
     # (Sanity check of the fixture the comparisons above rely on.)
     assert np.isnan(api._empty((2,))).all()
+
+
+def test_gpu_backend_passes_through(monkeypatch, rng):
+    """``backend=`` reaches the tasks: the "cupy" backend with its CUDA source
+    run on the host (tests/gpu_host.py; NumPy chunks stand in for CuPy ones,
+    in this process, so with a local scheduler)."""
+    from gpu_host import HostKernels
+
+    from banded_mnn._backends import _cupy
+
+    monkeypatch.setattr(_cupy, "_kernels", HostKernels())
+    ab, b = problem(rng, (12,), 20, 3, 2, False, np.float64)
+    lazy = bm.solveh_banded(chunked(ab, 5), chunked(b, 5), backend="cupy")
+    expected = bm.solveh_banded(ab, b, backend="cupy")
+    np.testing.assert_array_equal(lazy.compute(scheduler="sync"), expected, strict=True)
+    np.testing.assert_allclose(expected, bm.solveh_banded(ab, b), rtol=1e-12, atol=1e-12)
+    c, info = bm.cholesky_banded_ex(chunked(ab, 5), backend="cupy")
+    assert_identical(c.compute(scheduler="sync"), bm.cholesky_banded(ab, backend="cupy"))
+    assert_identical(info.compute(scheduler="sync"), np.zeros(12, np.int32))
