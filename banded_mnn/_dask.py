@@ -181,11 +181,24 @@ def _align(
 
 
 def _positions(batch: tuple[int, ...], chunks: list[tuple[int, ...]]) -> list[Any]:
-    """Per batch axis, a Dask array of the indices along it, chunked like the
-    output: a task reads its chunk's position in the batch from element 0."""
+    """Per batch axis, a Dask array chunked like the output whose blocks hold
+    their own start along that axis (a read-only broadcast, no memory): a
+    task reads its chunk's position in the batch from element 0.  Built by
+    ``map_blocks`` over ``zeros``, both blockwise, so Dask fuses them into
+    the tasks that read them (an ``arange`` was one more task per chunk)."""
     import dask.array as da
 
-    return [da.arange(n, chunks=(c,), dtype=np.int64) for n, c in zip(batch, chunks, strict=True)]
+    return [
+        da.zeros(n, chunks=(c,), dtype=np.int8).map_blocks(
+            _block_start, dtype=np.int64, meta=np.empty(0, np.int64)
+        )
+        for n, c in zip(batch, chunks, strict=True)
+    ]
+
+
+def _block_start(block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+    start = block_info[0]["array-location"][0][0] if block_info else 0
+    return np.broadcast_to(np.int64(start), block.shape)
 
 
 def _graph(
