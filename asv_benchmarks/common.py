@@ -17,13 +17,11 @@ fails) raises :class:`NotImplementedError` in ``setup``, which asv records as
 skipped (``n/a``) rather than failed.
 
 Timings use Numba's default thread count (all cores unless
-``NUMBA_NUM_THREADS`` is set); BLAS/OpenBLAS threading, which only the SciPy
-loop uses, is left at its default as well (no thread count is pinned here).
-The SciPy numbers depend strongly on it: its many small LAPACK calls do not
-profit from BLAS threads, and on a small machine ``OPENBLAS_NUM_THREADS=1``
-can make the loop several times faster and much less noisy.  Record both
-variables with published results; ``banded-mnn info`` prints Numba's thread
-count.
+``NUMBA_NUM_THREADS`` is set).  The SciPy loop runs with BLAS limited to one
+thread in-process (``threadpoolctl``, :func:`banded_mnn._cli.one_blas_thread`),
+its best configuration: its many small LAPACK calls do not profit from BLAS
+threads, which made the loop about 3x slower (and much noisier) on the
+project's 2-core machine.  ``banded-mnn info`` prints Numba's thread count.
 
 Set ``BANDED_MNN_ASV_BACKENDS`` (comma separated; default
 ``numba,scipy,cupy,numba-cuda``) to benchmark another list of backends.
@@ -37,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from banded_mnn._cli import one_blas_thread
 from banded_mnn.problems import mnn_normal_band, random_spd_band
 
 __all__ = [
@@ -194,22 +193,28 @@ class ScipyLoopBackend(Backend):
             raise NotImplementedError(f"SciPy is not usable here: {exc}") from exc
         self._linalg = scipy.linalg
 
+    # Each call limits BLAS to one thread in-process (threadpoolctl): SciPy's
+    # best configuration for these many small BLAS calls.
+
     def cholesky_banded(self, ab):
         out = np.empty_like(ab)
-        for i in range(ab.shape[0]):
-            out[i] = self._linalg.cholesky_banded(ab[i])
+        with one_blas_thread():
+            for i in range(ab.shape[0]):
+                out[i] = self._linalg.cholesky_banded(ab[i])
         return out
 
     def cho_solve_banded(self, cb, b):
         out = np.empty_like(b)
-        for i in range(b.shape[0]):
-            out[i] = self._linalg.cho_solve_banded((cb[i], False), b[i])
+        with one_blas_thread():
+            for i in range(b.shape[0]):
+                out[i] = self._linalg.cho_solve_banded((cb[i], False), b[i])
         return out
 
     def solveh_banded(self, ab, b):
         out = np.empty_like(b)
-        for i in range(b.shape[0]):
-            out[i] = self._linalg.solveh_banded(ab[i], b[i])
+        with one_blas_thread():
+            for i in range(b.shape[0]):
+                out[i] = self._linalg.solveh_banded(ab[i], b[i])
         return out
 
 

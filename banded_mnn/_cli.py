@@ -125,6 +125,32 @@ def _interleaved_medians(
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
+def one_blas_thread():
+    """A context that limits BLAS (OpenBLAS, MKL, ...) to one thread in this
+    process: SciPy's band routines make many small BLAS calls, which BLAS
+    threads only slow down (about 3x on the project's 2-core machine), so
+    this is the SciPy baseline at its best.  Set in-process with
+    ``threadpoolctl``, whatever the environment says."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def copy_floor(*arrays: np.ndarray, repeat: int = 7) -> float:
+    """Seconds of a streaming copy of ``arrays`` into preallocated arrays
+    (median of ``repeat``): what reading the operands and writing results
+    of the same size costs at best, the floor a memory-bound kernel works
+    toward."""
+    targets = [np.empty_like(a) for a in arrays]
+
+    def copy() -> None:
+        for target, a in zip(targets, arrays, strict=True):
+            np.copyto(target, a)
+
+    copy()
+    return _median_time(copy, repeat)
+
+
 def demo(
     batch: int = 256,
     steps: int = 256,
@@ -158,9 +184,10 @@ def demo(
     start = time.perf_counter()
     x = ours()  # first call compiles (or loads Numba's cache)
     first = time.perf_counter() - start
-    reference = scipy_loop()
     t_ours = _median_time(ours, repeat)
-    t_scipy = _median_time(scipy_loop, repeat)
+    with one_blas_thread():
+        reference = scipy_loop()
+        t_scipy = _median_time(scipy_loop, repeat)
 
     def rel_err(a: np.ndarray, ref: np.ndarray) -> float:
         return float(np.abs(a - ref).max() / np.abs(ref).max())
@@ -170,6 +197,7 @@ def demo(
     err_factor = rel_err(c, np.stack([scipy.linalg.cholesky_banded(ab[i]) for i in range(batch)]))
     err_cho = rel_err(cho_solve_banded((c, False), b), reference)
     out(f"first call (compile or cache load): {first:.2f} s")
+    out("SciPy: a loop of scipy.linalg.solveh_banded, BLAS limited to 1 thread in-process")
     out(f"{'':24}{'banded_mnn':>12}{'scipy loop':>12}{'speed-up':>10}")
     out(
         f"{'solveh_banded [ms]':24}{t_ours * 1e3:12.2f}{t_scipy * 1e3:12.2f}"
@@ -230,14 +258,18 @@ def bench(
     """Time factor, solve and fused solve against a SciPy loop, side by side.
 
     For each case and routine: one untimed warm-up call each, then the median
-    of ``repeat`` calls of banded_mnn, then of the SciPy loop (timed as blocks,
-    not alternating call by call, so that BLAS threads left spinning by SciPy
-    do not steal the cores from the next banded_mnn call).  Prints a markdown
-    table and returns its rows.
+    of ``repeat`` calls of banded_mnn, then of the SciPy loop with BLAS
+    limited to one thread in-process (:func:`one_blas_thread`; SciPy at its
+    best).  The floor is a streaming copy of the operands in the same run
+    (:func:`copy_floor`: the band, and for the solves the right-hand sides);
+    "% of floor" is floor time over banded_mnn time.  Prints a markdown table
+    and returns its rows.
     """
     rows = []
-    out("| B | M | u | routine | banded_mnn [ms] | SciPy loop [ms] | speed-up |")
-    out("|---:|---:|---:|---|---:|---:|---:|")
+    out("SciPy loop: scipy.linalg routines over the batch, BLAS limited to 1 thread in-process")
+    out("| B | M | u | routine | banded_mnn [ms] | SciPy loop [ms] | speed-up | floor [ms] "
+        "| % of floor |")  # fmt: skip
+    out("|---:|---:|---:|---|---:|---:|---:|---:|---:|")
     for batch, m, u in cases:
         rng = np.random.default_rng(0)
         block = (u + 1) // 2
@@ -248,18 +280,21 @@ def bench(
 
             ab = random_spd_band((batch,), m, u, dtype=np.dtype(dtype), rng=rng)
         b = rng.standard_normal((batch, m, 1)).astype(dtype)
+        floor_band, floor_all = copy_floor(ab, repeat=repeat), copy_floor(ab, b, repeat=repeat)
         routines = _routines_side_by_side(ab, b)
         for name, (ours, theirs) in routines.items():
             ours()
             t_ours = _median_time(ours, repeat)
-            theirs()
-            t_scipy = _median_time(theirs, repeat)
+            with one_blas_thread():
+                theirs()
+                t_scipy = _median_time(theirs, repeat)
+            floor = floor_band if name == "cholesky_banded" else floor_all
             out(
                 f"| {batch} | {m} | {u} | {name} | {t_ours * 1e3:.2f} | {t_scipy * 1e3:.2f} "
-                f"| {t_scipy / t_ours:.1f}x |"
+                f"| {t_scipy / t_ours:.1f}x | {floor * 1e3:.2f} | {100 * floor / t_ours:.0f}% |"
             )
-            rows.append({"B": batch, "M": m, "u": u, "routine": name,
-                         "time_banded_mnn": t_ours, "time_scipy": t_scipy})  # fmt: skip
+            rows.append({"B": batch, "M": m, "u": u, "routine": name, "time_banded_mnn": t_ours,
+                         "time_scipy": t_scipy, "time_floor": floor})  # fmt: skip
     return rows
 
 
