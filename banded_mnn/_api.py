@@ -408,7 +408,8 @@ def cholesky_banded(
     ab : array_like, shape (..., u + 1, M)
         The matrices in band storage (see Notes).  Leading dimensions are a
         batch.  Integer, boolean and float16 input is converted as SciPy does
-        (to float32 if it fits, else float64).
+        (to float32 if it fits, else float64).  A Dask array gives a lazy Dask
+        result, one task per batch chunk (see ``docs/scaling.md``).
     overwrite_ab : bool, optional
         Allow the factor to be written into ``ab`` itself when ``ab`` is a
         writeable array of the result dtype.  Otherwise ``ab`` is never written.
@@ -550,7 +551,8 @@ def cho_solve_banded(
     b : array_like, shape (M,) or (..., M, K)
         Right-hand sides.  A 1-D ``b`` is one vector (shared by the whole
         batch); otherwise the last two axes are ``(M, K)`` and the leading
-        axes a batch that broadcasts with ``cb``'s.
+        axes a batch that broadcasts with ``cb``'s.  If ``cb`` or ``b`` is a
+        Dask array, the result is a lazy Dask array (see ``docs/scaling.md``).
     overwrite_b : bool, optional
         Allow the solution to be written into ``b`` itself when ``b`` is a
         writeable array of the result dtype and shape.
@@ -635,7 +637,9 @@ def solveh_banded(
     ab : array_like, shape (..., u + 1, M)
         The matrices in band storage (see Notes).
     b : array_like, shape (M,) or (..., M, K)
-        Right-hand sides, batched as in :func:`cho_solve_banded`.
+        Right-hand sides, batched as in :func:`cho_solve_banded`.  If ``ab``
+        or ``b`` is a Dask array, the result is a lazy Dask array (see
+        ``docs/scaling.md``).
     overwrite_ab : bool, optional
         Accepted for SciPy compatibility.  ``ab`` is never written: the factor
         lives in a per-thread workspace.

@@ -992,7 +992,9 @@ def ode_forward(
         ``n_init_var_orders`` (possibly 0) is the number of pinned orders.
     steps : array_like, shape (..., n_steps - 1 or 1)
         Step sizes.  Axes marked "or 1" broadcast; leading batch axes
-        broadcast among all four inputs.
+        broadcast among all four inputs.  If any input is a Dask array, ``u``
+        is a lazy Dask array, one task per batch chunk (no ``return_system``,
+        no frozen left-hand side; see ``docs/scaling.md``).
     n_steps : int, optional
         Defaults to ``steps.shape[-1] + 1``.
     n_init_var_steps : int, optional
