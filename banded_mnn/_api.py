@@ -4,8 +4,10 @@ Everything here is backend-independent.  Validation happens before any
 kernel runs, so a call that raises for bad input has written nothing.  The
 kernels are reached through :func:`banded_mnn._backends.get`.
 
-NumPy input runs on the CPU backend and CuPy input on a GPU backend; the code
-below is written once for both, against the array module ``xp`` of the
+NumPy input runs on the CPU backend and CuPy input on a GPU backend; Dask
+arrays are handed to :mod:`banded_mnn._dask`, which builds a lazy graph whose
+tasks call these same functions on each chunk.  The code below is written
+once for NumPy and CuPy, against the array module ``xp`` of the
 backend (NumPy or CuPy), and only shapes and strides are read on the host.
 """
 
