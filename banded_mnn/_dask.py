@@ -13,10 +13,10 @@ to :func:`band_routine` or :func:`ode_forward` here, which
    operands, axes of length 1 stay one chunk and are broadcast by the
    graph, never copied per chunk; each operand's core axes become one chunk;
 3. build the graph with :func:`dask.array.blockwise` (:func:`_graph`): one
-   task per output batch chunk, which calls the in-memory routine on its chunk under the
-   per-task thread rule (:func:`kernel_threads`), and one small task per
-   chunk of each batch axis that gives the chunk's position in the batch, so
-   that a failure names its index in the whole batch.
+   task per output batch chunk, which calls the in-memory routine on its
+   chunk under the per-task thread rule (:func:`kernel_threads`) and is also
+   handed its chunk's position in the batch (:func:`_positions`, fused into
+   the task), so that a failure names its index in the whole batch.
 
 Nothing is computed here.  Dask arrays are never written: the
 ``overwrite_*`` flags are ignored.
@@ -62,7 +62,7 @@ def threads_per_task() -> int | None:
        its threads (``num_workers`` in Dask's config, by default the cores);
     4. otherwise (the synchronous scheduler, in the calling thread): ``None``.
 
-    Always capped by ``NUMBA_NUM_THREADS``.
+    :func:`kernel_threads` caps it at ``NUMBA_NUM_THREADS``.
     """
     explicit = os.environ.get(THREADS_ENV)
     if explicit:
@@ -292,22 +292,20 @@ def band_routine(
     """``cholesky_banded`` (``b is None``), ``cho_solve_banded`` or
     ``solveh_banded`` on Dask operands: the lazy result, or with
     ``raising=False`` the lazy ``(result, info)`` of the ``_ex`` variant."""
-
     factored = function == "cho_solve_banded"
     name_ab = "cb" if factored else "ab"
     metas = {name_ab: _metadata_checks(name_ab, ab)}
     if b is not None:
         metas["b"] = _metadata_checks("b", b)
-    # The in-memory path's own checks, on stand-ins of the chunks.
+    # The in-memory path's own checks, on stand-ins of the chunks (in-memory
+    # operands are converted by the same call).
     _impl, xp = _api._select(backend, metas)
-    for name, meta in metas.items():
-        _api._as_real_array(meta, name, xp, backend)
+    metas = {name: _api._as_real_array(m, name, xp, backend) for name, m in metas.items()}
     if b is not None and xp is not np:
         _api._same_device(metas)
-    if not is_dask_array(ab):
-        ab = _api._as_real_array(ab, name_ab, xp, backend)
+    ab = ab if is_dask_array(ab) else metas[name_ab]
     if b is not None and not is_dask_array(b):
-        b = _api._as_real_array(b, "b", xp, backend)
+        b = metas["b"]
     _api._check_band(ab, name_ab)
     if b is None:
         batch, dtype = ab.shape[:-2], _api._result_dtype(ab)
@@ -325,9 +323,10 @@ def band_routine(
     metas_out = (_meta(like, len(batch) + len(out_core), dtype),)
     if not raising:
         metas_out += (_meta(like, len(batch), np.int32),)
+    out_sizes = dict(zip(out_core, out_shape[len(batch) :], strict=True))
     return _graph(
         _band_chunk, {name: (arrays[name], cores[name]) for name in arrays}, batch, chunks,
-        dict(zip(out_core, out_shape[len(batch) :], strict=True)), metas_out, function=function, lower=bool(lower),
+        out_sizes, metas_out, function=function, lower=bool(lower),
         check_finite=bool(check_finite), backend=backend, raising=raising,
     )  # fmt: skip
 
@@ -408,22 +407,7 @@ def ode_forward(
                 f"{name}: the MNN layer runs on NumPy arrays (the CPU) in this version; got "
                 f"chunks of type {type(meta).__module__}.{type(meta).__name__}"
             )
-        if not is_dask_array(x):
-            x = np.asarray(x)
-        _api.check_real_dtype(x.dtype, name)
-        core = _layer._CORE_NDIM[name]
-        if x.ndim < core:
-            raise ValueError(
-                f"{name} must have at least {core} dimensions {_layer._SHAPES[name]}; got shape "
-                f"{x.shape}"
-            )
-        if is_step_dim_first:
-            x = (
-                da.moveaxis(x, 0, x.ndim - core)
-                if is_dask_array(x)
-                else np.moveaxis(x, 0, x.ndim - core)
-            )
-        present[name] = x
+        present[name] = _layer._canonical(x, name, is_step_dim_first)
     spec, lhs_batch, batch = _layer.check_shapes(
         {name: x.shape for name, x in present.items()}, n_steps, n_init_var_steps, weights, central
     )

@@ -129,7 +129,14 @@ def _count(value: Any, name: str, minimum: int) -> int:
 
 
 def _canonical(x: Any, name: str, step_first: bool) -> np.ndarray:
-    array = _api._as_real_array(x, name)
+    """``x`` checked (real dtype, core rank) with the step axis moved after
+    the batch axes.  A Dask array stays lazy (:mod:`banded_mnn._dask`):
+    ``np.moveaxis`` dispatches to Dask's."""
+    if is_dask_array(x):
+        _api.check_real_dtype(x.dtype, name)
+        array = x
+    else:
+        array = _api._as_real_array(x, name)
     core = _CORE_NDIM[name]
     if array.ndim < core:
         raise ValueError(
