@@ -10,7 +10,8 @@ from banded_mnn.problems import mnn_normal_band, random_spd_band
 from conftest import eps, scipy_cholesky, scipy_solve
 
 # (batch, M, u): M from 1 to 10^4, u = 0, 1, small, 17 (the MNN block-tridiagonal
-# band for block 9), up to 50, and u + 1 > M.
+# band for block 9), up to 70 (more than the one-system kernel's row block), and
+# u + 1 > M.
 SHAPES = [
     ((), 1, 0),
     ((3,), 1, 2),
@@ -24,6 +25,8 @@ SHAPES = [
     ((2,), 5, 9),
     ((19,), 300, 7),
     ((2,), 10_000, 4),
+    ((), 2_001, 17),
+    ((2,), 203, 70),
 ]
 
 
@@ -96,18 +99,24 @@ def test_batched_equals_loop_of_own_calls(rng):
 
 
 def test_lane_counts_agree(rng, monkeypatch):
-    """The 1-lane and 8-lane kernels perform the same arithmetic."""
+    """The lane kernels (2, 4, 8 systems in SIMD lanes) and the one-system
+    kernel (lanes = 1: vectorised along the band, updates in column blocks)
+    perform the same arithmetic, bit for bit: a system's result does not
+    depend on the batch it comes in.  Float32 and float64, upper and lower."""
     from banded_mnn._backends import _numba_cpu
 
-    ab = random_spd_band((21,), 80, 9, rng=rng)
-    b = rng.standard_normal((21, 80, 3))
-    results = []
-    for lanes in (1, 2, 4, 8):
-        monkeypatch.setattr(_numba_cpu, "choose_lanes", lambda nsys, lanes=lanes, **_: lanes)
-        results.append((bm.solveh_banded(ab, b), bm.cholesky_banded(ab)))
-    for x, c in results[1:]:
-        np.testing.assert_array_equal(x, results[0][0])
-        np.testing.assert_array_equal(c, results[0][1])
+    for dtype, lower in ((np.float64, False), (np.float32, True)):
+        ab = random_spd_band((21,), 83, 9, lower=lower, dtype=dtype, rng=rng)
+        b = rng.standard_normal((21, 83, 3)).astype(dtype)
+        results = []
+        for lanes in (1, 2, 4, 8):
+            monkeypatch.setattr(_numba_cpu, "choose_lanes", lambda nsys, lanes=lanes, **_: lanes)
+            c = bm.cholesky_banded(ab, lower=lower)
+            results.append((bm.solveh_banded(ab, b, lower=lower), c,
+                            bm.cho_solve_banded((c, lower), b)))  # fmt: skip
+        for got in results[1:]:
+            for x, expected in zip(got, results[0], strict=True):
+                np.testing.assert_array_equal(x, expected)
 
 
 def test_positional_and_keyword_calls_agree(rng):

@@ -157,7 +157,8 @@ def _lane_run(combine):
     """An intrinsic ``f(dst, di, ds, src, si, ss, mult, mi, count, lanes)``
     that sets ``dst[di + k*ds : +L] = combine(dst[...], src[si + k*ss : +L],
     mult[mi : mi+L])`` for ``0 <= k < count``, the multiplier held in a
-    register.
+    register.  When ``mult`` is a scalar rather than an array, every lane
+    gets that scalar (``mi`` is then ignored).
 
     An :func:`lane_fnmadd` per element would reload the multiplier each time,
     because the compiler must assume that ``dst`` and ``mult`` overlap (they
@@ -174,9 +175,12 @@ def _lane_run(combine):
             )
             dty, sty, mty = signature.args[0], signature.args[3], signature.args[6]
             align = dty.dtype.bitwidth // 8
-            m = builder.load(
-                _vector_pointer(context, builder, mty, args[6], mi_, width), align=align
-            )
+            if isinstance(mty, types.Float):  # one scalar for every lane
+                m = _splat(builder, context.cast(builder, args[6], mty, dty.dtype), width)
+            else:
+                m = builder.load(
+                    _vector_pointer(context, builder, mty, args[6], mi_, width), align=align
+                )
             with cgutils.for_range(builder, count_, intp=intp) as loop:
                 k = loop.index
                 dp = _strided_pointer(context, builder, dty, args[0], di_, ds_, k, width)
@@ -191,10 +195,51 @@ def _lane_run(combine):
     return intrinsic(typer)
 
 
+#: dst[di + k*ds] = src[si + k*ss] * mult[mi], k < count.
+lane_mul_run = _lane_run(lambda builder, d, x, m: builder.fmul(x, m))
+#: dst[di + k*ds] = src[si + k*ss], k < count (``mult`` unused).
+lane_copy_run = _lane_run(lambda builder, d, x, m: x)
 #: dst[di + k*ds] -= src[si + k*ss] * mult[mi], k < count (one pivot column's updates).
 lane_fnmadd_run = _lane_run(lambda builder, d, x, m: _fnmadd(builder, d, x, m))
 #: dst[di + k*ds] += src[si + k*ss] * mult[mi], k < count.
 lane_fmadd_run = _lane_run(lambda builder, d, x, m: _fmadd(builder, d, x, m))
+
+
+@intrinsic
+def lane_fnmadd_sum(typingctx, dst, di, src, offsets, mults, count, lanes):
+    """``dst[di + k*L : +L] -= sum_i src[offsets[i] + k*L : +L] * mults[i]``
+    for ``0 <= k < count``: a rank-``len(offsets)`` update of one run, each
+    ``dst`` vector loaded and stored once (``offsets`` a tuple of integers,
+    ``mults`` a tuple of scalars of the same length, held in registers).
+    Loads and stores as :func:`lane_fnmadd`."""
+    width = lanes.count
+    rank = len(offsets)
+
+    def codegen(context, builder, signature, args):
+        (di_, count_), intp = _index_values(context, builder, signature, args, (1, 5))
+        dty, sty, oty, mty = signature.args[0], signature.args[2], signature.args[3], signature.args[4]
+        align = dty.dtype.bitwidth // 8
+        starts = [
+            context.cast(builder, builder.extract_value(args[3], i), oty[i], types.intp)
+            for i in range(rank)
+        ]
+        factors = [
+            _splat(builder, context.cast(builder, builder.extract_value(args[4], i), mty[i],
+                                         dty.dtype), width)
+            for i in range(rank)
+        ]  # fmt: skip
+        step = ir.Constant(intp, width)
+        with cgutils.for_range(builder, count_, intp=intp) as loop:
+            k = builder.mul(loop.index, step)
+            dp = _vector_pointer(context, builder, dty, args[0], builder.add(di_, k), width)
+            acc = builder.load(dp, align=align)
+            for start, factor in zip(starts, factors, strict=True):
+                sp = _vector_pointer(context, builder, sty, args[2], builder.add(start, k), width)
+                acc = _fnmadd(builder, acc, builder.load(sp, align=align), factor)
+            builder.store(acc, dp, align=align)
+        return context.get_dummy_value()
+
+    return types.void(dst, di, src, offsets, mults, count, lanes), codegen
 
 
 def _lane_dot(subtract: bool):
@@ -239,6 +284,57 @@ def _lane_dot(subtract: bool):
 lane_dot = _lane_dot(subtract=False)
 #: dst[di] -= sum_k a[ai + k*as_] * b[bi + k*bs], k < count (a back-substitution row).
 lane_dot_sub = _lane_dot(subtract=True)
+
+
+def _splat(builder, value, width):
+    """A ``width``-vector with ``value`` in every lane."""
+    vector = ir.VectorType(value.type, width)
+    one = builder.insert_element(ir.Constant(vector, None), value, ir.IntType(32)(0))
+    return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(ir.IntType(32), width), None))
+
+
+@intrinsic
+def span_dot(typingctx, a, ai, b, bi, count, lanes):
+    """``sum(a[ai + i] * b[bi + i] for i < count)`` in ``L``-wide vectors
+    (``L`` partial sums, added pairwise at the end; ``L`` a power of two).
+
+    Reads whole vectors: ``a`` and ``b`` must hold ``ceil(count / L) * L``
+    elements from ``ai`` and ``bi``; products past ``count`` are discarded
+    whatever they are (NaN included).
+    """
+    width = lanes.count
+
+    def codegen(context, builder, signature, args):
+        (ai_, bi_, count_), intp = _index_values(context, builder, signature, args, (1, 3, 4))
+        aty, bty = signature.args[0], signature.args[2]
+        align = aty.dtype.bitwidth // 8
+        vector = ir.VectorType(context.get_data_type(aty.dtype), width)
+        step = ir.Constant(intp, width)
+        lane_index = ir.Constant(ir.VectorType(intp, width), list(range(width)))
+        limit = _splat(builder, count_, width)
+        acc = cgutils.alloca_once_value(builder, ir.Constant(vector, None))
+        blocks = builder.udiv(builder.add(count_, ir.Constant(intp, width - 1)), step)
+        with cgutils.for_range(builder, blocks, intp=intp) as loop:
+            k = builder.mul(loop.index, step)
+            ap = _vector_pointer(context, builder, aty, args[0], builder.add(ai_, k), width)
+            bp = _vector_pointer(context, builder, bty, args[2], builder.add(bi_, k), width)
+            product = builder.fmul(builder.load(ap, align=align), builder.load(bp, align=align))
+            keep = builder.icmp_signed("<", builder.add(lane_index, _splat(builder, k, width)), limit)
+            kept = builder.select(keep, product, ir.Constant(vector, None))
+            builder.store(builder.fadd(builder.load(acc), kept), acc)
+        total = builder.load(acc)
+        size = width
+        while size > 1:  # add the two halves until one lane is left
+            size //= 2
+            halves = [
+                builder.shuffle_vector(total, total, ir.Constant(
+                    ir.VectorType(ir.IntType(32), size), list(range(first, first + size))))
+                for first in (0, size)
+            ]  # fmt: skip
+            total = builder.fadd(*halves)
+        return builder.extract_element(total, ir.IntType(32)(0))
+
+    return a.dtype(a, ai, b, bi, count, lanes), codegen
 
 
 @intrinsic
@@ -338,7 +434,10 @@ def backward(W, Y, n, bw, nrhs, lanes, j0=0, j1=-1):
     """``Y <- L^{-T} Y`` for a factored ``W``: rows ``[j0, j1)`` (all by
     default), which requires rows from ``j1`` on to be done.
 
-    x[j] = (y[j] - sum_t L[j + t, j] x[j + t]) / L[j, j], from the last row up.
+    x[j] = (y[j] - sum_t L[j + t, j] x[j + t]) / L[j, j], from the last row up,
+    the sum from t = m down to 1: the order in which the one-system kernel
+    (:func:`._column_kernels.backward_compact`, by columns) applies the
+    same terms, so that both round alike.
     """
     L = len(lanes)
     for j in range(n - 1 if j1 < 0 else j1 - 1, j0 - 1, -1):
@@ -346,5 +445,5 @@ def backward(W, Y, n, bw, nrhs, lanes, j0=0, j1=-1):
         p = j * (bw + 1) * L
         for k in range(nrhs):
             y = (j * nrhs + k) * L
-            lane_dot_sub(Y, y, W, p + L, L, Y, y + nrhs * L, nrhs * L, m, lanes)
+            lane_dot_sub(Y, y, W, p + m * L, -L, Y, y + m * nrhs * L, -nrhs * L, m, lanes)
             lane_div(Y, y, Y, y, W, p, lanes)

@@ -22,6 +22,7 @@ from numba import njit, prange, types
 
 from .._strided import StridedBatch
 from ._band_kernels import backward, factor, forward, lane_marker
+from ._column_kernels import ring_shape, solve_system
 
 #: Lane counts used.  8 fills one AVX-512 register in float64 (two AVX2
 #: registers); 1 is the plain per-system algorithm for small batches.  Each is
@@ -105,6 +106,43 @@ def _driver(
                         W, fout, fout_off[first:], fout_sj, fout_st, n, bw, real, L, g0, g1
                     )
                 _scatter_rhs(Y, out, out_off[first:], out_sj, out_sk, nrhs, real, L, g0, g1)
+
+
+def _column_driver(
+    band, band_off, band_sj, band_st, n, bw, do_factor,
+    fout, fout_off, fout_sj, fout_st, store_factor,
+    rhs, rhs_off, rhs_sj, rhs_sk,
+    out, out_off, out_sj, out_sk, nrhs,
+    check, nonfinite, info, vec, threads,
+):  # fmt: skip
+    """As :func:`_driver`, one system at a time per thread, each vectorised
+    along its band (:mod:`._column_kernels`; ``vec`` marks the vector width).
+
+    Workspaces per thread: a ring of rows (a few KB), the padded right-hand
+    sides, and, when factoring and solving, the compact factor for the
+    backward substitution.
+    """
+    V = len(vec)
+    nsys = info.shape[0]
+    K, Rp = ring_shape(bw, ROW_BLOCK, V)
+    ny = n + V
+    workers = max(1, min(threads, nsys))
+    for worker in prange(workers):
+        ring = np.empty(K * Rp, dtype=band.dtype)
+        F = np.empty(n * (bw + 1) + V if do_factor and nrhs > 0 else 0, dtype=band.dtype)
+        Y = np.empty(nrhs * ny, dtype=band.dtype)
+        for i in range(worker, nsys, workers):
+            status, finite_band, finite_rhs = solve_system(
+                band, band_off[i], band_sj, band_st, n, bw, do_factor,
+                fout, fout_off[i], fout_sj, fout_st, store_factor,
+                rhs, rhs_off[i], rhs_sj, rhs_sk, out, out_off[i], out_sj, out_sk, nrhs,
+                ring, Rp, F, Y, ny, ROW_BLOCK, vec,
+            )  # fmt: skip
+            info[i] = status
+            if check and not finite_band:
+                nonfinite[0] = 1
+            if check and not finite_rhs:
+                nonfinite[1] = 1
 
 
 # Gather/scatter between the caller's arrays and the workspaces, rows [j0, j1)
@@ -206,6 +244,17 @@ def _compiled_driver(lanes: int, dtype: np.dtype):
     return njit(_driver_signature(lanes, dtype), parallel=True, cache=True)(_driver)
 
 
+#: Vector width of the one-system kernels (:mod:`._column_kernels`).
+COLUMN_WIDTH = 8
+
+
+@functools.cache
+def _compiled_column_driver(dtype: np.dtype):
+    """As :func:`_compiled_driver`, for :func:`_column_driver`."""
+    signature = _driver_signature(COLUMN_WIDTH, dtype)
+    return njit(signature, parallel=True, cache=True)(_column_driver)
+
+
 def _finite_source(buf, offsets, n0, n1, s0, s1):
     # x * 0 is 0 for finite x and NaN for inf or NaN, so one NaN-propagating sum
     # per system finds any non-finite element without a branch per element.
@@ -289,7 +338,10 @@ def run(
     else:
         nrhs = rhs.shape[1]
     lanes = choose_lanes(nsys, spare_memory=spare_memory)
-    driver = _compiled_driver(lanes, band.buf.dtype)
+    if lanes == 1:
+        driver, marker = _compiled_column_driver(band.buf.dtype), lane_marker(COLUMN_WIDTH)
+    else:
+        driver, marker = _compiled_driver(lanes, band.buf.dtype), lane_marker(lanes)
     store_factor = factor_out is not None
     fout = factor_out if store_factor else StridedBatch.dummy(band.buf.dtype, nsys)
     driver(
@@ -297,7 +349,7 @@ def run(
         fout.buf, fout.offsets, fout.strides[0], fout.strides[1], store_factor,
         rhs.buf, rhs.offsets, rhs.strides[0], rhs.strides[1],
         out.buf, out.offsets, out.strides[0], out.strides[1], nrhs,
-        check_finite, nonfinite, info, lane_marker(lanes), numba.get_num_threads(),
+        check_finite, nonfinite, info, marker, numba.get_num_threads(),
     )  # fmt: skip
     return info, (bool(nonfinite[0]), bool(nonfinite[1]))
 
