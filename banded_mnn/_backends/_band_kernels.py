@@ -217,7 +217,12 @@ def lane_fnmadd_sum(typingctx, dst, di, src, offsets, mults, count, lanes):
 
     def codegen(context, builder, signature, args):
         (di_, count_), intp = _index_values(context, builder, signature, args, (1, 5))
-        dty, sty, oty, mty = signature.args[0], signature.args[2], signature.args[3], signature.args[4]
+        dty, sty, oty, mty = (
+            signature.args[0],
+            signature.args[2],
+            signature.args[3],
+            signature.args[4],
+        )
         align = dty.dtype.bitwidth // 8
         starts = [
             context.cast(builder, builder.extract_value(args[3], i), oty[i], types.intp)
@@ -319,7 +324,9 @@ def span_dot(typingctx, a, ai, b, bi, count, lanes):
             ap = _vector_pointer(context, builder, aty, args[0], builder.add(ai_, k), width)
             bp = _vector_pointer(context, builder, bty, args[2], builder.add(bi_, k), width)
             product = builder.fmul(builder.load(ap, align=align), builder.load(bp, align=align))
-            keep = builder.icmp_signed("<", builder.add(lane_index, _splat(builder, k, width)), limit)
+            keep = builder.icmp_signed(
+                "<", builder.add(lane_index, _splat(builder, k, width)), limit
+            )
             kept = builder.select(keep, product, ir.Constant(vector, None))
             builder.store(builder.fadd(builder.load(acc), kept), acc)
         total = builder.load(acc)

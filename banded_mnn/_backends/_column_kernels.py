@@ -148,7 +148,9 @@ def factor_columns(ring, Rp, mask, n, bw, j0, j1, Y, ny, nrhs, info, vec):
             for q in range(j + BLOCK_COLUMNS, last + 1):
                 offsets = (p0 + q, p1 + q, p2 + q, p3 + q)
                 mults = (ring[p0 + q], ring[p1 + q], ring[p2 + q], ring[p3 + q])
-                lane_fnmadd_sum(ring, (q & mask) * Rp, ring, offsets, mults, (last - q + V) // V, vec)
+                lane_fnmadd_sum(
+                    ring, (q & mask) * Rp, ring, offsets, mults, (last - q + V) // V, vec
+                )
     return info
 
 
