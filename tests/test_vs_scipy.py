@@ -152,3 +152,15 @@ def test_lane_choice_keeps_workspaces_small():
         lanes = _numba_cpu.choose_lanes(nsys)
         assert lanes in _numba_cpu.LANE_COUNTS
         assert lanes == 1 or threads * lanes <= nsys / 8
+
+
+def test_lane_choice_caps_the_workspace():
+    """8 lanes only while 8 systems' bands fit LANE_WORKSPACE_BUDGET, else 4."""
+    from banded_mnn._backends import _numba_cpu
+
+    threads = _numba_cpu.numba.get_num_threads()
+    budget = _numba_cpu.LANE_WORKSPACE_BUDGET
+    many = 1000 * threads
+    assert _numba_cpu.choose_lanes(many, system_bytes=budget // 8) == 8
+    assert _numba_cpu.choose_lanes(many, system_bytes=budget // 8 + 1) == 4
+    assert _numba_cpu.choose_lanes(1, system_bytes=10 * budget) == 1

@@ -299,52 +299,6 @@ def _splat(builder, value, width):
 
 
 @intrinsic
-def span_dot(typingctx, a, ai, b, bi, count, lanes):
-    """``sum(a[ai + i] * b[bi + i] for i < count)`` in ``L``-wide vectors
-    (``L`` partial sums, added pairwise at the end; ``L`` a power of two).
-
-    Reads whole vectors: ``a`` and ``b`` must hold ``ceil(count / L) * L``
-    elements from ``ai`` and ``bi``; products past ``count`` are discarded
-    whatever they are (NaN included).
-    """
-    width = lanes.count
-
-    def codegen(context, builder, signature, args):
-        (ai_, bi_, count_), intp = _index_values(context, builder, signature, args, (1, 3, 4))
-        aty, bty = signature.args[0], signature.args[2]
-        align = aty.dtype.bitwidth // 8
-        vector = ir.VectorType(context.get_data_type(aty.dtype), width)
-        step = ir.Constant(intp, width)
-        lane_index = ir.Constant(ir.VectorType(intp, width), list(range(width)))
-        limit = _splat(builder, count_, width)
-        acc = cgutils.alloca_once_value(builder, ir.Constant(vector, None))
-        blocks = builder.udiv(builder.add(count_, ir.Constant(intp, width - 1)), step)
-        with cgutils.for_range(builder, blocks, intp=intp) as loop:
-            k = builder.mul(loop.index, step)
-            ap = _vector_pointer(context, builder, aty, args[0], builder.add(ai_, k), width)
-            bp = _vector_pointer(context, builder, bty, args[2], builder.add(bi_, k), width)
-            product = builder.fmul(builder.load(ap, align=align), builder.load(bp, align=align))
-            keep = builder.icmp_signed(
-                "<", builder.add(lane_index, _splat(builder, k, width)), limit
-            )
-            kept = builder.select(keep, product, ir.Constant(vector, None))
-            builder.store(builder.fadd(builder.load(acc), kept), acc)
-        total = builder.load(acc)
-        size = width
-        while size > 1:  # add the two halves until one lane is left
-            size //= 2
-            halves = [
-                builder.shuffle_vector(total, total, ir.Constant(
-                    ir.VectorType(ir.IntType(32), size), list(range(first, first + size))))
-                for first in (0, size)
-            ]  # fmt: skip
-            total = builder.fadd(*halves)
-        return builder.extract_element(total, ir.IntType(32)(0))
-
-    return a.dtype(a, ai, b, bi, count, lanes), codegen
-
-
-@intrinsic
 def stream_columns(typingctx, dst, di, src, si, count, lanes):
     """``dst[di : di + count*L] = src[si : si + count*L]`` in ``L``-wide
     vectors whose stores are non-temporal (``!nontemporal``: on x86 streaming

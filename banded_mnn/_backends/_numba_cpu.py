@@ -291,13 +291,25 @@ def all_finite(x: StridedBatch) -> bool:
     return bool(check(x.buf, x.offsets, x.shape[0], x.shape[1], x.strides[0], x.strides[1]))
 
 
-def choose_lanes(nsys: int, spare_memory: bool = False) -> int:
+#: Largest lane workspace (band rows of ``L`` systems, bytes) for which 8
+#: lanes are used; past it, 4.  The workspace is reread by the backward
+#: substitution, so it should stay in the L2 cache (2 MiB per core on the
+#: project machine).  Measured there (solveh_banded, u = 17): float64 at M =
+#: 2304 (2.7 MB for 8 lanes) 19 ms with 4 lanes against 28 ms with 8; float32
+#: at M = 2304 (1.3 MB) 18 ms with 8 against 23 ms with 4; M = 576 and M = 150
+#: fastest with 8.
+LANE_WORKSPACE_BUDGET = 3 << 19
+
+
+def choose_lanes(nsys: int, spare_memory: bool = False, system_bytes: int = 0) -> int:
     """Lane count for ``nsys`` systems.
 
     The widest of :data:`LANE_COUNTS` such that every thread gets at least 8
     chunks, which also keeps the per-thread workspaces (``threads * lanes``
     systems in all) at or below 1/8 of the operands: with 2 threads, 8 lanes
-    from 128 systems, 4 from 64, 2 from 32, else 1.
+    from 128 systems, 4 from 64, 2 from 32, else 1 (the one-system kernel,
+    :mod:`._column_kernels`).  When ``8 * system_bytes`` (the band of one
+    system, in bytes) exceeds :data:`LANE_WORKSPACE_BUDGET`, at most 4.
 
     With ``spare_memory`` (callers whose operands are their own temporaries,
     such as the MNN layer) one chunk per thread suffices: the workspaces may
@@ -305,7 +317,12 @@ def choose_lanes(nsys: int, spare_memory: bool = False) -> int:
     """
     threads = numba.get_num_threads()
     chunks = 1 if spare_memory else 8
-    return max(lanes for lanes in LANE_COUNTS if lanes == 1 or nsys >= chunks * threads * lanes)
+    widest = 4 if 8 * system_bytes > LANE_WORKSPACE_BUDGET else 8
+    return max(
+        lanes
+        for lanes in LANE_COUNTS
+        if lanes == 1 or (lanes <= widest and nsys >= chunks * threads * lanes)
+    )
 
 
 def run(
@@ -337,7 +354,8 @@ def run(
         nrhs = 0
     else:
         nrhs = rhs.shape[1]
-    lanes = choose_lanes(nsys, spare_memory=spare_memory)
+    system_bytes = n * (bw + 1) * band.buf.itemsize
+    lanes = choose_lanes(nsys, spare_memory=spare_memory, system_bytes=system_bytes)
     if lanes == 1:
         driver, marker = _compiled_column_driver(band.buf.dtype), lane_marker(COLUMN_WIDTH)
     else:
