@@ -222,9 +222,17 @@ def demo(
 
 
 #: The sizes the performance table reports (B, M, u): an S-MNN batch (T = 256
-#: steps, block 9), a long sequence with a small batch, and the Lorenz-discovery
-#: size (many short systems).
-BENCH_CASES = ((256, 2304, 17), (16, 18432, 17), (1536, 150, 5))
+#: steps, block 9), a long sequence with a small batch, the Lorenz-discovery
+#: size (many short systems), and few or one long system (fewer systems than
+#: threads: where S-MNN's long-sequence use lives).
+BENCH_CASES = (
+    (256, 2304, 17),
+    (16, 18432, 17),
+    (1536, 150, 5),
+    (2, 100_000, 17),
+    (1, 100_000, 17),
+    (1, 1_000_000, 5),
+)
 
 
 def _routines_side_by_side(ab: np.ndarray, b: np.ndarray) -> dict[str, tuple[Callable, Callable]]:
