@@ -63,6 +63,10 @@ CASES: tuple[tuple[int, int, int], ...] = (
     (256, 2304, 17),
     (16, 18432, 17),
     (1536, 150, 5),
+    # Few or one long system (fewer systems than threads: the one-system kernel).
+    (2, 100_000, 17),
+    (1, 100_000, 17),
+    (1, 1_000_000, 5),
 )
 
 DTYPES: tuple[str, ...] = ("float32", "float64")
