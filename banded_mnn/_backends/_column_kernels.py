@@ -46,17 +46,18 @@ def gather_ring(ring, Rp, mask, band, off, sj, st, n, bw, j0, j1):
     into the ring, cells past the end of the matrix zeroed (the padding past
     ``bw`` is zeroed once per system, by :func:`solve_system`).  Returns False
     if a value read is not finite."""
-    probe = 0.0
+    finite = True
     for t in range(bw + 1):
         src = off + t * st
         inside = max(j0, min(j1, n - t))
         for j in range(j0, inside):
             value = band[src + j * sj]
             ring[(j & mask) * Rp + t] = value
-            probe += value * 0.0
+            if value - value != 0.0:  # inf or NaN (a branch, not a chain of adds)
+                finite = False
         for j in range(inside, j1):
             ring[(j & mask) * Rp + t] = 0.0
-    return probe == 0.0
+    return finite
 
 
 #: Columns per block: each block's updates of the rows below it are applied
@@ -198,15 +199,16 @@ def forward_strided(band, off, sj, st, n, bw, Y, ny, nrhs):
     (``band[off + j*sj + t*st] = L[j + t, j]``), column by column:
     y[j] *= 1 / L[j, j]; y[j + t] -= L[j + t, j] y[j].  Returns False if a factor
     value read is not finite."""
-    probe = 0.0
+    finite = True
     unit = np.ones(1, dtype=band.dtype)[0]
     for j in range(n):
         m = min(bw, n - 1 - j)
         col = off + j * sj
         d = band[col]
-        probe += d * 0.0
-        for t in range(1, m + 1):
-            probe += band[col + t * st] * 0.0
+        for t in range(m + 1):
+            value = band[col + t * st]
+            if value - value != 0.0:  # inf or NaN
+                finite = False
         r = unit / d  # as the factorisation: y[j] * (1 / L[j, j])
         for k in range(nrhs):
             y = k * ny + j
@@ -214,7 +216,7 @@ def forward_strided(band, off, sj, st, n, bw, Y, ny, nrhs):
             Y[y] = yj
             for t in range(1, m + 1):
                 Y[y + t] -= band[col + t * st] * yj
-    return probe == 0.0
+    return finite
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"})
@@ -234,16 +236,17 @@ def backward_strided(band, off, sj, st, n, bw, Y, ny, nrhs):
 def gather_rhs(Y, ny, rhs, off, sj, sk, n, nrhs):
     """Right-hand side ``k`` (``rhs[off + j*sj + k*sk]``) to ``Y[k*ny + j]``,
     zero padding after ``n``.  Returns False if a value read is not finite."""
-    probe = 0.0
+    finite = True
     for k in range(nrhs):
         src = off + k * sk
         for j in range(n):
             value = rhs[src + j * sj]
             Y[k * ny + j] = value
-            probe += value * 0.0
+            if value - value != 0.0:  # inf or NaN
+                finite = False
         for j in range(n, ny):
             Y[k * ny + j] = 0.0
-    return probe == 0.0
+    return finite
 
 
 @njit(cache=True, nogil=True)
