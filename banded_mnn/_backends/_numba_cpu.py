@@ -10,6 +10,10 @@ private lane-interleaved workspace (see :mod:`._band_kernels`), factored and/or
 solved there, and scattered back.  Peak extra memory is therefore
 ``threads * lanes`` systems' worth of band and right-hand side, independent of
 the batch size; :func:`choose_lanes` keeps that below 1/8 of the operands.
+
+With too few systems to fill the lanes (``lanes == 1``), :func:`_column_driver`
+runs the one-system kernels of :mod:`._column_kernels` instead (vectorised
+along the band; the same arithmetic, bit for bit).
 """
 
 from __future__ import annotations
