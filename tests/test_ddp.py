@@ -65,7 +65,10 @@ def test_ddp_gradients_equal_one_process(tmp_path):
     for rank in ranks:
         assert rank["synced"].keys() == reference.keys()
         for name, g in reference.items():
-            torch.testing.assert_close(rank["synced"][name], g, rtol=1e-12, atol=1e-12)
+            # Two half-batch sums averaged against one full-batch sum: the
+            # order of the batch reduction differs, so rounding differs (up to
+            # 2.4e-12 relative seen, seed-dependent); a skipped average is O(1).
+            torch.testing.assert_close(rank["synced"][name], g, rtol=1e-10, atol=1e-10)
     # Each process's own gradient (before DDP's averaging) is not the global
     # one -- the comparison above is not vacuous -- and their mean is.
     for name, g in reference.items():
