@@ -13,17 +13,16 @@ is, for each ``s``, one run of vector multiply-adds: row ``j + s`` from
 position 0 minus row ``j`` from position ``s`` times the scalar ``L[j + s, j]``.
 
 Working rows live in a *ring*: ``K`` (a power of two) rows of ``Rp`` elements,
-row ``j`` at ``(j & (K - 1)) * Rp``.  ``Rp`` is at least ``bw + V`` (``V`` the
-vector width), and the cells of a row past ``bw`` and past the end of the
-matrix hold zeros, so every vector run may overrun its count up to the next
-multiple of ``V``: it reads zeros and leaves the cells it overruns unchanged.
-No masks, no scalar tails.
+row ``j`` at ``(j & (K - 1)) * Rp``.  ``Rp`` is at least ``bw +
+BLOCK_COLUMNS + V - 1`` (``V`` the vector width), and the cells of a row past
+``bw`` and past the end of the matrix hold zeros, so every vector run may
+overrun its count up to the next multiple of ``V``: it reads zeros and leaves
+the cells it overruns unchanged.  No masks, no scalar tails.
 
-The right-hand sides are held one per row of ``Y`` (``Y[k * ny + j]``, with
-``ny >= n + V``, padding included), so the fused forward substitution
-``y[j + t] -= L[j + t, j] y[j]`` is also a vector run.  The finished factor
-rows go to the caller's array, or (to be read again by the backward
-substitution) to a compact workspace ``F[j * (bw + 1) + t] = L[j + t, j]``.
+The right-hand sides are held one per row of ``Y`` (``Y[k * ny + j]``,
+``ny >= n``); the substitutions run in scalars.  The finished factor rows
+go to the caller's array, or (to be read again by the backward substitution)
+to a compact workspace ``F[j * (bw + 1) + t] = L[j + t, j]``.
 
 With a factor given (``cho_solve_banded``), the substitutions read the
 caller's strided factor in place, once each: the workspace copy would cost
@@ -234,8 +233,8 @@ def backward_strided(band, off, sj, st, n, bw, Y, ny, nrhs):
 
 @njit(cache=True, nogil=True)
 def gather_rhs(Y, ny, rhs, off, sj, sk, n, nrhs):
-    """Right-hand side ``k`` (``rhs[off + j*sj + k*sk]``) to ``Y[k*ny + j]``,
-    zero padding after ``n``.  Returns False if a value read is not finite."""
+    """Right-hand side ``k`` (``rhs[off + j*sj + k*sk]``) to ``Y[k*ny + j]``.
+    Returns False if a value read is not finite."""
     finite = True
     for k in range(nrhs):
         src = off + k * sk
@@ -244,8 +243,6 @@ def gather_rhs(Y, ny, rhs, off, sj, sk, n, nrhs):
             Y[k * ny + j] = value
             if value - value != 0.0:  # inf or NaN
                 finite = False
-        for j in range(n, ny):
-            Y[k * ny + j] = 0.0
     return finite
 
 

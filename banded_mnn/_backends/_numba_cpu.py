@@ -29,8 +29,8 @@ from ._band_kernels import backward, factor, forward, lane_marker
 from ._column_kernels import ring_shape, solve_system
 
 #: Lane counts used.  8 fills one AVX-512 register in float64 (two AVX2
-#: registers); 1 is the plain per-system algorithm for small batches.  Each is
-#: compiled on first use.
+#: registers); 1 selects the one-system kernels (:func:`_column_driver`) for
+#: small batches.  Each is compiled on first use.
 LANE_COUNTS = (1, 2, 4, 8)
 
 #: Rows gathered per step: the block of W being filled stays in cache until
@@ -122,14 +122,14 @@ def _column_driver(
     """As :func:`_driver`, one system at a time per thread, each vectorised
     along its band (:mod:`._column_kernels`; ``vec`` marks the vector width).
 
-    Workspaces per thread: a ring of rows (a few KB), the padded right-hand
-    sides, and, when factoring and solving, the compact factor for the
+    Workspaces per thread: a ring of rows (a few KB), the right-hand sides,
+    and, when factoring and solving, the compact factor for the
     backward substitution.
     """
     V = len(vec)
     nsys = info.shape[0]
     K, Rp = ring_shape(bw, ROW_BLOCK, V)
-    ny = n + V
+    ny = n
     workers = max(1, min(threads, nsys))
     for worker in prange(workers):
         ring = np.empty(K * Rp, dtype=band.dtype)
