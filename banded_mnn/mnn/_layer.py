@@ -9,6 +9,7 @@ does one more solve against the same factor and differentiates the assembly.
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import numbers
@@ -19,7 +20,7 @@ import numpy as np
 
 from .. import _api, _backends
 from .._errors import NotPositiveDefiniteError
-from .._strided import StridedBatch, flat_batch, is_dask_array
+from .._strided import StridedBatch, flat_batch, is_dask_array, to_numpy
 
 #: Allocator of kernel outputs (tests fill it with NaN to catch unwritten cells).
 _empty = np.empty
@@ -112,6 +113,11 @@ class _Inputs:
     lhs_batch: tuple[int, ...]
     batch: tuple[int, ...]
     dtype: np.dtype
+    #: The arrays' module (NumPy, or CuPy for GPU arrays).
+    xp: Any = np
+    #: Whether the layer runs on the GPU (CuPy arrays, or a GPU backend
+    #: simulated on NumPy arrays): see :mod:`._gpu`.
+    gpu: bool = False
 
 
 def _weight(value: Any, name: str) -> float:
@@ -128,22 +134,24 @@ def _count(value: Any, name: str, minimum: int) -> int:
     raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
 
 
-def _canonical(x: Any, name: str, step_first: bool) -> np.ndarray:
-    """``x`` checked (real dtype, core rank) with the step axis moved after
-    the batch axes.  A Dask array stays lazy (:mod:`banded_mnn._dask`):
-    ``np.moveaxis`` dispatches to Dask's."""
+def _canonical(
+    x: Any, name: str, step_first: bool, xp: Any = np, backend: str | None = None
+) -> np.ndarray:
+    """``x`` checked (real dtype, core rank, an array of ``xp``) with the step
+    axis moved after the batch axes.  A Dask array stays lazy
+    (:mod:`banded_mnn._dask`): ``np.moveaxis`` dispatches to Dask's."""
     if is_dask_array(x):
         _api.check_real_dtype(x.dtype, name)
         array = x
     else:
-        array = _api._as_real_array(x, name)
+        array = _api._as_real_array(x, name, xp, backend)
     core = _CORE_NDIM[name]
     if array.ndim < core:
         raise ValueError(
             f"{name} must have at least {core} dimensions {_SHAPES[name]}; got shape {array.shape}"
         )
     if step_first:
-        array = np.moveaxis(array, 0, array.ndim - core)
+        array = (np if xp is np else xp).moveaxis(array, 0, array.ndim - core)
     return array
 
 
@@ -294,25 +302,33 @@ def _prepare(
     is_step_dim_first: bool,
     weights: tuple[Any, Any, Any],
     central: bool,
+    backend: str | None = None,
 ) -> _Inputs:
     """Validate the inputs of :func:`ode_forward` and bring them to the
-    canonical layout (views; nothing is copied unless a dtype changes)."""
+    canonical layout (views; nothing is copied unless a dtype changes).
+    CuPy arrays, or a GPU ``backend``, select the GPU layer."""
     raw = {
         "coefficients": coefficients,
         "rhs_equation": rhs_equation,
         "init_vars": init_vars,
         "steps": steps,
     }
+    present = {name: x for name, x in raw.items() if x is not None}
+    if backend is None and not any(_api._on_gpu(x) for x in present.values()):
+        xp, gpu = np, False  # (the common case, without importing a backend)
+    else:
+        impl, xp = _api._select(backend, present)
+        gpu = impl.__name__ in (_backends._MODULES[name] for name in _backends.GPU_BACKENDS)
     arrays = {
-        name: _canonical(x, name, is_step_dim_first) for name, x in raw.items() if x is not None
+        name: _canonical(x, name, is_step_dim_first, xp, backend) for name, x in present.items()
     }
     spec, lhs_batch, batch = check_shapes_memo(
         {name: a.shape for name, a in arrays.items()}, n_steps, n_init_var_steps, weights, central
     )
     dtypes = {name: a.dtype for name, a in arrays.items()}
     dtype = _api._result_dtype(*arrays.values())
-    arrays = {name: np.asarray(a, dtype=dtype) for name, a in arrays.items()}
-    return _Inputs(arrays, dtypes, spec, lhs_batch, batch, dtype)
+    arrays = {name: xp.asarray(a, dtype=dtype) for name, a in arrays.items()}
+    return _Inputs(arrays, dtypes, spec, lhs_batch, batch, dtype, xp, gpu)
 
 
 def _flat(x: np.ndarray | None, batch: tuple[int, ...], core_ndim: int, dtype: np.dtype):
@@ -456,7 +472,7 @@ def _assemble_rhs(inputs: _Inputs) -> np.ndarray:
 def _solution(x: np.ndarray, inputs: _Inputs, step_first: bool) -> np.ndarray:
     spec = inputs.spec
     u = x.reshape(inputs.batch + (spec.n_steps, spec.n_dims, spec.n_orders))
-    return np.moveaxis(u, -3, 0) if step_first else u
+    return inputs.xp.moveaxis(u, -3, 0) if step_first else u
 
 
 class OdeSystem:
@@ -484,6 +500,9 @@ class OdeSystem:
         lane-interleaved layout of :mod:`banded_mnn._backends._band_kernels`,
         system ``i`` in lane ``i % L`` of chunk ``i // L``.
     """
+
+    #: Whether the factor lives on the GPU (:class:`._gpu.GpuOdeSystem`).
+    on_gpu = False
 
     def __init__(
         self,
@@ -621,6 +640,7 @@ class OdeSystem:
             is_step_dim_first,
             (weight_equation, weight_init_var, weight_smooth),
             enable_central_smoothness,
+            backend,
         )
         spec = inputs.spec
         n_init_var_steps = _count(n_init_var_steps, "n_init_var_steps", 0)
@@ -654,9 +674,14 @@ class OdeSystem:
         right-hand sides have the left-hand side's batch) also assemble the
         right-hand sides and solve, in the same pass.  Returns the system and
         the solution (systems, M) or ``None``."""
+        if inputs.gpu:
+            from ._gpu import GpuOdeSystem
+
+            return GpuOdeSystem._factor(
+                inputs, is_step_dim_first, check, backend, solve=solve, algorithm=algorithm
+            )
         from ._cpu import factor_lanes
 
-        _backends.cpu_only(backend, "the MNN layer")
         use_cyclic = _choose_algorithm(algorithm) == "cyclic"
         spec, dtype, lhs_batch = inputs.spec, inputs.dtype, inputs.lhs_batch
         nsys, m, bw = math.prod(lhs_batch), spec.n_unknowns, spec.bandwidth
@@ -701,10 +726,10 @@ class OdeSystem:
         return system, (x if solve else None)
 
     def _raise_failure(self, inputs: _Inputs) -> None:
-        error = NotPositiveDefiniteError(self.info, "ode_forward")
+        error = NotPositiveDefiniteError(to_numpy(self.info), "ode_forward")
         for name in ("coefficients", "steps"):
             a = inputs.arrays.get(name)
-            if a is not None and not np.isfinite(a).all():
+            if a is not None and not bool(inputs.xp.isfinite(a).all()):
                 raise ValueError(f"ode_forward: {name} must not contain infs or NaNs") from error
         step, dim, order = self.spec.location(error.order - 1)
         error.add_note(
@@ -734,6 +759,7 @@ class OdeSystem:
             self.is_step_dim_first,
             (spec.weight_equation, spec.weight_init_var, spec.weight_smooth),
             spec.enable_central_smoothness,
+            self.backend,
         )
         got = inputs.spec
         if (got.n_equations, got.n_dims, got.n_orders, got.n_init_var_orders) != (
@@ -870,15 +896,16 @@ class OdeSystem:
         inputs = self._inputs(coefficients, rhs_equation, init_vars, steps)
         spec = self.spec
         out_shape = inputs.batch + (spec.n_steps, spec.n_dims, spec.n_orders)
-        grad_u = _api._as_real_array(grad_u, "grad_u")
-        u = _api._as_real_array(u, "u")
+        xp = inputs.xp
+        grad_u = _api._as_real_array(grad_u, "grad_u", xp, self.backend)
+        u = _api._as_real_array(u, "u", xp, self.backend)
         if self.is_step_dim_first:
-            grad_u = np.moveaxis(grad_u, 0, -3) if grad_u.ndim >= 3 else grad_u
-            u = np.moveaxis(u, 0, -3)
+            grad_u = xp.moveaxis(grad_u, 0, -3) if grad_u.ndim >= 3 else grad_u
+            u = xp.moveaxis(u, 0, -3)
         if u.shape != out_shape:
             raise ValueError(f"u must have shape {out_shape} (the solution); got {u.shape}")
         try:
-            grad_u = np.broadcast_to(grad_u, out_shape)
+            grad_u = xp.broadcast_to(grad_u, out_shape)
         except ValueError:
             raise ValueError(
                 f"grad_u must broadcast to the solution's shape {out_shape}; got {grad_u.shape}"
@@ -1087,6 +1114,7 @@ def ode_forward(
         is_step_dim_first,
         (weight_equation, weight_init_var, weight_smooth),
         enable_central_smoothness,
+        backend,
     )
     version = _count(frozen_lhs_cache_version, "frozen_lhs_cache_version", 0)
     system = _FROZEN.get(version) if version else None
@@ -1120,6 +1148,12 @@ def _forward(
 def _frozen_compatible(
     system: OdeSystem, inputs: _Inputs, version: int, is_step_dim_first: bool
 ) -> OdeSystem:
+    if system.on_gpu != inputs.gpu:
+        where = "GPU" if system.on_gpu else "CPU"
+        raise ValueError(
+            f"frozen_lhs_cache_version={version} holds a left-hand side factored on the {where}; "
+            "this call's arrays are not there (use a new version or clear_frozen_lhs_cache())"
+        )
     if system.spec != inputs.spec or system.dtype != inputs.dtype:
         raise ValueError(
             f"frozen_lhs_cache_version={version} holds a left-hand side of a different problem "
@@ -1134,11 +1168,6 @@ def _frozen_compatible(
             f"with the cached left-hand side's {system.lhs_batch_shape}"
         ) from None
     if system.is_step_dim_first != is_step_dim_first:
-        system = OdeSystem(
-            system.workspace,
-            system.info,
-            system.spec,
-            is_step_dim_first=is_step_dim_first,
-            backend=system.backend,
-        )
+        system = copy.copy(system)
+        system.is_step_dim_first = is_step_dim_first
     return system

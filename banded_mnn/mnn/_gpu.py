@@ -1,0 +1,338 @@
+"""The MNN layer on GPU arrays: :class:`GpuOdeSystem`.
+
+The CPU layer (:mod:`._layer`) with its kernels swapped for GPU ones; the
+validation, the shapes, the errors and the public functions are the same
+code.  One call of ``ode_forward`` on CuPy arrays is
+
+1. the assembly kernel (:func:`._cuda.assemble`, a thread per (system,
+   step)) writing the normal matrix straight into the GPU driver's factor
+   workspace for the regime (:mod:`banded_mnn._backends._gpu`: interleaved by
+   system for many systems, contiguous per system for few) -- no band array
+   in between and no gather -- together with the right-hand side and the
+   matrix's diagonal;
+2. the backend's factor-and-solve kernel on that workspace, in place (the
+   forward and backward substitutions in the same launch);
+3. the singular-to-working-precision test (:func:`._cuda.flag_singular`);
+4. the copy of the solution out of the workspace (NaN for failed systems).
+
+The factored workspace stays on the device as the system's factor.  The VJP
+solves ``lam = A^{-1} dL/du`` with it and runs the gradient kernel
+(:func:`._cuda.vjp`, a thread per (system, step)).  Nothing waits for the
+device except raising an error (``check``), which needs the status on the
+host.
+
+The assembly and gradient kernels are Numba CUDA; the factorisation is the
+band backend's ("cupy": the CUDA C++ kernels, the default; "numba-cuda").
+Under Numba's CUDA simulator the same code runs on NumPy arrays with the
+"numba-cuda" backend -- how the tests check it against the CPU layer.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .. import _backends
+from .._backends import _gpu
+from .._strided import StridedBatch, flat_batch
+from . import _cuda
+from ._layer import (
+    _CORE_NDIM,
+    OdeGradients,
+    OdeSpec,
+    OdeSystem,
+    _Inputs,
+    _singular_tolerance,
+    _sum_to,
+    _tables,
+)
+
+
+def kernel_set(backend: str | None) -> Any:
+    """The band kernels of GPU backend ``backend`` (default "cupy")."""
+    return _backends.get(backend, gpu_input=True).kernels()
+
+
+def _operand(x: Any, batch: tuple[int, ...], core_ndim: int, dtype: np.dtype, xp: Any):
+    """Kernel operand for ``x`` broadcast to ``batch``: (buffer, offsets, core
+    strides); a dummy for an absent or empty input."""
+    nsys = math.prod(batch)
+    if x is None or x.size == 0:
+        return xp.zeros(1, dtype), xp.zeros(nsys, np.int64), (0,) * core_ndim
+    buf, offsets, strides = flat_batch(x, batch, core_ndim)
+    if xp is np:  # read-only: the simulator then does not copy it back
+        buf = buf.view()
+        buf.flags.writeable = False
+    return buf, offsets, strides
+
+
+def _vector_view(work: StridedBatch, nsys: int, regime: str) -> Any:
+    """A (systems, M) view of a right-hand-side workspace of one column."""
+    m = work.shape[0]
+    if regime == "thread":
+        return work.buf[: m * nsys].reshape(m, nsys).T
+    return work.buf[: m * nsys].reshape(nsys, m)
+
+
+class GpuOdeSystem(OdeSystem):
+    """An :class:`~banded_mnn.mnn.OdeSystem` factored on the GPU.
+
+    Attributes
+    ----------
+    factor : StridedBatch
+        The band Cholesky factor in the GPU driver's workspace, ``(j, r) ->
+        L[j + r, j]``, laid out for ``regime``.
+    regime : {"thread", "warp"}
+        The layout (and the kernel that factored it).
+    workspace : cupy.ndarray
+        ``factor``'s buffer (1-D).
+    """
+
+    on_gpu = True
+
+    def __init__(
+        self,
+        factor: StridedBatch,
+        regime: str,
+        info: Any,
+        spec: OdeSpec,
+        *,
+        is_step_dim_first: bool = False,
+        backend: str | None = None,
+    ) -> None:
+        self.factor = factor
+        self.regime = regime
+        self.workspace = factor.buf
+        self.lanes = 0
+        self.info = info
+        self.spec = spec
+        self.lhs_batch_shape = tuple(info.shape)
+        self.is_step_dim_first = is_step_dim_first
+        self.backend = backend
+        self.cyclic = None
+        self._band = None
+
+    @classmethod
+    def from_workspace(
+        cls, buf: Any, info: Any, spec: OdeSpec, *, backend: str | None = None, **options: Any
+    ) -> GpuOdeSystem:
+        """The system whose factor workspace is ``buf`` (as :attr:`workspace`
+        holds it), the regime recomputed from the system count."""
+        kernels = kernel_set(backend)
+        nsys = math.prod(info.shape)
+        regime = _gpu.choose_regime(nsys, kernels.multiprocessors())
+        layout = _gpu.workspace(kernels.xp, buf.dtype, nsys, spec.n_unknowns,
+                                spec.bandwidth + 1, regime)  # fmt: skip
+        factor = StridedBatch(buf, layout.offsets, layout.shape, layout.strides)
+        return cls(factor, regime, info, spec, backend=backend, **options)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.workspace.dtype
+
+    @property
+    def factor_band(self) -> Any:
+        """The factor in LAPACK's lower band form, ``lhs_batch + (u + 1, M)``,
+        NaN for systems that failed (a copy, made on first access)."""
+        if self._band is None:
+            kernels = kernel_set(self.backend)
+            xp = kernels.xp
+            u1, m = self.spec.bandwidth + 1, self.spec.n_unknowns
+            nsys = self.info.size
+            band = xp.zeros((nsys, u1, m), dtype=self.dtype)
+            if nsys:
+                target = StridedBatch.from_array(band, (nsys,)).band_view(u1 - 1, lower=True)
+                kernels.copy(self.factor, target, m, u1, _gpu.SCATTER_BAND,
+                             self.regime == "thread", None, self.info.reshape(-1))  # fmt: skip
+            self._band = band.reshape(self.lhs_batch_shape + (u1, m))
+        return self._band
+
+    # ------------------------------------------------------------------
+    @classmethod
+    def _factor(
+        cls,
+        inputs: _Inputs,
+        is_step_dim_first: bool,
+        check: bool,
+        backend: str | None,
+        solve: bool = False,
+        algorithm: str | None = None,
+    ) -> tuple[GpuOdeSystem, Any]:
+        """:meth:`OdeSystem._factor` on the GPU (see the module docstring)."""
+        if algorithm == "cyclic":
+            raise NotImplementedError(
+                "algorithm='cyclic' of the MNN layer runs on NumPy arrays only in this version"
+            )
+        kernels = kernel_set(backend)
+        xp = kernels.xp
+        spec, dtype, lhs_batch = inputs.spec, inputs.dtype, inputs.lhs_batch
+        nsys, m, bw = math.prod(lhs_batch), spec.n_unknowns, spec.bandwidth
+        regime = _gpu.choose_regime(nsys, kernels.multiprocessors())
+        work = _gpu.workspace(xp, dtype, nsys, m, bw + 1, regime)
+        info = xp.zeros(nsys, dtype=np.int32)
+        x = xp.empty((nsys, m), dtype=dtype) if solve else None
+        if nsys:
+            diag = xp.empty(nsys * m, dtype=dtype)
+            y = _gpu.workspace(xp, dtype, nsys, m, 1, regime) if solve else None
+            _assemble(inputs, lhs_batch, work, diag, y, xp)
+            rhs = y if solve else StridedBatch.dummy(dtype, nsys, xp)
+            kernels.factor_solve(regime, work, bw, True, rhs, 1 if solve else 0, info)
+            _cuda.flag_singular(xp, work, diag, m, info, _singular_tolerance(bw, dtype))
+            if solve:
+                out = StridedBatch(x.reshape(-1), xp.arange(nsys, dtype=np.int64) * m, (m, 1),
+                                   (1, 1))  # fmt: skip
+                kernels.copy(y, out, m, 1, _gpu.COPY_ALL, regime == "thread", None, info)
+        info = info.reshape(lhs_batch)
+        system = cls(work, regime, info, spec, is_step_dim_first=is_step_dim_first,
+                     backend=backend)  # fmt: skip
+        if check and nsys and bool(info.any()):  # (waits for the device)
+            system._raise_failure(inputs)
+        return system, x
+
+    # ------------------------------------------------------------------
+    def _factor_for(self, batch: tuple[int, ...], dtype: np.dtype) -> StridedBatch:
+        """The factor addressed for right-hand sides of batch ``batch`` (the
+        left-hand side's batch broadcasts to it), in ``dtype``."""
+        factor = self.factor
+        if dtype != self.dtype:
+            factor = StridedBatch(factor.buf.astype(dtype), factor.offsets, factor.shape,
+                                  factor.strides)  # fmt: skip
+        if batch != self.lhs_batch_shape:
+            xp = kernel_set(self.backend).xp
+            offsets = xp.broadcast_to(factor.offsets.reshape(self.lhs_batch_shape), batch)
+            factor = StridedBatch(factor.buf, xp.ascontiguousarray(offsets.reshape(-1)),
+                                  factor.shape, factor.strides)  # fmt: skip
+        return factor
+
+    def _solve_work(self, y: StridedBatch, batch: tuple[int, ...], regime: str) -> None:
+        """Solve in place for the right-hand sides in workspace ``y``."""
+        kernels = kernel_set(self.backend)
+        nsys = math.prod(batch)
+        if nsys:
+            scratch = kernels.xp.zeros(nsys, dtype=np.int32)  # (info of a solve: always 0)
+            factor = self._factor_for(batch, y.buf.dtype)
+            kernels.factor_solve(regime, factor, self.spec.bandwidth, False, y, 1, scratch)
+
+    def _info_for(self, batch: tuple[int, ...]) -> Any:
+        xp = kernel_set(self.backend).xp
+        return xp.ascontiguousarray(xp.broadcast_to(self.info, batch).reshape(-1))
+
+    def _solve_inputs(self, inputs: _Inputs) -> Any:
+        kernels = kernel_set(self.backend)
+        xp = kernels.xp
+        dtype = np.result_type(inputs.dtype, self.dtype)
+        inputs.arrays = {k: xp.asarray(a, dtype=dtype) for k, a in inputs.arrays.items()}
+        inputs.dtype = dtype
+        spec, batch = self.spec, inputs.batch
+        nsys, m = math.prod(batch), spec.n_unknowns
+        x = xp.empty((nsys, m), dtype=dtype)
+        if nsys:
+            regime = _gpu.choose_regime(nsys, kernels.multiprocessors())
+            y = _gpu.workspace(xp, dtype, nsys, m, 1, regime)
+            _assemble(inputs, batch, None, None, y, xp)
+            self._solve_work(y, batch, regime)
+            out = StridedBatch(x.reshape(-1), xp.arange(nsys, dtype=np.int64) * m, (m, 1), (1, 1))
+            kernels.copy(y, out, m, 1, _gpu.COPY_ALL, regime == "thread", None,
+                         self._info_for(batch))  # fmt: skip
+        u = x.reshape(batch + (spec.n_steps, spec.n_dims, spec.n_orders))
+        return xp.moveaxis(u, -3, 0) if self.is_step_dim_first else u
+
+    def _vjp(self, inputs: _Inputs, grad_u: Any, u: Any, lhs: bool) -> OdeGradients:
+        """:meth:`OdeSystem._vjp` on the GPU: ``lam = A^{-1} grad_u`` with the
+        stored factor, then the gradient kernel."""
+        kernels = kernel_set(self.backend)
+        xp = kernels.xp
+        spec, batch = self.spec, inputs.batch
+        dtype = np.result_type(inputs.dtype, self.dtype)
+        a = {k: xp.asarray(v, dtype=dtype) for k, v in inputs.arrays.items()}
+        T, E, D, O = spec.n_steps, spec.n_equations, spec.n_dims, spec.n_orders
+        S, I, m = spec.n_init_var_steps, spec.n_init_var_orders, spec.n_unknowns
+        nsys = math.prod(batch)
+        regime = _gpu.choose_regime(nsys, kernels.multiprocessors())
+        grads = {
+            "rhs_equation": xp.empty(batch + (T, E), dtype=dtype),
+            "coefficients": xp.empty(batch + (T, E, D, O) if lhs else (0,), dtype=dtype),
+            "steps": xp.empty(batch + (T - 1,) if lhs else (0,), dtype=dtype),
+        }
+        lam = xp.empty((nsys, m), dtype=dtype)
+        if nsys:
+            work = _gpu.workspace(xp, dtype, nsys, m, 1, regime)
+            source = xp.asarray(grad_u, dtype=dtype).reshape(batch + (m, 1))
+            kernels.copy(StridedBatch.from_array(source, batch), work, m, 1, _gpu.COPY_ALL,
+                         regime == "thread", None)  # fmt: skip
+            self._solve_work(work, batch, regime)
+            lam = _vector_view(work, nsys, regime)
+            xs = flat_batch(xp.asarray(u, dtype=dtype).reshape(batch + (m,)), batch, 1)
+            c = _operand(a["coefficients"], batch, 4, dtype, xp)
+            r = _operand(a["rhs_equation"], batch, 2, dtype, xp)
+            h = _operand(a.get("steps"), batch, 1, dtype, xp)
+            tabs = _device_tables(spec, dtype, xp)
+            one = np.dtype(dtype).type(1)
+            _cuda.vjp(
+                nsys * T, c[0], c[1], *c[2], r[0], r[1], *r[2], h[0], h[1], h[2][0],
+                xs[0], xs[1], xs[2][0], work.buf, work.offsets, work.strides[0],
+                self._info_for(batch), T, E, D, O, one * spec.weight_equation**2,
+                one * spec.weight_smooth**2, spec.enable_central_smoothness, *tabs, lhs,
+                grads["coefficients"].reshape(-1), grads["rhs_equation"].reshape(-1),
+                grads["steps"].reshape(-1), one, np.dtype(dtype).type(np.nan),
+            )  # fmt: skip
+        head = lam.reshape(batch + (T, D, O))[..., :S, :, :I]
+        grads["init_vars"] = spec.weight_init_var**2 * head
+
+        def finish(name: str) -> Any:
+            if name not in inputs.arrays or (not lhs and name in ("coefficients", "steps")):
+                return None
+            g = _sum_to(grads[name], inputs.arrays[name].shape)
+            if inputs.dtypes[name].kind == "f":
+                g = g.astype(inputs.dtypes[name], copy=False)
+            if self.is_step_dim_first:
+                g = xp.moveaxis(g, g.ndim - _CORE_NDIM[name], 0)
+            return g
+
+        return OdeGradients(
+            finish("coefficients"), finish("rhs_equation"), finish("init_vars"), finish("steps")
+        )
+
+
+def _device_tables(spec: OdeSpec, dtype: np.dtype, xp: Any) -> tuple[Any, Any, Any]:
+    """``w_s^2`` times the smoothness tables, flat, on the device."""
+    tables = _tables(spec.n_orders, spec.enable_central_smoothness, dtype)
+    return tuple(xp.asarray(spec.weight_smooth**2 * t.reshape(-1)) for t in tables)
+
+
+def _assemble(
+    inputs: _Inputs,
+    batch: tuple[int, ...],
+    band: StridedBatch | None,
+    diag: Any,
+    y: StridedBatch | None,
+    xp: Any,
+) -> None:
+    """Run the assembly kernel over every (system, step) of ``batch``: the
+    normal matrices into ``band`` (and their diagonals into ``diag``) unless
+    ``band`` is None, the right-hand sides into ``y`` unless it is None."""
+    spec, dtype = inputs.spec, inputs.dtype
+    nsys = math.prod(batch)
+    lhs, solve = band is not None, y is not None
+    arrays = inputs.arrays
+    c = _operand(arrays["coefficients"], batch, 4, dtype, xp)
+    h = _operand(arrays.get("steps") if lhs else None, batch, 1, dtype, xp)
+    r = _operand(arrays.get("rhs_equation") if solve else None, batch, 2, dtype, xp)
+    v = _operand(arrays.get("init_vars") if solve else None, batch, 3, dtype, xp)
+    spare = StridedBatch.dummy(dtype, nsys, xp)
+    band = band if lhs else spare
+    y = y if solve else spare
+    diag = diag if lhs else spare.buf
+    one = np.dtype(dtype).type(1)
+    _cuda.assemble(
+        nsys * spec.n_steps, c[0], c[1], *c[2], h[0], h[1], h[2][0], r[0], r[1], *r[2],
+        v[0], v[1], *v[2], band.buf, band.offsets, *band.strides, diag,
+        y.buf, y.offsets, y.strides[0],
+        spec.n_steps, spec.n_equations, spec.n_dims, spec.n_orders,
+        spec.n_init_var_steps, spec.n_init_var_orders, spec.bandwidth,
+        one * spec.weight_equation**2, one * spec.weight_init_var**2,
+        one * spec.weight_smooth**2, spec.enable_central_smoothness,
+        *_device_tables(spec, dtype, xp), lhs, solve, one - one, one,
+    )  # fmt: skip
