@@ -1,19 +1,17 @@
-"""``banded_mnn.torch.ode_forward``'s CUDA path, run on CPU tensors.
+"""``banded_mnn.torch.ode_forward(..., algorithm="cyclic")``, against the CPU layer.
 
-For CUDA tensors the adapter composes the layer from batched torch ops (the
-normal equations' blocks), a gather into band form and the banded solve
-operator (:mod:`banded_mnn.torch._mnn_gpu`).  That composition is
-device-agnostic, so it is checked here on the CPU against the CPU layer --
-values and gradients, broadcasting, a shared left-hand side, pinned steps and
-orders, weights, float32, a frozen left-hand side -- by routing CPU tensors
-through it.  test_torch_cuda.py runs it on CUDA tensors where a GPU exists.
+With block cyclic reduction the adapter composes the layer from batched torch
+ops (the normal equations' blocks) and cyclic reduction of the blocks
+(:mod:`banded_mnn.torch._mnn_gpu`).  That composition is device-agnostic, so
+it is checked here on CPU tensors against the CPU layer -- values and
+gradients, broadcasting, a shared left-hand side, pinned steps and orders,
+weights, float32, a frozen left-hand side.  test_torch_cuda.py runs it on
+CUDA tensors where a GPU exists.  (The band path of CUDA tensors is the GPU
+MNN layer: test_mnn_gpu.py.)
 """
 
 from __future__ import annotations
 
-import contextlib
-
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -26,7 +24,7 @@ F64 = torch.float64
 
 @pytest.fixture
 def composed(monkeypatch):
-    """Route CPU tensors through the CUDA path; returns a log of its calls."""
+    """A log of the composed path's calls."""
     calls = []
     original = _ops._mnn_gpu.ode_forward
 
@@ -38,15 +36,6 @@ def composed(monkeypatch):
     return calls
 
 
-@contextlib.contextmanager
-def routed():
-    _ops._ROUTE_CPU_TENSORS_TO_GPU_PATH = True
-    try:
-        yield
-    finally:
-        _ops._ROUTE_CPU_TENSORS_TO_GPU_PATH = False
-
-
 def inputs(rng, c_batch=(2,), r_batch=(2,), T=7, E=2, D=2, O=3, S=1, I=2, dtype=F64):
     c = torch.tensor(rng.standard_normal(c_batch + (T, E, D, O)), dtype=dtype)
     r = torch.tensor(rng.standard_normal(r_batch + (T, E)), dtype=dtype)
@@ -55,16 +44,14 @@ def inputs(rng, c_batch=(2,), r_batch=(2,), T=7, E=2, D=2, O=3, S=1, I=2, dtype=
     return [c, r, v, h]
 
 
-def both(tensors, algorithm=None, **options):
-    """(CPU layer, composed path) results of ode_forward for the same inputs;
-    ``algorithm="cyclic"`` takes the composed path on its own."""
+def both(tensors, algorithm="cyclic", **options):
+    """(CPU layer, composed path) results of ode_forward for the same inputs."""
     reference = bt.ode_forward(*tensors, **options)
-    with routed() if algorithm is None else contextlib.nullcontext():
-        composed = bt.ode_forward(*tensors, algorithm=algorithm, **options)
+    composed = bt.ode_forward(*tensors, algorithm=algorithm, **options)
     return reference, composed
 
 
-ALGORITHMS = [None, "cyclic"]
+ALGORITHMS = ["cyclic"]
 
 
 @pytest.mark.parametrize(
@@ -80,7 +67,7 @@ ALGORITHMS = [None, "cyclic"]
         {"central": True, "c_batch": (1,), "r_batch": (3,), "T": 3},
     ],
 )
-@pytest.mark.parametrize("algorithm", ALGORITHMS, ids=["band", "cyclic"])
+@pytest.mark.parametrize("algorithm", ALGORITHMS, ids=["cyclic"])
 def test_values_and_gradients_match_the_cpu_layer(rng, composed, case, algorithm):
     case = dict(case)
     central = case.pop("central", False)
@@ -97,7 +84,7 @@ def test_values_and_gradients_match_the_cpu_layer(rng, composed, case, algorithm
         torch.testing.assert_close(g, g_ref, rtol=1e-8, atol=1e-9)
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS, ids=["band", "cyclic"])
+@pytest.mark.parametrize("algorithm", ALGORITHMS, ids=["cyclic"])
 def test_empty_batch(rng, composed, algorithm):
     tensors = [x.requires_grad_() for x in inputs(rng, (0,), (0,))]
     reference, result = both(tensors, algorithm)
@@ -106,11 +93,10 @@ def test_empty_batch(rng, composed, algorithm):
     assert [x.grad.shape for x in tensors] == [x.shape for x in tensors]
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS, ids=["band", "cyclic"])
+@pytest.mark.parametrize("algorithm", ALGORITHMS, ids=["cyclic"])
 def test_gradcheck(rng, composed, algorithm):
     tensors = [t.requires_grad_() for t in inputs(rng, c_batch=(1,), T=5, D=1, O=2, E=1)]
-    with routed():
-        assert torch.autograd.gradcheck(lambda *t: bt.ode_forward(*t, algorithm=algorithm), tensors)
+    assert torch.autograd.gradcheck(lambda *t: bt.ode_forward(*t, algorithm=algorithm), tensors)
 
 
 def test_float32_and_step_first(rng, composed):
@@ -122,7 +108,7 @@ def test_float32_and_step_first(rng, composed):
     torch.testing.assert_close(result, reference, rtol=2e-4, atol=2e-4)
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS, ids=["band", "cyclic"])
+@pytest.mark.parametrize("algorithm", ALGORITHMS, ids=["cyclic"])
 def test_frozen_left_hand_side_as_on_the_cpu(rng, composed, algorithm):
     """The second call reuses the first call's left-hand side; gradients reach
     only rhs_equation and init_vars -- as the CPU layer (and S-MNN) do."""
@@ -132,13 +118,10 @@ def test_frozen_left_hand_side_as_on_the_cpu(rng, composed, algorithm):
     try:
         bt.ode_forward(c, r, v, h, frozen_lhs_cache_version=8)
         reference = bt.ode_forward(c2, r2, v2, h2, frozen_lhs_cache_version=8)
-        with routed():
-            bt.ode_forward(c, r, v, h, frozen_lhs_cache_version=7, algorithm=algorithm)
-            result = bt.ode_forward(c2, r2, v2, h2, frozen_lhs_cache_version=7,
-                                    algorithm=algorithm)  # fmt: skip
-            with pytest.raises(ValueError, match="different problem"):
-                other = "sequential" if algorithm == "cyclic" else "cyclic"
-                bt.ode_forward(c2, r2, v2, h2, frozen_lhs_cache_version=7, algorithm=other)
+        bt.ode_forward(c, r, v, h, frozen_lhs_cache_version=7, algorithm=algorithm)
+        result = bt.ode_forward(c2, r2, v2, h2, frozen_lhs_cache_version=7, algorithm=algorithm)
+        with pytest.raises(ValueError, match="different problem"):
+            bt.ode_forward(c2, r2, v2, h2, frozen_lhs_cache_version=7, algorithm="sequential")
     finally:
         bt.clear_frozen_lhs_cache()
     torch.testing.assert_close(result, reference, rtol=1e-9, atol=1e-9)
@@ -150,50 +133,10 @@ def test_frozen_left_hand_side_as_on_the_cpu(rng, composed, algorithm):
         torch.testing.assert_close(g, g_ref, rtol=1e-8, atol=1e-9)
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS, ids=["band", "cyclic"])
+@pytest.mark.parametrize("algorithm", ALGORITHMS, ids=["cyclic"])
 def test_gradcheck_central(rng, composed, algorithm):
     tensors = [t.requires_grad_() for t in inputs(rng, c_batch=(1,), T=5, D=1, O=3, E=1)]
-    with routed():
-        assert torch.autograd.gradcheck(
-            lambda *t: bt.ode_forward(*t, enable_central_smoothness=True, algorithm=algorithm),
-            tensors,
-        )
-
-
-@pytest.mark.parametrize("levels", [2, 3])
-def test_band_from_blocks_matches_the_dense_matrix(rng, levels):
-    from banded_mnn.torch._mnn_gpu import band_from_blocks
-
-    L, T, n = 2, 5, 3
-    u = levels * n - 1
-    blocks = [torch.tensor(rng.standard_normal((L, T - k, n, n))) for k in range(levels)]
-    blocks[0] = blocks[0] + blocks[0].transpose(-1, -2)
-    dense = torch.zeros(L, T * n, T * n, dtype=blocks[0].dtype)
-    for k, block in enumerate(blocks):
-        for t in range(T - k):
-            dense[:, (t + k) * n : (t + k + 1) * n, t * n : (t + 1) * n] = block[:, t]
-    ab = band_from_blocks(blocks[0], blocks[1], u, *blocks[2:])
-    m = T * n
-    for r in range(u + 1):
-        j = np.arange(m - r)
-        torch.testing.assert_close(ab[:, r, : m - r], dense[:, j + r, j])
-
-
-def test_torch_func_grad_through_the_composed_layer(rng, monkeypatch):
-    """torch.func.grad through the torch-ops assembly with the band solve (the
-    CUDA tensors' path), against torch.autograd.  (Not with
-    ``algorithm="cyclic"``: its autograd.Function works on the arrays of the
-    tensors it is given, which torch.func wraps.)"""
-    algorithm = None
-    monkeypatch.setattr(_ops, "_ROUTE_CPU_TENSORS_TO_GPU_PATH", True)
-    tensors = inputs(rng)
-
-    def loss(c, r, v, h):
-        return (bt.ode_forward(c, r, v, h, enable_central_smoothness=True,
-                               algorithm=algorithm) ** 2).sum()  # fmt: skip
-
-    grads = torch.func.grad(loss, argnums=(0, 1, 2, 3))(*tensors)
-    leaves = [x.clone().requires_grad_() for x in tensors]
-    loss(*leaves).backward()
-    for g, leaf in zip(grads, leaves, strict=True):
-        torch.testing.assert_close(g, leaf.grad)
+    assert torch.autograd.gradcheck(
+        lambda *t: bt.ode_forward(*t, enable_central_smoothness=True, algorithm=algorithm),
+        tensors,
+    )

@@ -34,9 +34,9 @@ def factor_lanes(
     ``W_all`` then holds the normal matrices); with ``solve``, also assemble the
     right-hand side ``A^T W b`` and write the solution to ``x_out`` (systems, M).
 
-    ``info`` receives the per-system status: LAPACK's (a pivot <= 0, or not
-    finite), or else the first ``j`` with ``L[j, j]^2 <= singular_tol *
-    A[j, j]`` -- a normal matrix singular to working precision, whose pivots
+    ``info`` receives the per-system status: 1 + the first column ``j`` that
+    fails either LAPACK's test (a pivot <= 0, or not finite) or ``L[j, j]^2
+    <= singular_tol * A[j, j]`` -- a normal matrix singular to working precision, whose pivots
     LAPACK's test misses because the last pivot of a null direction is
     rounding noise of either sign (see ``docs/mnn.md``).  Failed systems'
     factors and solutions are NaN.  ``tab*``: see :func:`._kernels.lhs_steps`.
@@ -101,7 +101,9 @@ def factor_lanes(
             for j in range(done, ready):  # the singularity test, while in cache
                 for l in range(real):
                     pivot = window[(j - done) * w * L + l]
-                    if linfo[l] == 0 and pivot * pivot <= singular_tol * diag[j * L + l]:
+                    # (a pivot test failed later in the block is superseded)
+                    earlier = linfo[l] == 0 or linfo[l] > j + 1
+                    if earlier and pivot * pivot <= singular_tol * diag[j * L + l]:
                         linfo[l] = j + 1
             if aligned:
                 stream_columns(W, done * w * L, window, 0, (ready - done) * w, lanes)

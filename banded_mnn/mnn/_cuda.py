@@ -64,13 +64,14 @@ def _kernels() -> dict[str, Any]:
 
     @cuda.jit
     def singular_kernel(jobs, factor, f_off, fsj, diag, M, info, tol, first):
-        """``first[i] = min(first[i], j + 1)`` for every pivot ``L[j, j]`` of
-        a system not failed yet with ``L[j, j]^2 <= tol * A[j, j]``."""
+        """``first[i] = min(first[i], j + 1)`` for every pivot ``L[j, j]``
+        before the system's first failed one (``info[i]``, 0: none) with
+        ``L[j, j]^2 <= tol * A[j, j]``."""
         job = cuda.grid(1)
         if job < jobs:
             i = job // M
             j = job - i * M
-            if info[i] == 0:
+            if info[i] == 0 or j + 1 < info[i]:
                 pivot = factor[f_off[i] + j * fsj]
                 if pivot * pivot <= tol * diag[job]:
                     cuda.atomic.min(first, i, j + 1)
@@ -100,9 +101,10 @@ def vjp(jobs: int, *args) -> None:
 
 
 def flag_singular(xp: Any, factor: Any, diag: Any, n_unknowns: int, info: Any, tol: float) -> None:
-    """Set ``info[i]`` of every system that factored (``info[i] == 0``) but
-    whose normal matrix is singular to working precision to the first such
-    column + 1 (see ``_layer._singular_tolerance``).  ``factor`` is the
+    """Lower ``info[i]`` (0: the factorisation succeeded; else 1 + the first
+    column whose pivot failed) to 1 + the first column where the normal matrix
+    shows as singular to working precision, if that comes first (see
+    ``_layer._singular_tolerance``; the CPU layer makes the same test).  ``factor`` is the
     workspace :class:`~banded_mnn._strided.StridedBatch`, ``diag`` the
     assembled diagonals (systems * M)."""
     nsys = info.shape[0]
@@ -111,4 +113,4 @@ def flag_singular(xp: Any, factor: Any, diag: Any, n_unknowns: int, info: Any, t
         "singular", nsys * n_unknowns, factor.buf, factor.offsets, factor.strides[0], diag,
         n_unknowns, info, factor.buf.dtype.type(tol), first,
     )  # fmt: skip
-    info[...] = xp.where((info == 0) & (first <= n_unknowns), first, info)
+    info[...] = xp.where((first <= n_unknowns) & ((info == 0) | (first < info)), first, info)

@@ -414,9 +414,13 @@ def _lane_slots(nsys: int) -> int:
     return nsys if nsys < 8 else -(-nsys // 8) * 8
 
 
-def factor_size(spec: OdeSpec, lhs_batch: tuple[int, ...]) -> int:
-    """Number of elements of :attr:`OdeSystem.workspace` for this problem."""
-    return _lane_slots(math.prod(lhs_batch)) * spec.n_unknowns * (spec.bandwidth + 1)
+def factor_size(spec: OdeSpec, lhs_batch: tuple[int, ...], gpu: bool = False) -> int:
+    """Number of elements of :attr:`OdeSystem.workspace` for this problem (on
+    the GPU: the GPU driver's workspace, at least one element)."""
+    per_system = spec.n_unknowns * (spec.bandwidth + 1)
+    if gpu:
+        return max(math.prod(lhs_batch) * per_system, 1)
+    return _lane_slots(math.prod(lhs_batch)) * per_system
 
 
 #: Names accepted by ``algorithm=``.

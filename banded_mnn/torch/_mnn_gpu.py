@@ -1,26 +1,23 @@
-"""``ode_forward`` for CUDA tensors: S-MNN's assembly as batched torch ops, banded_mnn's solve.
+"""``ode_forward(..., algorithm="cyclic")`` on torch tensors: S-MNN's assembly as batched torch ops, block cyclic reduction.
 
-The MNN layer's own kernels (:mod:`banded_mnn.mnn`) are CPU code.  On a CUDA
-device the adapter composes the layer from pieces that run there:
+The MNN layer (:mod:`banded_mnn.mnn`, on the CPU or the GPU) factors by the
+band Cholesky.  For block cyclic reduction (about log2 T levels of parallel
+block operations instead of a chain of T steps) the adapter composes the
+layer from pieces:
 
 1. the normal equations' blocks, assembled for every step at once with
    batched torch ops (:func:`.baselines.lhs_blocks`, :func:`.baselines.rhs_vector`:
    S-MNN's formulation, without its loop over the steps), differentiable by
    autograd;
-2. the blocks gathered into LAPACK's lower band form, with the layer's
-   bandwidth ``n + O - 1``;
-3. banded_mnn's GPU ``solveh_banded`` operator (factor and solve, one left-hand
-   side per distinct matrix), whose autograd formula is the band VJP -- or,
-   with ``algorithm="cyclic"``, block cyclic reduction of the blocks
-   (:class:`CyclicSolve`, parallel in time: about log2 T levels instead of a
-   chain of T steps).
+2. block cyclic reduction of the blocks (:class:`CyclicSolve`), whose
+   autograd formula is one more solve with the kept factor.
 
-So the gradient with respect to every input is exact, as on the CPU, and no
-step of the computation loops over the time steps in Python.  Central
-smoothness adds the central rows' blocks (:func:`central_blocks`), making the
-matrix block-pentadiagonal.  The difference from the CPU layer, stated in
-``docs/adapters.md``: a normal matrix that is singular to working precision is
-not detected (only a pivot that is not positive is), as in S-MNN.
+So the gradient with respect to every input is exact, and no step loops over
+the time steps in Python.  Central smoothness adds the central rows' blocks
+(:func:`central_blocks`), making the matrix block-pentadiagonal.  The
+difference from the band path, stated in ``docs/adapters.md``: a normal
+matrix that is singular to working precision is not detected (only a pivot
+that is not positive is), as in S-MNN.
 
 Everything here is device-agnostic torch code; the tests run it on CPU
 tensors against the CPU layer.
@@ -156,27 +153,6 @@ def central_blocks(steps: Tensor, T: int, D: int, O: int, ws2: float):
     return d0, d1, a2
 
 
-def band_from_blocks(a0: Tensor, a1: Tensor, bandwidth: int, a2: Tensor | None = None) -> Tensor:
-    """Lower band ``ab`` (L, bandwidth + 1, T n) of the block-tridiagonal (or,
-    with ``a2``, block-pentadiagonal) matrix with diagonal blocks ``a0`` (L, T,
-    n, n) and sub-diagonal blocks ``a1`` (L, T-1, n, n), ``a2`` (L, T-2, n, n):
-    ``ab[r, t n + q] = A[t n + q + r, t n + q]``."""
-    L, T, n, _ = a0.shape
-
-    def padded(block: Tensor | None, k: int) -> Tensor:
-        if block is None:
-            return a0.new_zeros(L, T, n, n)
-        return torch.cat([block, a0.new_zeros(L, min(k, T), n, n)], 1)
-
-    # Rows t n + p' of block column t, p' < 4 n: a0 (p' < n), a1, a2 (or
-    # zero), zero (so that any bandwidth up to 3 n - 1 can be read).
-    column = torch.cat([a0, padded(a1, 1), padded(a2, 2), padded(None, 0)], dim=2)
-    r = torch.arange(bandwidth + 1, device=a0.device)[:, None]
-    q = torch.arange(n, device=a0.device)[None, :]
-    band = column[:, :, r + q, q]  # (L, T, bandwidth + 1, n)
-    return band.permute(0, 2, 1, 3).reshape(L, bandwidth + 1, T * n)
-
-
 def ode_forward(
     tensors: list[Tensor],
     spec: _layer.OdeSpec,
@@ -184,19 +160,13 @@ def ode_forward(
     batch: tuple[int, ...],
     weights: tuple[float, float, float],
     frozen: Any,
-    cyclic: bool = False,
 ) -> tuple[Tensor, Any]:
-    """``(u, factor)`` for canonical tensors (step axis not first).
-
-    The band path uses the adapter's operators (factor and solve, returning the
-    solution and the band factor), ``frozen`` is a factor kept from an earlier
-    call (then only the right-hand side is assembled, from detached
-    coefficients, so that no gradient reaches coefficients and steps, as in
-    S-MNN).  With ``cyclic`` the blocks are solved by block cyclic reduction
-    and the factor is a :class:`banded_mnn._cyclic.BlockFactor`.
+    """``(u, factor)`` for canonical tensors (step axis not first), by block
+    cyclic reduction; the factor is a :class:`banded_mnn._cyclic.BlockFactor`.
+    ``frozen`` is a factor kept from an earlier call (then only the
+    right-hand side is assembled, from detached coefficients, so that no
+    gradient reaches coefficients and steps, as in S-MNN).
     """
-    from . import _ops  # (imports this module)
-
     coefficients, rhs_equation, init_vars, steps = tensors
     T, E, D, O = spec.n_steps, spec.n_equations, spec.n_dims, spec.n_orders
     S, I = spec.n_init_var_steps, spec.n_init_var_orders
@@ -208,24 +178,13 @@ def ode_forward(
         _flat(rhs_equation, batch, (T, E)),
         _flat(init_vars, batch, (S, D, I)),
         weights,
-    ).reshape(*batch, T * n, 1)
-    if cyclic:
-        beta = beta.reshape(*batch, T, n, 1)
-        if frozen is not None:
-            x, factor = CyclicSolve.apply(beta, frozen), frozen
-        else:
-            blocks = [
-                block.reshape(*lhs_batch, *block.shape[1:])
-                for block in lhs_blocks(coefficients, steps, spec, lhs_batch, weights)
-            ]
-            factor = cyclic_factor(blocks)
-            x = CyclicSolve.apply(beta, factor, *blocks)
-    elif frozen is not None:
-        factor = frozen
-        x = _ops._ChoSolve(factor, beta, True)
-    else:
-        blocks = lhs_blocks(coefficients, steps, spec, lhs_batch, weights)
-        ab = band_from_blocks(blocks[0], blocks[1], spec.bandwidth, *blocks[2:])
-        ab = ab.reshape(*lhs_batch, spec.bandwidth + 1, T * n)  # (not -1: empty batches)
-        x, factor, _ = _ops._Solveh(ab, beta, True, True)
+    ).reshape(*batch, T, n, 1)
+    if frozen is not None:
+        return CyclicSolve.apply(beta, frozen).reshape(*batch, T, D, O), frozen
+    blocks = [
+        block.reshape(*lhs_batch, *block.shape[1:])
+        for block in lhs_blocks(coefficients, steps, spec, lhs_batch, weights)
+    ]
+    factor = cyclic_factor(blocks)
+    x = CyclicSolve.apply(beta, factor, *blocks)
     return x.reshape(*batch, T, D, O), factor

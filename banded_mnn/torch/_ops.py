@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from .. import _api, _backends, _vjp
+from .._strided import namespace
 from ..mnn import _layer
 from . import _mnn_gpu
 
@@ -697,16 +698,42 @@ def _shapes(tensors, n_steps, n_init_var_steps, weights, central):
     return _layer.check_shapes_memo(shapes, n_steps, n_init_var_steps, tuple(weights), central)
 
 
+def _gpu_layer_backend(t: Tensor) -> str | None:
+    """The ``backend=`` of the MNN layer for tensors like ``t``: None (the CPU
+    layer for CPU tensors, the GPU layer with the default GPU backend for
+    CUDA tensors), or "numba-cuda" for CPU tensors sent down the CUDA path
+    (:data:`_ROUTE_CPU_TENSORS_TO_GPU_PATH`, under the CUDA simulator)."""
+    return "numba-cuda" if _ROUTE_CPU_TENSORS_TO_GPU_PATH and not t.is_cuda else None
+
+
+def _on_gpu_layer(t: Tensor) -> bool:
+    return t.is_cuda or _ROUTE_CPU_TENSORS_TO_GPU_PATH
+
+
 def _inputs(tensors, n_steps, n_init_var_steps, step_first, weights, central):
     arrays = [_np(t) for t in tensors]
-    return _layer._prepare(*arrays, n_steps, n_init_var_steps, step_first, weights, central)
+    return _layer._prepare(*arrays, n_steps, n_init_var_steps, step_first, weights, central,
+                           _gpu_layer_backend(tensors[0]))  # fmt: skip
 
 
 def _system(factor: Tensor, lanes: int, spec: _layer.OdeSpec, lhs_batch) -> _layer.OdeSystem:
+    """The layer's system over a factor the forward returned (``lanes`` 0:
+    the GPU layer's workspace)."""
+    if lanes == 0:
+        from ..mnn._gpu import GpuOdeSystem, kernel_set
+
+        backend = _gpu_layer_backend(factor)
+        info = kernel_set(backend).xp.zeros(lhs_batch, dtype=np.int32)
+        return GpuOdeSystem.from_workspace(_np(factor), info, spec, backend=backend)
     per_lane = spec.n_unknowns * (spec.bandwidth + 1)
     workspace = _np(factor).reshape(-1, per_lane * lanes)
     info = np.zeros(lhs_batch, dtype=np.int32)
     return _layer.OdeSystem(workspace, info, spec)
+
+
+def _contiguous(a: Any) -> Tensor:
+    """A tensor over ``a`` made C-contiguous (NumPy or CuPy)."""
+    return _t(namespace(a).ascontiguousarray(a))
 
 
 @_operator("ode_forward")
@@ -721,11 +748,12 @@ def _ode_forward(
     central: bool,
 ) -> tuple[Tensor, Tensor, int]:
     """Canonical layout (step axis not first).  Returns the solution, the
-    factor workspace (flat) and its lane count."""
+    factor workspace (flat) and its lane count (0: the GPU layer's)."""
     tensors = (coefficients, rhs_equation, init_vars, steps)
-    inputs = _inputs(tensors, n_steps, n_init_var_steps, False, tuple(weights), central)
-    u, system = _layer._forward(inputs, False, True, None, None)
-    return _t(np.ascontiguousarray(u)), _t(system.workspace.reshape(-1)), system.lanes
+    with _on_device(coefficients):
+        inputs = _inputs(tensors, n_steps, n_init_var_steps, False, tuple(weights), central)
+        u, system = _layer._forward(inputs, False, True, _gpu_layer_backend(coefficients), None)
+        return _contiguous(u), _t(system.workspace.reshape(-1)), system.lanes
 
 
 @_ode_forward.register_fake
@@ -733,7 +761,8 @@ def _(coefficients, rhs_equation, init_vars, steps, n_steps, n_init_var_steps, w
     tensors = (coefficients, rhs_equation, init_vars, steps)
     spec, lhs_batch, batch = _shapes(tensors, n_steps, n_init_var_steps, weights, central)
     u = coefficients.new_empty([*batch, spec.n_steps, spec.n_dims, spec.n_orders])
-    factor = coefficients.new_empty([_layer.factor_size(spec, lhs_batch)])
+    gpu = _on_gpu_layer(coefficients)
+    factor = coefficients.new_empty([_layer.factor_size(spec, lhs_batch, gpu)])
     lanes = torch.library.get_ctx().new_dynamic_size()
     return u, factor, lanes
 
@@ -753,10 +782,11 @@ def _ode_solve(
 ) -> Tensor:
     """Solve with a stored factor (S-MNN's frozen left-hand side)."""
     tensors = (coefficients, rhs_equation, init_vars, steps)
-    inputs = _inputs(tensors, n_steps, n_init_var_steps, False, tuple(weights), central)
-    system = _system(factor, lanes, inputs.spec, inputs.lhs_batch)
-    inputs.batch = torch.broadcast_shapes(inputs.batch, inputs.lhs_batch)
-    return _t(np.ascontiguousarray(system._solve_inputs(inputs)))
+    with _on_device(coefficients):
+        inputs = _inputs(tensors, n_steps, n_init_var_steps, False, tuple(weights), central)
+        system = _system(factor, lanes, inputs.spec, inputs.lhs_batch)
+        inputs.batch = torch.broadcast_shapes(inputs.batch, inputs.lhs_batch)
+        return _contiguous(system._solve_inputs(inputs))
 
 
 @_ode_solve.register_fake
@@ -789,13 +819,14 @@ def _ode_backward(
     tensors = (coefficients, rhs_equation, init_vars, steps)
     # The shapes suffice here: OdeSystem.vjp validates and prepares the arrays.
     spec, lhs_batch, _ = _shapes(tensors, n_steps, n_init_var_steps, weights, central)
-    system = _system(factor, lanes, spec, lhs_batch)
-    arrays = [_np(t) for t in tensors]
-    grads = system.vjp(_np(grad_u), _np(u), *arrays[:3], arrays[3] if lhs_gradients else None)
-    return [
-        _t(np.ascontiguousarray(g)) if g is not None else torch.zeros_like(t)
-        for g, t in zip(grads, tensors, strict=True)
-    ]
+    with _on_device(coefficients):
+        system = _system(factor, lanes, spec, lhs_batch)
+        arrays = [_np(t) for t in tensors]
+        grads = system.vjp(_np(grad_u), _np(u), *arrays[:3], arrays[3] if lhs_gradients else None)
+        return [
+            _contiguous(g) if g is not None else torch.zeros_like(t)
+            for g, t in zip(grads, tensors, strict=True)
+        ]
 
 
 @_ode_backward.register_fake
@@ -986,10 +1017,10 @@ def ode_forward(
     ]
     _same_device(*zip(_MNN_NAMES, tensors, strict=True))
     cyclic = _layer._choose_algorithm(algorithm) == "cyclic"
-    # The composed path (torch-ops assembly + banded solve or cyclic reduction)
-    # serves CUDA tensors, and cyclic reduction on either device.
-    composed = coefficients.device.type == "cuda" or cyclic or _ROUTE_CPU_TENSORS_TO_GPU_PATH
-    kind = "cyclic" if cyclic else ("band" if composed else "lanes")
+    # The composed path (torch-ops assembly + cyclic reduction) serves
+    # algorithm="cyclic" on either device; otherwise the MNN layer (CPU or GPU).
+    composed = cyclic
+    kind = "cyclic" if cyclic else "layer"
     if is_step_dim_first:
         tensors = _step_axis_last(tensors)
     # Validate and fix the sizes on shapes alone (same rules and messages as NumPy).
@@ -1010,7 +1041,7 @@ def ode_forward(
     if composed:
         u, factor = _mnn_gpu.ode_forward(
             tensors, spec, lhs_batch, tuple(batch), tuple(float(w) for w in weights),
-            None if frozen is None else frozen[0], cyclic=cyclic,
+            None if frozen is None else frozen[0],
         )  # fmt: skip
         lanes = 0
     elif frozen is not None:
