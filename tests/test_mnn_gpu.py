@@ -331,6 +331,37 @@ def test_torch_compile_through_the_gpu_layer(rng, torch_routed):
     assert calls
 
 
+@pytest.mark.skipif(not SIMULATED, reason="JAX GPU arrays: test_jax_cuda.py")
+def test_jax_through_the_gpu_layer(rng, monkeypatch):
+    """XLA's CPU buffers sent down the GPU path (the GPU layer with the
+    "numba-cuda" backend, simulated): jit, grad and vmap against the CPU layer."""
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    import banded_mnn.jax as bj
+    from banded_mnn.jax import _ops
+    from banded_mnn.mnn import _gpu as gpu_layer
+
+    calls = []
+    original = gpu_layer.GpuOdeSystem._factor.__func__
+    monkeypatch.setattr(gpu_layer.GpuOdeSystem, "_factor",
+                        classmethod(lambda cls, *a, **k: calls.append(1) or original(cls, *a, **k)))  # fmt: skip
+    arrays = [jax.numpy.asarray(x) for x in random_problem(rng, batch=(3,), T=5)]
+
+    def loss(c, r, v, h):
+        return (bj.ode_forward(c, r, v, h, enable_central_smoothness=True) ** 2).sum()
+
+    want = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))(*arrays)
+    want_vmapped = jax.vmap(loss)(*arrays)
+    monkeypatch.setattr(_ops, "_BACKEND_FOR_CPU_BUFFERS", "numba-cuda")
+    got = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))(*arrays)
+    got_vmapped = jax.vmap(loss)(*arrays)
+    assert len(calls) >= 3  # the forward, the backward's factorisation, vmap's forward
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-10)
+    np.testing.assert_allclose(got_vmapped, want_vmapped, rtol=1e-10)
+    for g, w in zip(got[1], want[1], strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-12)
+
+
 # --------------------------------------------------------------------------
 # The simulator run, from the normal test run
 # --------------------------------------------------------------------------

@@ -13,10 +13,10 @@ Where the arrays live decides what runs (:func:`_placement`):
   CPU backend; results are written into XLA's output buffers.
 * CUDA: the buffers are taken as CuPy arrays (``__cuda_array_interface__``,
   no copy), XLA's stream becomes CuPy's current stream, and the band routines
-  run on the GPU backend in that stream order.  Two parts still go through
-  the host: the MNN layer (:func:`ode_forward` copies its inputs to the host,
-  runs the CPU layer and copies ``u`` back) and the ``cholesky_banded``
-  gradient (a CPU kernel), as in the PyTorch adapter.
+  run on the GPU backend in that stream order, as does the MNN layer
+  (:func:`ode_forward`: the GPU layer, :mod:`banded_mnn.mnn._gpu`).  One
+  part still goes through the host: the ``cholesky_banded`` gradient (a CPU
+  kernel), as in the PyTorch adapter.
 
 Sharding (several devices): arguments sharded along batch axes over a mesh
 of explicit axes (``jax.sharding.AxisType.Explicit``, the default of
@@ -557,12 +557,13 @@ def solveh_banded(ab, b, lower: bool = False) -> jax.Array:
 
 
 def _host_ode(static, *arrays):
-    """u for canonical inputs (extra leading axes are batch axes).  The MNN
-    layer runs on the CPU: GPU arrays make a round trip through the host."""
-    arrays = [to_numpy(a) for a in arrays]
+    """u for canonical inputs (extra leading axes are batch axes), by the MNN
+    layer on the arrays' device (the GPU layer for CuPy views of XLA's
+    buffers, in XLA's stream order)."""
     n_steps, n_init_var_steps, weights, central = static
-    inputs = _layer._prepare(*arrays, n_steps, n_init_var_steps, False, weights, central)
-    return _layer._forward(inputs, False, False, None, None)[0]  # failed systems: NaN
+    backend = _backend(arrays[0])
+    inputs = _layer._prepare(*arrays, n_steps, n_init_var_steps, False, weights, central, backend)
+    return _layer._forward(inputs, False, False, backend, None)[0]  # failed systems: NaN
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -585,16 +586,17 @@ def _ode_bwd(static, residuals, grad_u):
     logical = [a.ndim for a in arrays]
 
     def host(grad_u_, u_, *arrays_):
-        arrays_ = [to_numpy(a) for a in arrays_]  # the MNN layer runs on the CPU
         n_steps, n_init_var_steps, weights, central = static[:4]
+        xp, backend = namespace(arrays_[0]), _backend(arrays_[0])
         extra = arrays_[0].ndim - logical[0]
         if extra:
             # Per-sample gradients along the mapped axes: broadcast them.
             mapped = np.broadcast_shapes(*(a.shape[:extra] for a in arrays_))
-            arrays_ = [np.broadcast_to(a, mapped + a.shape[extra:]) for a in arrays_]
-        inputs = _layer._prepare(*arrays_, n_steps, n_init_var_steps, False, weights, central)
-        system, _ = _layer.OdeSystem._factor(inputs, False, False, None)
-        return system.vjp(to_numpy(grad_u_), to_numpy(u_), *arrays_)
+            arrays_ = [xp.broadcast_to(a, mapped + a.shape[extra:]) for a in arrays_]
+        inputs = _layer._prepare(*arrays_, n_steps, n_init_var_steps, False, weights, central,
+                                 backend)  # fmt: skip
+        system, _ = _layer.OdeSystem._factor(inputs, False, False, backend)
+        return system.vjp(grad_u_, u_, *arrays_)
 
     shapes = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in arrays)
     core = tuple(_CORE_NDIM.values())
