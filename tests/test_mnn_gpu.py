@@ -251,6 +251,58 @@ def test_cyclic_is_refused_on_the_gpu(device, rng):
 
 
 # --------------------------------------------------------------------------
+# CUDA graphs: no waits, copies or foreign allocations
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not SIMULATED, reason="the stand-in runs the simulated kernels")
+def test_gpu_paths_are_cuda_graph_safe(rng, monkeypatch):
+    """With a stand-in CuPy that records every wait for the device, copy
+    between host and device and allocation (``device_double.py``): once warm,
+    ``ode_forward``, the VJP, a solve with a kept factor and the band
+    routines' ``_ex`` functions (``check_finite=False``) do none of them while
+    the stream is capturing, and allocate only through the framework's
+    allocator.  Outside capture the layer's status check is the one wait."""
+    from device_double import recording_cupy
+
+    import banded_mnn as bm
+    from banded_mnn._backends import _numba_cuda
+
+    events, capturing = [], [False]
+    fake = recording_cupy(events, capturing)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(_numba_cuda.kernels(), "xp", fake)
+    inputs = [fake.to_device(x) for x in random_problem(rng, batch=(3,), T=6)]
+    grad = fake.to_device(rng.standard_normal((3, 6, 2, 3)))
+    ab = fake.to_device(np.tile(np.array([[0.0, 1.0, 1.0], [4.0, 4.0, 4.0]]), (2, 1, 1)))
+    b = fake.to_device(np.ones((2, 3, 1)))
+
+    def step():
+        u, system = ode_forward(*inputs, backend="numba-cuda", return_system=True)
+        grads = system.vjp(grad, u, *inputs)
+        again = system.solve(*inputs[:3])
+        x, info = bm.solveh_banded_ex(ab, b, check_finite=False, backend="numba-cuda")
+        c, info = bm.cholesky_banded_ex(ab, check_finite=False, backend="numba-cuda")
+        return [u, *grads, again, x, c]
+
+    with fake.cuda.using_allocator(object()):  # as the torch adapter installs torch's
+        warm = step()
+        warm_events, events[:] = list(events), []
+        capturing[0] = True
+        captured = step()
+        captured_events = list(events)
+    assert ("wait", "bool") in warm_events  # the status check, outside capture
+    assert "h2d" in warm_events  # the smoothness tables, on the first call
+    assert set(captured_events) == {"alloc"}, captured_events
+    for a, b_ in zip(warm, captured, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b_))
+    # The stand-in does see allocations made without the framework's allocator.
+    events.clear()
+    ode_forward(*inputs, backend="numba-cuda")
+    assert "foreign alloc" in events
+
+
+# --------------------------------------------------------------------------
 # The torch adapter over the GPU layer
 # --------------------------------------------------------------------------
 

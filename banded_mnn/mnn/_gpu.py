@@ -17,9 +17,16 @@ code.  One call of ``ode_forward`` on CuPy arrays is
 
 The factored workspace stays on the device as the system's factor.  The VJP
 solves ``lam = A^{-1} dL/du`` with it and runs the gradient kernel
-(:func:`._cuda.vjp`, a thread per (system, step)).  Nothing waits for the
-device except raising an error (``check``), which needs the status on the
-host.
+(:func:`._cuda.vjp`, a thread per (system, step)).
+
+CUDA graphs: nothing here waits for the device or copies between host and
+device, except raising an error (``check``: the status is needed on the host),
+which is skipped while the stream is capturing (:func:`capturing`), and the
+first call for each ``n_orders`` on a device, which copies the smoothness
+tables there (:func:`_device_tables`; a warm-up call before capture does it).
+Every array is allocated through CuPy, so under the torch adapter through
+torch's caching allocator.  ``tests/test_mnn_gpu.py`` checks this with a
+stand-in CuPy that records every wait, copy and allocation.
 
 The assembly and gradient kernels are Numba CUDA; the factorisation is the
 band backend's ("cupy": the CUDA C++ kernels, the default; "numba-cuda").
@@ -48,6 +55,14 @@ from ._layer import (
     _sum_to,
     _tables,
 )
+
+
+def capturing(xp: Any) -> bool:
+    """Whether the current stream is capturing a CUDA graph (``torch.cuda.graph``,
+    ``torch.compile(mode="reduce-overhead")``, CuPy's ``Stream.begin_capture``):
+    then nothing may wait for the device, and the status check is skipped --
+    failed systems give NaN, as with ``check=False``."""
+    return xp is not np and xp.cuda.get_current_stream().is_capturing()
 
 
 def kernel_set(backend: str | None) -> Any:
@@ -187,7 +202,7 @@ class GpuOdeSystem(OdeSystem):
         info = info.reshape(lhs_batch)
         system = cls(work, regime, info, spec, is_step_dim_first=is_step_dim_first,
                      backend=backend)  # fmt: skip
-        if check and nsys and bool(info.any()):  # (waits for the device)
+        if check and nsys and not capturing(xp) and bool(info.any()):  # (waits for the device)
             system._raise_failure(inputs)
         return system, x
 
@@ -296,10 +311,21 @@ class GpuOdeSystem(OdeSystem):
         )
 
 
+#: (device, n_orders, central, dtype) -> the smoothness tables on that device.
+_DEVICE_TABLES: dict[tuple, tuple[Any, Any, Any]] = {}
+
+
 def _device_tables(spec: OdeSpec, dtype: np.dtype, xp: Any) -> tuple[Any, Any, Any]:
-    """``w_s^2`` times the smoothness tables, flat, on the device."""
-    tables = _tables(spec.n_orders, spec.enable_central_smoothness, dtype)
-    return tuple(xp.asarray(spec.weight_smooth**2 * t.reshape(-1)) for t in tables)
+    """The smoothness tables (flat) on the current device, copied there on
+    the first call for each shape and kept: later calls copy nothing from
+    the host, so that they can be captured in a CUDA graph."""
+    device = "host" if xp is np else xp.cuda.Device().id
+    key = (device, spec.n_orders, spec.enable_central_smoothness, np.dtype(dtype))
+    tables = _DEVICE_TABLES.get(key)
+    if tables is None:
+        host = _tables(spec.n_orders, spec.enable_central_smoothness, dtype)
+        tables = _DEVICE_TABLES[key] = tuple(xp.asarray(t.reshape(-1)) for t in host)
+    return tables
 
 
 def _assemble(

@@ -24,7 +24,9 @@ it in place with no gather.  Vectors (right-hand side, solution, ``lam``) are
 n)``, ``(systems, T, E)`` and ``(systems, T - 1)``.
 
 ``tab0``, ``tab1``, ``tabq`` are the smoothness tables of
-:func:`._kernels.smoothness_tables` times ``w_s^2``, flattened ``(O * O,)``.
+:func:`._kernels.smoothness_tables`, flattened ``(O * O,)`` (the weight
+``w_s^2`` is applied here, so the tables depend on ``O`` alone and a device
+keeps one copy).
 """
 
 from __future__ import annotations
@@ -76,9 +78,10 @@ def assemble_step(
                             col = band_off[i] + (t * n + d * O + o2) * bsj
                             if o1 >= o2:
                                 value = tab1[o1 * O + o2] if pair == 0 else tab0[o1 * O + o2]
-                                band[col + (o1 - o2) * bsr] += value * power
+                                band[col + (o1 - o2) * bsr] += ws2 * value * power
                             if pair == 1:
-                                band[col + (n + o1 - o2) * bsr] += tabq[o1 * O + o2] * power
+                                value = tabq[o1 * O + o2]
+                                band[col + (n + o1 - o2) * bsr] += ws2 * value * power
         if central:
             # Row a u[s, d, O-2] + b u[s+1, d, O-1] - a u[s+2, d, O-2] for s = t,
             # t-1, t-2: a = H^(O-3), b = H^(O-2), H = h_s + h_(s+1).
@@ -175,7 +178,7 @@ def vjp_step(
                 m3 += x[x_off[i] + (a1 + n) * xsj] * lam[lam_off[i] + a2 * lsj]
             entry = o1 * O + o2
             acc += derivative * (tab0[entry] * m0 + tab1[entry] * m1 + tabq[entry] * (m2 + m3))
-    g = -acc
+    g = -ws2 * acc
     if central:  # h_t is in H of the rows starting at t-1 and at t
         for s in range(t - 1, t + 1):
             if s >= 0 and s + 2 < T:
