@@ -392,6 +392,23 @@ def test_singular_problem_is_reported(lanes):
     assert np.isnan(system.solve(c, np.ones((1, 1)), np.zeros((0, 1, 0)))).all()
 
 
+@pytest.mark.parametrize("central", [False, True])
+@pytest.mark.parametrize("steps", [2, 9, 30])
+def test_singular_problem_is_reported_by_cyclic_reduction(steps, central):
+    """Cyclic reduction eliminates in another order; the singular-pivot test
+    still finds the free constant (u' = 1 and u'' = 0 with no initial value)."""
+    c = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]).reshape(1, 2, 1, 3)
+    inputs = (c, np.array([[1.0, 0.0]]), np.zeros((0, 1, 0)), np.full(steps - 1, 0.1))
+    for algorithm in ("sequential", "cyclic"):
+        with pytest.raises(NotPositiveDefiniteError) as excinfo:
+            ode_forward(*inputs, algorithm=algorithm, enable_central_smoothness=central)
+        assert "singular to working precision" in "".join(excinfo.value.__notes__)
+    pinned = (c, np.array([[1.0, 0.0]]), np.zeros((1, 1, 1)), np.full(steps - 1, 0.1))
+    u = ode_forward(*pinned, algorithm="cyclic", enable_central_smoothness=central)
+    np.testing.assert_allclose(u, ode_forward(*pinned, enable_central_smoothness=central),
+                               rtol=1e-9, atol=1e-9)  # fmt: skip
+
+
 def test_failure_in_a_later_block_is_located(rng):
     # The factorisation works block by block in a window of columns; the
     # failed minor's order is still counted from the first unknown.  A NaN
@@ -603,6 +620,6 @@ def test_cyclic_algorithm_errors(rng):
         ode_forward(c, r, v, h, algorithm="cyclic")
     system = OdeSystem.factor(c, h, n_init_var_steps=1, n_init_var_orders=2, check=False,
                               algorithm="cyclic")  # fmt: skip
-    assert system.info.tolist() == [0, 3]  # block row 3 (1-based) holds the NaN
+    assert system.info.tolist() == [0, 13]  # the first unknown of step 2, which holds the NaN
     with pytest.raises(AttributeError, match="cyclic reduction"):
         system.factor_band  # noqa: B018

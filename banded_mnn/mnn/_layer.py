@@ -473,6 +473,39 @@ def _assemble_rhs(inputs: _Inputs) -> np.ndarray:
     return beta
 
 
+def cyclic_status(xp: Any, factor: Any, diag: Any, tol: float) -> Any:
+    """Per-system status of a block-cyclic-reduction factor of normal
+    matrices, in the band path's terms: 1 + the first unknown whose pivot
+    failed (in the first block that failed) or, failing that, showed the matrix
+    singular to working precision (``L[j, j]^2 <= tol * A[j, j]``; 0 for
+    none).  Cyclic reduction eliminates in another order than the band
+    Cholesky, but in any order a singular matrix leaves a pivot at rounding
+    level, so the same test applies to its pivots.  ``diag`` (systems, M) is
+    the diagonal of the normal matrices; NumPy or CuPy arrays (``xp``)."""
+    nsys, m = diag.shape
+    n = factor.n * (2 if factor.pentadiagonal else 1)  # (pairs of block rows)
+    never = m + 1
+    first = xp.full(nsys, never, dtype=np.int32)
+    rows = xp.arange(-(-m // n))
+    chols = [chol for chol, _, _ in factor.factor.levels] + [factor.factor.last]
+    for chol in chols:
+        nodes = chol.shape[-3]
+        odd = rows[1::2][:nodes] if chol is not factor.factor.last else rows[:nodes]
+        pivots = xp.diagonal(chol.reshape((nsys,) + chol.shape[-3:]), axis1=-2, axis2=-1)
+        unknown = odd[:, None] * n + xp.arange(n)[None, :]  # (nodes, n)
+        inside = unknown < m
+        a = diag[:, xp.minimum(unknown, m - 1)]
+        singular = (pivots * pivots <= tol * a) & inside
+        candidate = xp.where(singular, unknown + 1, never).reshape(nsys, -1)
+        if candidate.size:
+            first = xp.minimum(first, candidate.min(axis=1).astype(np.int32))
+        rows = rows[0::2]
+    failed = factor.info.reshape(-1)  # 1-based block row (of n unknowns)
+    failed_unknown = xp.where(failed > 0, (failed - 1) * factor.n + 1, never)
+    first = xp.minimum(first, failed_unknown).astype(np.int32)
+    return xp.where(first < never, first, 0).astype(np.int32)
+
+
 def _solution(x: np.ndarray, inputs: _Inputs, step_first: bool) -> np.ndarray:
     spec = inputs.spec
     u = x.reshape(inputs.batch + (spec.n_steps, spec.n_dims, spec.n_orders))
@@ -800,11 +833,13 @@ class OdeSystem:
         blocks = [np.empty((nsys, steps - k, n, n), self.dtype) for k in range(levels)]
         spare = np.empty((0, 0, n, n), self.dtype)  # for the levels not wanted
         workspace_blocks(self.workspace, *(blocks + [spare] * (3 - levels)), levels, self.lanes)
+        diag = np.diagonal(blocks[0], axis1=-2, axis2=-1).reshape(nsys, -1)
         blocks = [a.reshape(self.lhs_batch_shape + a.shape[1:]) for a in blocks]
         self.cyclic = factor_blocks(blocks)
         self._band = None
         # (a NaN or inf reaching a pivot block fails it, as in the band kernels)
-        self.info = self.cyclic.info.reshape(self.info.shape).copy()
+        info = cyclic_status(np, self.cyclic, diag, _singular_tolerance(spec.bandwidth, self.dtype))
+        self.info = info.reshape(self.info.shape)
 
     def _solve_batch(self, b: np.ndarray) -> np.ndarray:
         """Solve in place for ``b`` of shape ``batch + (M, 1)`` (our own array)."""
