@@ -244,10 +244,50 @@ def test_nonfinite_coefficients_are_named(device, rng):
         ode_forward(*[device.put(x) for x in (c, r, v, h)], backend=device.backend)
 
 
-def test_cyclic_is_refused_on_the_gpu(device, rng):
-    inputs = random_problem(rng, batch=(2,), T=5)
-    with pytest.raises(NotImplementedError, match="cyclic"):
-        ode_forward(*[device.put(x) for x in inputs], backend=device.backend, algorithm="cyclic")
+@pytest.mark.parametrize("central", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_cyclic_reduction(device, rng, central, dtype):
+    """algorithm="cyclic" on the GPU: values and gradients as the CPU layer's
+    band path gives them, a shared left-hand side included."""
+    c, r, v, h = random_problem(rng, batch=(2,), T=9, dtype=dtype)
+    compare(device, (c, r, v, h), algorithm="cyclic", enable_central_smoothness=central)
+    r3 = rng.standard_normal((3, 2, 9, 2)).astype(dtype)
+    compare(device, (c, r3, v, h), algorithm="cyclic", enable_central_smoothness=central)
+
+
+def test_cyclic_reduction_is_chosen_for_few_long_sequences(device, rng, monkeypatch):
+    from banded_mnn.mnn import _gpu as gpu_layer
+
+    chosen = []
+    original = gpu_layer.choose_algorithm
+
+    def spy(*args):
+        chosen.append(original(*args))
+        return chosen[-1]
+
+    monkeypatch.setattr(gpu_layer, "choose_algorithm", spy)
+    monkeypatch.setattr(gpu_layer, "CYCLIC_MIN_STEPS", 8)
+    monkeypatch.setattr(_gpu, "choose_regime", lambda nsys, sms: "warp" if nsys < 3 else "thread")
+    for batch, T, expected in [((2,), 9, "cyclic"), ((2,), 7, "sequential"),
+                               ((3,), 9, "sequential")]:  # fmt: skip
+        inputs = random_problem(rng, batch=batch, T=T)
+        compare(device, inputs)
+        assert chosen[-1] == expected
+    u, system = ode_forward(*[device.put(x) for x in random_problem(rng, batch=(2,), T=9)],
+                            backend=device.backend, return_system=True)  # fmt: skip
+    assert system.cyclic is not None
+    with pytest.raises(AttributeError, match="cyclic reduction"):
+        system.factor_band  # noqa: B018
+
+
+def test_cyclic_reduction_reports_singular_problems(device):
+    c = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]).reshape(1, 2, 1, 3)
+    inputs = (c, np.array([[1.0, 0.0]]), np.zeros((0, 1, 0)), np.full(29, 0.1))
+    with pytest.raises(NotPositiveDefiniteError) as cpu:
+        ode_forward(*inputs, algorithm="cyclic")
+    with pytest.raises(NotPositiveDefiniteError) as gpu:
+        ode_forward(*[device.put(x) for x in inputs], algorithm="cyclic", backend=device.backend)
+    assert str(gpu.value) == str(cpu.value)
 
 
 # --------------------------------------------------------------------------

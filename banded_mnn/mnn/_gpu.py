@@ -54,6 +54,7 @@ from ._layer import (
     _singular_tolerance,
     _sum_to,
     _tables,
+    cyclic_status,
 )
 
 
@@ -63,6 +64,27 @@ def capturing(xp: Any) -> bool:
     then nothing may wait for the device, and the status check is skipped --
     failed systems give NaN, as with ``check=False``."""
     return xp is not np and xp.cuda.get_current_stream().is_capturing()
+
+
+#: With fewer systems than fill the device (the warp regime), sequences of
+#: at least this many steps are factored by block cyclic reduction.  The
+#: band Cholesky is then a chain of ``M`` dependent column steps per system,
+#: cyclic reduction about ``log2 T`` levels of a few launches each (see
+#: ``docs/performance.md``, the GPU model).  Not calibrated on a GPU yet:
+#: ``tools/gpu_check.py`` times both.
+CYCLIC_MIN_STEPS = 128
+
+
+def choose_algorithm(algorithm: str | None, nsys: int, n_steps: int, kernels: Any) -> str:
+    """The factorisation on the GPU: ``algorithm`` if given, else by shape --
+    block cyclic reduction for few, long sequences, the band Cholesky
+    otherwise."""
+    if algorithm is not None:
+        return algorithm
+    if nsys == 0:
+        return "sequential"
+    regime = _gpu.choose_regime(nsys, kernels.multiprocessors())
+    return "cyclic" if regime == "warp" and n_steps >= CYCLIC_MIN_STEPS else "sequential"
 
 
 def kernel_set(backend: str | None) -> Any:
@@ -151,6 +173,10 @@ class GpuOdeSystem(OdeSystem):
     def factor_band(self) -> Any:
         """The factor in LAPACK's lower band form, ``lhs_batch + (u + 1, M)``,
         NaN for systems that failed (a copy, made on first access)."""
+        if self.cyclic is not None:
+            raise AttributeError(
+                "this system was factored by cyclic reduction: its factor is .cyclic, not a band"
+            )
         if self._band is None:
             kernels = kernel_set(self.backend)
             xp = kernels.xp
@@ -176,15 +202,13 @@ class GpuOdeSystem(OdeSystem):
         algorithm: str | None = None,
     ) -> tuple[GpuOdeSystem, Any]:
         """:meth:`OdeSystem._factor` on the GPU (see the module docstring)."""
-        if algorithm == "cyclic":
-            raise NotImplementedError(
-                "algorithm='cyclic' of the MNN layer runs on NumPy arrays only in this version"
-            )
         kernels = kernel_set(backend)
         xp = kernels.xp
         spec, dtype, lhs_batch = inputs.spec, inputs.dtype, inputs.lhs_batch
         nsys, m, bw = math.prod(lhs_batch), spec.n_unknowns, spec.bandwidth
         regime = _gpu.choose_regime(nsys, kernels.multiprocessors())
+        if choose_algorithm(algorithm, nsys, spec.n_steps, kernels) == "cyclic":
+            return cls._factor_cyclic_gpu(inputs, is_step_dim_first, check, backend, solve)
         work = _gpu.workspace(xp, dtype, nsys, m, bw + 1, regime)
         info = xp.zeros(nsys, dtype=np.int32)
         x = xp.empty((nsys, m), dtype=dtype) if solve else None
@@ -206,7 +230,58 @@ class GpuOdeSystem(OdeSystem):
             system._raise_failure(inputs)
         return system, x
 
+    @classmethod
+    def _factor_cyclic_gpu(
+        cls, inputs: _Inputs, is_step_dim_first: bool, check: bool, backend: str | None,
+        solve: bool,
+    ) -> tuple[GpuOdeSystem, Any]:  # fmt: skip
+        """Assemble the band (the same kernel), gather it into blocks and
+        factor them by block cyclic reduction (:mod:`banded_mnn._cyclic`:
+        about log2 T levels of Numba CUDA kernels); the status as the band
+        path reports it (:func:`._layer.cyclic_status`)."""
+        from .._cyclic import factor_blocks
+
+        kernels = kernel_set(backend)
+        xp = kernels.xp
+        spec, dtype, lhs_batch = inputs.spec, inputs.dtype, inputs.lhs_batch
+        nsys, m, bw = math.prod(lhs_batch), spec.n_unknowns, spec.bandwidth
+        work = _gpu.workspace(xp, dtype, nsys, m, bw + 1, "warp")
+        diag = xp.empty(nsys * m, dtype=dtype)
+        if nsys:
+            _assemble(inputs, lhs_batch, work, diag, None, xp)
+        blocks = [b.reshape(lhs_batch + b.shape[1:]) for b in _band_blocks(xp, work, spec, nsys)]
+        factor = factor_blocks(blocks)
+        info = cyclic_status(xp, factor, diag.reshape(nsys, m), _singular_tolerance(bw, dtype))
+        system = cls(work, "warp", info.reshape(lhs_batch), spec,
+                     is_step_dim_first=is_step_dim_first, backend=backend)  # fmt: skip
+        system.cyclic = factor
+        if check and nsys and not capturing(xp) and bool(info.any()):  # (waits for the device)
+            system._raise_failure(inputs)
+        x = system._solve_inputs(inputs, solution_only=True) if solve else None
+        return system, x
+
     # ------------------------------------------------------------------
+    def _solve_vectors(self, b: Any, batch: tuple[int, ...]) -> Any:
+        """``A^{-1} b`` for ``b`` (systems, M) of batch ``batch`` (the left-hand
+        side's broadcasts to it): a (systems, M) array, NaN for failed systems
+        with cyclic reduction (the band path's copy-out does that itself)."""
+        from .._cyclic import solve_blocks
+
+        kernels = kernel_set(self.backend)
+        xp = kernels.xp
+        nsys, m = b.shape
+        spec = self.spec
+        if self.cyclic is not None:
+            x = solve_blocks(self.cyclic, b.reshape(batch + (spec.n_steps, spec.block_size, 1)))
+            failed = self._info_for(batch) != 0
+            return xp.where(failed[:, None], xp.nan, x.reshape(nsys, m)).astype(b.dtype)
+        regime = _gpu.choose_regime(nsys, kernels.multiprocessors())
+        work = _gpu.workspace(xp, b.dtype, nsys, m, 1, regime)
+        kernels.copy(StridedBatch.from_array(b.reshape(nsys, m, 1), (nsys,)), work, m, 1,
+                     _gpu.COPY_ALL, regime == "thread", None)  # fmt: skip
+        self._solve_work(work, batch, regime)
+        return _vector_view(work, nsys, regime)
+
     def _factor_for(self, batch: tuple[int, ...], dtype: np.dtype) -> StridedBatch:
         """The factor addressed for right-hand sides of batch ``batch`` (the
         left-hand side's batch broadcasts to it), in ``dtype``."""
@@ -234,7 +309,9 @@ class GpuOdeSystem(OdeSystem):
         xp = kernel_set(self.backend).xp
         return xp.ascontiguousarray(xp.broadcast_to(self.info, batch).reshape(-1))
 
-    def _solve_inputs(self, inputs: _Inputs) -> Any:
+    def _solve_inputs(self, inputs: _Inputs, solution_only: bool = False) -> Any:
+        """Assemble the right-hand sides and solve: ``u`` (or, with
+        ``solution_only``, the (systems, M) solutions)."""
         kernels = kernel_set(self.backend)
         xp = kernels.xp
         dtype = np.result_type(inputs.dtype, self.dtype)
@@ -243,7 +320,11 @@ class GpuOdeSystem(OdeSystem):
         spec, batch = self.spec, inputs.batch
         nsys, m = math.prod(batch), spec.n_unknowns
         x = xp.empty((nsys, m), dtype=dtype)
-        if nsys:
+        if nsys and self.cyclic is not None:
+            y = _gpu.workspace(xp, dtype, nsys, m, 1, "warp")  # (systems, M), contiguous
+            _assemble(inputs, batch, None, None, y, xp)
+            x = self._solve_vectors(y.buf[: nsys * m].reshape(nsys, m), batch)
+        elif nsys:
             regime = _gpu.choose_regime(nsys, kernels.multiprocessors())
             y = _gpu.workspace(xp, dtype, nsys, m, 1, regime)
             _assemble(inputs, batch, None, None, y, xp)
@@ -251,6 +332,8 @@ class GpuOdeSystem(OdeSystem):
             out = StridedBatch(x.reshape(-1), xp.arange(nsys, dtype=np.int64) * m, (m, 1), (1, 1))
             kernels.copy(y, out, m, 1, _gpu.COPY_ALL, regime == "thread", None,
                          self._info_for(batch))  # fmt: skip
+        if solution_only:
+            return x
         u = x.reshape(batch + (spec.n_steps, spec.n_dims, spec.n_orders))
         return xp.moveaxis(u, -3, 0) if self.is_step_dim_first else u
 
@@ -265,7 +348,6 @@ class GpuOdeSystem(OdeSystem):
         T, E, D, O = spec.n_steps, spec.n_equations, spec.n_dims, spec.n_orders
         S, I, m = spec.n_init_var_steps, spec.n_init_var_orders, spec.n_unknowns
         nsys = math.prod(batch)
-        regime = _gpu.choose_regime(nsys, kernels.multiprocessors())
         grads = {
             "rhs_equation": xp.empty(batch + (T, E), dtype=dtype),
             "coefficients": xp.empty(batch + (T, E, D, O) if lhs else (0,), dtype=dtype),
@@ -273,12 +355,8 @@ class GpuOdeSystem(OdeSystem):
         }
         lam = xp.empty((nsys, m), dtype=dtype)
         if nsys:
-            work = _gpu.workspace(xp, dtype, nsys, m, 1, regime)
-            source = xp.asarray(grad_u, dtype=dtype).reshape(batch + (m, 1))
-            kernels.copy(StridedBatch.from_array(source, batch), work, m, 1, _gpu.COPY_ALL,
-                         regime == "thread", None)  # fmt: skip
-            self._solve_work(work, batch, regime)
-            lam = _vector_view(work, nsys, regime)
+            lam = self._solve_vectors(xp.asarray(grad_u, dtype=dtype).reshape(nsys, m), batch)
+            ls = flat_batch(lam, (nsys,), 1)
             xs = flat_batch(xp.asarray(u, dtype=dtype).reshape(batch + (m,)), batch, 1)
             c = _operand(a["coefficients"], batch, 4, dtype, xp)
             r = _operand(a["rhs_equation"], batch, 2, dtype, xp)
@@ -287,7 +365,7 @@ class GpuOdeSystem(OdeSystem):
             one = np.dtype(dtype).type(1)
             _cuda.vjp(
                 nsys * T, c[0], c[1], *c[2], r[0], r[1], *r[2], h[0], h[1], h[2][0],
-                xs[0], xs[1], xs[2][0], work.buf, work.offsets, work.strides[0],
+                xs[0], xs[1], xs[2][0], ls[0], ls[1], ls[2][0],
                 self._info_for(batch), T, E, D, O, one * spec.weight_equation**2,
                 one * spec.weight_smooth**2, spec.enable_central_smoothness, *tabs, lhs,
                 grads["coefficients"].reshape(-1), grads["rhs_equation"].reshape(-1),
@@ -313,6 +391,28 @@ class GpuOdeSystem(OdeSystem):
 
 #: (device, n_orders, central, dtype) -> the smoothness tables on that device.
 _DEVICE_TABLES: dict[tuple, tuple[Any, Any, Any]] = {}
+
+
+def _band_blocks(xp: Any, band: StridedBatch, spec: OdeSpec, nsys: int) -> list[Any]:
+    """The normal matrices of ``band`` (``(j, r) -> A[j + r, j]``) as blocks
+    ``a_k[i, t] = A_i[t+k, t]`` (systems, T - k, n, n), k < 2 (3 with central
+    smoothness), diagonal blocks filled symmetric: one gather each."""
+    T, n, bw = spec.n_steps, spec.block_size, spec.bandwidth
+    levels = min(3 if spec.enable_central_smoothness else 2, T)
+    p = xp.arange(n)[None, :, None]
+    q = xp.arange(n)[None, None, :]
+    s_j, s_r = band.strides
+    blocks = []
+    for k in range(levels):
+        t = xp.arange(T - k)[:, None, None]
+        row, col = (t + k) * n + p, t * n + q
+        low, high = xp.minimum(row, col), xp.maximum(row, col)  # A[high, low] = A[row, col]
+        r = high - low
+        inside = r <= bw
+        index = band.offsets[:, None, None, None] + (low * s_j + xp.where(inside, r, 0) * s_r)
+        values = band.buf[index.reshape(-1)].reshape(index.shape)
+        blocks.append(xp.where(inside, values, 0).astype(band.buf.dtype))
+    return blocks
 
 
 def _device_tables(spec: OdeSpec, dtype: np.dtype, xp: Any) -> tuple[Any, Any, Any]:
