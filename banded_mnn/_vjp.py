@@ -7,10 +7,10 @@ triangle, so ``ab[r, j]`` (lower form) stands for ``A[j + r, j]`` and, for
 ``r > 0``, also for ``A[j, j + r]``.  Cells outside the matrix get zero.
 
 All functions take batched arrays with equal batch shapes (the adapters sum
-over broadcast axes themselves).  ``solve_gradient`` and ``cho_solve_gradient``
-are written against the array module of their inputs, so they run on CuPy
-arrays (on the GPU) as well as on NumPy arrays; ``cholesky_gradient`` is a
-Numba CPU kernel.
+over broadcast axes themselves) and are written against the array module of
+their inputs, so they run on CuPy arrays (on the GPU) as well as on NumPy
+arrays; ``cholesky_gradient``'s reverse sweep is one per-system core compiled
+for the CPU (Numba) and the GPU (Numba CUDA).
 """
 
 from __future__ import annotations
@@ -81,68 +81,95 @@ def cho_solve_gradient(c: np.ndarray, lam: np.ndarray, x: np.ndarray, lower: boo
     return g
 
 
+def cholesky_reverse_system(s, c, g, u, half):
+    """In place, for system ``s``: ``g[s]`` holds dL/dL (lower band,
+    ``L[j + r, j]`` at ``[s, r, j]``) and becomes dL/dA for the lower-triangle
+    entries the factorisation reads (LAPACK reads only the stored triangle).
+
+    The unblocked reverse-mode Cholesky (I. Murray, "Differentiation of the
+    Cholesky decomposition", 2016, level-2 algorithm), with every range cut
+    to the band: O(M u^2) per system.  Plain scalar Python with no calls, so
+    that ``numba.njit`` (the CPU driver, a ``prange`` over systems) and
+    ``numba.cuda.jit(device=True)`` (a thread per system) both compile it;
+    ``half`` is 0.5 in the arrays' dtype.
+    """
+    m = c.shape[2]
+    for j in range(m - 1, -1, -1):
+        jmax = min(u, m - 1 - j)
+        d = c[s, 0, j]
+        acc = half - half
+        for r in range(1, jmax + 1):
+            acc += c[s, r, j] * g[s, r, j]
+        g[s, 0, j] -= acc / d
+        for r in range(jmax + 1):
+            g[s, r, j] /= d
+        # Row j of the factor, L[j, k] for k in [j - u, j): update
+        # G[j, k] -= sum_{i >= j} G[i, j] L[i, k]  and
+        # G[i, k] -= G[i, j] L[j, k] for i > j.
+        for k in range(max(0, j - u), j):
+            t = j - k  # L[j, k] is at [t, k]
+            acc = half - half
+            for r in range(jmax + 1):
+                if t + r <= u:
+                    acc += g[s, r, j] * c[s, t + r, k]
+            g[s, t, k] -= acc
+            ljk = c[s, t, k]
+            for r in range(1, jmax + 1):
+                if t + r <= u:
+                    g[s, t + r, k] -= g[s, r, j] * ljk
+        g[s, 0, j] *= half
+
+
 @functools.cache
-def _cholesky_reverse():
+def _cholesky_reverse_cpu():
     from numba import njit, prange
 
-    @njit(parallel=True, cache=True)
-    def reverse(c, g, u):
-        """In place: ``g`` holds dL/dL (lower band, ``L[j + r, j]`` at
-        ``[., r, j]``) and becomes dL/dA for the lower-triangle entries the
-        factorisation reads (LAPACK reads only the stored triangle).
+    core = njit(cache=True)(cholesky_reverse_system)
 
-        The unblocked reverse-mode Cholesky (I. Murray, "Differentiation of
-        the Cholesky decomposition", 2016, level-2 algorithm), with every
-        range cut to the band: O(M u^2) per system.
-        """
-        nsys, _, m = c.shape
-        for s in prange(nsys):
-            L = c[s]
-            G = g[s]
-            for j in range(m - 1, -1, -1):
-                jmax = min(u, m - 1 - j)
-                d = L[0, j]
-                acc = 0.0
-                for r in range(1, jmax + 1):
-                    acc += L[r, j] * G[r, j]
-                G[0, j] -= acc / d
-                for r in range(jmax + 1):
-                    G[r, j] /= d
-                # Row j of the factor, L[j, k] for k in [j - u, j): update
-                # G[j, k] -= sum_{i >= j} G[i, j] L[i, k]  and
-                # G[i, k] -= G[i, j] L[j, k] for i > j.
-                for k in range(max(0, j - u), j):
-                    t = j - k  # L[j, k] is at [t, k]
-                    acc = 0.0
-                    for r in range(jmax + 1):
-                        if t + r <= u:
-                            acc += G[r, j] * L[t + r, k]
-                    G[t, k] -= acc
-                    ljk = L[t, k]
-                    for r in range(1, jmax + 1):
-                        if t + r <= u:
-                            G[t + r, k] -= G[r, j] * ljk
-                G[0, j] *= 0.5
+    @njit(parallel=True, cache=True)
+    def reverse(c, g, u, half):
+        for s in prange(c.shape[0]):
+            core(s, c, g, u, half)
 
     return reverse
 
 
-def cholesky_gradient(c: np.ndarray, cbar: np.ndarray, lower: bool) -> np.ndarray:
+def _cholesky_reverse(lc, g, u: int, backend: str | None) -> None:
+    """Run the reverse sweep on every system: on the GPU for CuPy arrays (or
+    a GPU ``backend``, simulated on NumPy arrays), else on the CPU."""
+    from . import _backends
+
+    half = g.dtype.type(0.5)
+    if namespace(g) is np and backend not in _backends.GPU_BACKENDS:
+        _cholesky_reverse_cpu()(lc, g, u, half)
+        return
+    from ._backends import _numba_cuda
+
+    _numba_cuda.run_per_system("cholesky_reverse", g.shape[0], lc, g, u, half)
+
+
+def cholesky_gradient(
+    c: np.ndarray, cbar: np.ndarray, lower: bool, backend: str | None = None
+) -> np.ndarray:
     """``dL/d(ab)`` for ``c = cholesky_banded(ab, lower=lower)`` given ``dL/dc``.
 
-    ``c`` and ``cbar`` are ``(..., u + 1, M)`` in the same form.
+    ``c`` and ``cbar`` are ``(..., u + 1, M)`` in the same form, NumPy or
+    CuPy arrays (the reverse sweep runs on the GPU for CuPy arrays, a thread
+    per system; ``backend="numba-cuda"`` runs it in Numba's CUDA simulator on
+    NumPy arrays, for the tests).
     """
+    xp = namespace(cbar)
     u, m = c.shape[-2] - 1, c.shape[-1]
     dtype = np.result_type(c.dtype, cbar.dtype)
     lo_c, lo_g = (c, cbar) if lower else (_upper_to_lower(c), _upper_to_lower(cbar))
     batch = c.shape[:-2]
-    lc = np.ascontiguousarray(lo_c, dtype=dtype).reshape((-1, u + 1, m))
-    g = np.array(lo_g, dtype=dtype, order="C").reshape((-1, u + 1, m))
+    lc = xp.ascontiguousarray(lo_c, dtype=dtype).reshape((-1, u + 1, m))
+    g = xp.array(lo_g, dtype=dtype, order="C").reshape((-1, u + 1, m))
     # Cells outside the matrix carry no gradient.
     for r in range(1, u + 1):
         g[:, r, max(m - r, 0) :] = 0.0
     if g.size:
-        _cholesky_reverse()(lc, g, u)
+        _cholesky_reverse(lc, g, u, backend)
     g = g.reshape(batch + (u + 1, m))
     g = g if lower else lower_to_upper(g)
     # Cells outside the matrix are copied from ab to c unchanged (as LAPACK
@@ -157,7 +184,7 @@ def _upper_to_lower(ab: np.ndarray) -> np.ndarray:
     """Upper-form band to lower form: ``lo[r, j] = up[u - r, j + r]``; cells
     outside are 0 (the inverse of :func:`banded_mnn.problems.lower_to_upper`)."""
     u, m = ab.shape[-2] - 1, ab.shape[-1]
-    lo = np.zeros(ab.shape, dtype=ab.dtype)
+    lo = namespace(ab).zeros(ab.shape, dtype=ab.dtype)
     for r in range(min(u, m - 1) + 1):
         lo[..., r, : m - r] = ab[..., u - r, r:]
     return lo

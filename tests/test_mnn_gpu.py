@@ -290,6 +290,26 @@ def test_cyclic_reduction_reports_singular_problems(device):
     assert str(gpu.value) == str(cpu.value)
 
 
+@pytest.mark.skipif(not SIMULATED, reason="the reverse sweep's CUDA kernel, simulated")
+@pytest.mark.parametrize("lower", [True, False])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_cholesky_gradient_on_the_gpu(rng, lower, dtype):
+    """The band Cholesky VJP's reverse sweep as a CUDA kernel (a thread per
+    system) against the CPU kernel: the same core, compiled twice."""
+    from banded_mnn import _vjp
+    from banded_mnn.problems import random_spd_band
+
+    ab = random_spd_band((3,), 11, 3, lower=lower, rng=rng).astype(dtype)
+    import banded_mnn as bm
+
+    c = bm.cholesky_banded(ab, lower=lower)
+    cbar = rng.standard_normal(c.shape).astype(dtype)
+    want = _vjp.cholesky_gradient(c, cbar, lower)
+    got = _vjp.cholesky_gradient(c, cbar, lower, backend="numba-cuda")
+    assert got.dtype == want.dtype
+    np.testing.assert_allclose(got, want, rtol=tolerance(dtype) * 10, atol=tolerance(dtype) * 10)
+
+
 # --------------------------------------------------------------------------
 # CUDA graphs: no waits, copies or foreign allocations
 # --------------------------------------------------------------------------

@@ -257,6 +257,34 @@ def _cyclic_kernels() -> dict[str, Any]:
     }
 
 
+@functools.cache
+def _per_system_kernels() -> dict[str, Any]:
+    """Per-system cores written once for the CPU and the GPU, as kernels (a
+    thread per system): the band Cholesky's reverse sweep (:mod:`.._vjp`)."""
+    from .. import _vjp
+
+    reverse = cuda.jit(device=True)(_vjp.cholesky_reverse_system)
+
+    @cuda.jit
+    def cholesky_reverse(systems, c, g, u, half):
+        s = cuda.grid(1)
+        if s < systems:
+            reverse(s, c, g, u, half)
+
+    return {"cholesky_reverse": cholesky_reverse}
+
+
+def run_per_system(function: str, systems: int, *arrays) -> None:
+    """Run per-system kernel ``function`` on ``systems`` systems, on CuPy's
+    current stream and the first array's device (NumPy arrays under the
+    simulator)."""
+    if systems:
+        launcher = kernels()
+        with launcher.device(arrays[0]):
+            launcher._launch(_per_system_kernels()[function], -(-systems // THREAD_BLOCK),
+                             THREAD_BLOCK, systems, *arrays)  # fmt: skip
+
+
 def run_cyclic_level(function: str, systems: int, m: int, *arrays) -> None:
     """Run core ``function`` over every job of a level of ``m`` nodes of
     ``systems`` systems, on CuPy's current stream (NumPy arrays under the

@@ -13,10 +13,9 @@ Where the arrays live decides what runs (:func:`_placement`):
   CPU backend; results are written into XLA's output buffers.
 * CUDA: the buffers are taken as CuPy arrays (``__cuda_array_interface__``,
   no copy), XLA's stream becomes CuPy's current stream, and the band routines
-  run on the GPU backend in that stream order, as does the MNN layer
-  (:func:`ode_forward`: the GPU layer, :mod:`banded_mnn.mnn._gpu`).  One
-  part still goes through the host: the ``cholesky_banded`` gradient (a CPU
-  kernel), as in the PyTorch adapter.
+  run on the GPU backend in that stream order, as do the MNN layer
+  (:func:`ode_forward`: the GPU layer, :mod:`banded_mnn.mnn._gpu`) and the
+  ``cholesky_banded`` gradient (its reverse sweep compiled for the GPU).
 
 Sharding (several devices): arguments sharded along batch axes over a mesh
 of explicit axes (``jax.sharding.AxisType.Explicit``, the default of
@@ -33,9 +32,8 @@ JAX convention (as ``jnp.linalg.cholesky``), unlike the NumPy and torch
 functions: a system that is not positive definite, or holds NaN or inf, is
 not an exception (inside a callback it could only surface as an opaque
 ``JaxRuntimeError``); its results are NaN, and the ``*_ex`` functions return
-the per-system status.  Nothing in the band routines' forward callbacks or
-the solves' gradients waits for the device (the ``cholesky_banded`` gradient
-does, through the host).  With ``jax_enable_x64`` float64 stays float64.
+the per-system status.  Nothing in the callbacks waits for the device.
+With ``jax_enable_x64`` float64 stays float64.
 """
 
 from __future__ import annotations
@@ -54,7 +52,7 @@ from jax.experimental.buffer_callback import buffer_callback
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from .. import _api, _vjp
-from .._strided import namespace, to_numpy
+from .._strided import namespace
 from ..mnn import _layer
 
 _MNN_NAMES = ("coefficients", "rhs_equation", "init_vars", "steps")
@@ -338,8 +336,7 @@ def _cholesky_bwd(lower, c, cotangents):
     grad_c, _ = cotangents
 
     def host(c_, g_):
-        # A CPU kernel: GPU arrays make a round trip through the host.
-        return _vjp.cholesky_gradient(to_numpy(c_), to_numpy(g_), lower)
+        return _vjp.cholesky_gradient(c_, g_, lower, _backend(c_))
 
     shape = jax.ShapeDtypeStruct(c.shape, c.dtype)
     return (_callback(host, shape, c, grad_c, core=(2, 2, 2), like=(0,), summed=True),)

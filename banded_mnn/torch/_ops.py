@@ -269,11 +269,8 @@ def _(ab, lower, check):
 
 @_operator("cholesky_banded_backward")
 def _cholesky_backward(c: Tensor, grad_c: Tensor, lower: bool) -> Tensor:
-    if c.device.type == "cuda":
-        # The banded reverse-mode Cholesky is a CPU (Numba) kernel: CUDA
-        # tensors make a round trip through the host here (documented).
-        return _cholesky_backward(c.cpu(), grad_c.cpu(), lower).to(c.device)
-    return _t(_vjp.cholesky_gradient(_np(c), _np(grad_c), lower))
+    with _on_device(c):  # (CUDA tensors: the reverse sweep runs on the GPU)
+        return _t(_vjp.cholesky_gradient(_np(c), _np(grad_c), lower))
 
 
 @_cholesky_backward.register_fake
