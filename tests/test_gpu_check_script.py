@@ -56,6 +56,9 @@ _cupy._kernels = HostKernels()
 
 import gpu_check
 gpu_check.CASES = [("tiny", 3, 6, 2, np.float64), ("tiny-f32", 2, 5, 3, np.float32)]
+gpu_check.LAYER_CASES = [("MNN", 2, 5, 1, 1, 2), ("long", 1, 6, 1, 1, 2)]
+gpu_check.REGIME_SWEEP, gpu_check.REGIME_SWEEP_SHAPE = (2, 3), (4, 2)
+gpu_check.CYCLIC_SWEEP = (3, 5)
 sys.exit(gpu_check.main(["--quick"]))
 """
 
@@ -70,4 +73,9 @@ def test_gpu_check_script_runs_end_to_end():
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| tiny")]
     assert len(rows) == 2 * 2 * 2 + 2, result.stdout  # cases x backends x regimes + cyclic
+    layer = [line for line in result.stdout.splitlines() if line.startswith(("| MNN", "| long"))]
+    assert len(layer) == 2 * 2, result.stdout  # the layer's cases x backends
+    heads = ("| solveh_banded B=", "| ode_forward fwd+bwd")
+    targets = [line for line in result.stdout.splitlines() if line.startswith(heads)]
+    assert len(targets) == 3, result.stdout
     assert "max diff" not in result.stdout and "disagree" not in result.stdout, result.stdout

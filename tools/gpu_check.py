@@ -3,14 +3,15 @@
 Run from the repository root, after ``pip install -e ".[test,cuda12,torch]"``
 (or ``cuda13``; for the JAX tests also ``pip install "jax[cuda12]"``)::
 
-    python tools/gpu_check.py            # about 3-6 minutes
+    python tools/gpu_check.py            # aimed at under 8 minutes (never run on a GPU yet)
     python tools/gpu_check.py --quick    # fewer repeats, no test run
 
 It
 
 1. runs the GPU test subset (``tests/test_gpu_backends.py`` on CuPy arrays
    through both GPU backends and the cyclic-reduction kernels,
-   ``tests/test_cuda_kernels.py``, ``tests/test_torch_cuda.py``,
+   ``tests/test_mnn_gpu.py``: the MNN layer on CuPy arrays against the CPU
+   layer, ``tests/test_cuda_kernels.py``, ``tests/test_torch_cuda.py``,
    ``tests/test_jax_cuda.py``);
 2. measures the device-to-device copy bandwidth (CuPy copy, CUDA events);
 3. times ``solveh_banded`` (fused factor and solve, no checks, the status
@@ -27,8 +28,14 @@ copy bandwidth;
 4. for few systems (B <= 4), times block cyclic reduction (the Numba CUDA
    kernels, and the CuPy array-operation reference) against the sequential
    band kernel -- what the GPU rule for ``algorithm=None`` needs;
-5. times ``banded_mnn.torch.ode_forward`` forward + backward on CUDA tensors
-   (band and cyclic) against S-MNN's per-step torch algorithm.
+5. times the MNN layer on CuPy arrays (``banded_mnn.mnn.ode_forward`` and
+   its VJP; sequential, cyclic and the automatic choice) and
+   ``banded_mnn.torch.ode_forward`` forward + backward on CUDA tensors against
+   S-MNN's per-step torch algorithm captured in CUDA graphs;
+6. calibrates the two size rules (``_gpu.WARP_REGIME_SYSTEMS_PER_SM``,
+   ``mnn._gpu.CYCLIC_MIN_STEPS``) by sweeping the size across them, and
+7. prints the three targets of the GPU performance model
+   (``docs/performance.md``) as measured, each met or not.
 
 GPU times are CUDA-event medians of warm runs; CPU times are wall-clock
 medians.
@@ -58,10 +65,22 @@ CASES = [
     ("long-1e4", 1, 10_000, 9, np.float64),
     ("long", 1, 100_000, 9, np.float64),
     ("few-long", 4, 10_000, 9, np.float64),
-    ("few-longer", 4, 100_000, 9, np.float64),
 ]
 
 GRAPH_MAX_STEPS = 20_000
+
+#: The MNN layer on CuPy arrays: (label, B, T, E, D, O).
+LAYER_CASES = [
+    ("MNN", 16, 2048, 3, 3, 3),
+    ("Lorenz", 1536, 50, 1, 1, 3),
+    ("long", 1, 100_000, 3, 3, 3),
+]
+
+#: Sweeps for the size rules: systems for the regime rule (T, n fixed), and
+#: steps for the cyclic rule (one system, D = O = E = 3).
+REGIME_SWEEP = (256, 1024, 4096, 16384, 65536)
+REGIME_SWEEP_SHAPE = (100, 9)
+CYCLIC_SWEEP = (16, 64, 256, 1024, 4096)
 
 
 def gpu_events_median(function, repeat: int) -> float:
@@ -207,6 +226,114 @@ def torch_layer_times(repeat: int) -> list[str]:
     return rows
 
 
+def layer_times(repeat: int) -> tuple[list[str], dict[str, float]]:
+    """The MNN layer on CuPy arrays, forward (``ode_forward``) + VJP, per
+    algorithm, for each backend: table rows, and the times the targets use."""
+    import cupy
+
+    from banded_mnn.mnn import _gpu as gpu_layer
+    from banded_mnn.mnn import ode_forward
+    from banded_mnn.mnn.baselines import bench_inputs
+
+    rows, times = [], {}
+    for label, B, T, E, D, O in LAYER_CASES:
+        rng = np.random.default_rng(0)
+        arrays = [cupy.asarray(a) for a in bench_inputs(B, T, E, D, O, False, rng)]
+        grad = cupy.asarray(rng.standard_normal((B, T, D, O)))
+        for backend in ("cupy", "numba-cuda"):
+            cells = []
+            for algorithm in (None, "sequential", "cyclic"):
+
+                def run(algorithm=algorithm, backend=backend, arrays=arrays, grad=grad):
+                    u, system = ode_forward(*arrays, algorithm=algorithm, backend=backend,
+                                            return_system=True)  # fmt: skip
+                    system.vjp(grad, u, *arrays)
+
+                seconds = gpu_events_median(run, max(1, repeat // 3))
+                times[(label, backend, algorithm)] = seconds
+                cells.append(f"{seconds * 1e3:.2f} ms")
+            kernels = gpu_layer.kernel_set(backend)
+            chosen = gpu_layer.choose_algorithm(None, B, T, kernels)
+            rows.append(f"| {label} | {B} | {T} | {D * O} | {backend} | {chosen} | "
+                        + " | ".join(cells) + " |")  # fmt: skip
+    return rows, times
+
+
+def torch_graph_baseline(arrays, grad, repeat: int) -> float:
+    """S-MNN's per-step algorithm (``torch.baselines.ode_forward_blockwise``),
+    forward + backward, captured in CUDA graphs (``make_graphed_callables``)
+    where the step count allows, on CUDA tensors: median seconds."""
+    import torch
+
+    from banded_mnn.torch.baselines import ode_forward_blockwise
+
+    leaves = tuple(torch.as_tensor(a, device="cuda").requires_grad_() for a in arrays)
+    upstream = grad.to("cuda")
+    function = ode_forward_blockwise
+    if arrays[0].shape[1] <= GRAPH_MAX_STEPS:
+
+        class Baseline(torch.nn.Module):
+            def forward(self, *inputs):
+                return ode_forward_blockwise(*inputs)
+
+        function = torch.cuda.make_graphed_callables(Baseline(), leaves)
+
+    def run():
+        function(*leaves).backward(upstream)
+
+    return torch_events_median(run, repeat)
+
+
+def calibrate(repeat: int) -> list[str]:
+    """Sweep the sizes across the two rules; the suggested values."""
+    import cupy
+
+    import banded_mnn as bm
+    from banded_mnn._backends import _gpu
+    from banded_mnn.mnn import ode_forward
+    from banded_mnn.mnn.baselines import bench_inputs
+    from banded_mnn.problems import mnn_normal_band
+
+    lines = ["| systems | thread regime | warp regime |", "|---|---|---|"]
+    rng = np.random.default_rng(1)
+    sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
+    crossover = None
+    T, n = REGIME_SWEEP_SHAPE
+    for B in REGIME_SWEEP:
+        ab = cupy.asarray(mnn_normal_band((B,), T, n, lower=True, rng=rng))
+        b = cupy.asarray(rng.standard_normal((B, T * n, 1)))
+        cells = []
+        for regime in ("thread", "warp"):
+            original = _gpu.choose_regime
+            _gpu.choose_regime = lambda nsys, sms, regime=regime: regime
+            try:
+                cells.append(gpu_events_median(lambda ab=ab, b=b: bm.solveh_banded_ex(
+                    ab, b, lower=True, check_finite=False, backend="cupy"), max(1, repeat // 3)))  # fmt: skip
+            finally:
+                _gpu.choose_regime = original
+        if crossover is None and cells[0] < cells[1]:
+            crossover = B
+        lines.append(f"| {B} | {cells[0] * 1e3:.2f} ms | {cells[1] * 1e3:.2f} ms |")
+    suggestion = "beyond the sweep" if crossover is None else f"{max(1, crossover // sms)}"
+    lines.append(f"# thread regime faster from {crossover} systems: "
+                 f"WARP_REGIME_SYSTEMS_PER_SM ~ {suggestion} (now {_gpu.WARP_REGIME_SYSTEMS_PER_SM})")  # fmt: skip
+    lines += ["", "| steps (B = 1) | sequential | cyclic |", "|---|---|---|"]
+    crossover = None
+    for T in CYCLIC_SWEEP:
+        arrays = [cupy.asarray(a) for a in bench_inputs(1, T, 3, 3, 3, False, rng)]
+        cells = [gpu_events_median(lambda algorithm=algorithm, arrays=arrays: ode_forward(
+            *arrays, algorithm=algorithm, backend="cupy"), max(1, repeat // 3))
+            for algorithm in ("sequential", "cyclic")]  # fmt: skip
+        if crossover is None and cells[1] < cells[0]:
+            crossover = T
+        lines.append(f"| {T} | {cells[0] * 1e3:.2f} ms | {cells[1] * 1e3:.2f} ms |")
+    from banded_mnn.mnn import _gpu as gpu_layer
+
+    lines.append(f"# cyclic faster from {crossover} steps: CYCLIC_MIN_STEPS "
+                 f"(now {gpu_layer.CYCLIC_MIN_STEPS})")  # fmt: skip
+    return lines
+
+
 def cpu_time(ab: np.ndarray, b: np.ndarray, repeat: int) -> float:
     import banded_mnn as bm
 
@@ -239,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick:
         tests = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
-             "not simulator and not asv", "tests/test_gpu_backends.py",
+             "not simulator and not asv", "tests/test_gpu_backends.py", "tests/test_mnn_gpu.py",
              "tests/test_cuda_kernels.py", "tests/test_package.py", "tests/test_torch_cuda.py",
              "tests/test_jax_cuda.py"],
             cwd=ROOT, capture_output=True, text=True,
@@ -258,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
     cyclic_rows = []
+    fractions = {}
     for label, B, T, n, dtype in CASES:
         ab = mnn_normal_band((B,), T, n, lower=True, dtype=dtype, rng=rng)
         b = rng.standard_normal((B, T * n, 1)).astype(dtype)
@@ -287,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
                 reference = bm.solveh_banded(ab, b, lower=True)
                 error = float(abs(cupy.asnumpy(x) - reference).max() / abs(reference).max())
                 mark = "*" if regime == automatic else ""
+                if regime == automatic:
+                    fractions[(label, backend)] = minimal_bytes / seconds / bandwidth
                 print(
                     f"| {label} | {B} | {T} | {n} | {np.dtype(dtype).name} | {backend} | "
                     f"{regime}{mark} | {seconds * 1e3:.3f} ms | {baseline / seconds:.1f}x | "
@@ -309,8 +439,47 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {label} | {B} | {T} | {n} | {sequential * 1e3:.2f} ms | {cyclic * 1e3:.2f} ms | "
               f"{sequential / cyclic:.1f}x | {array_ops * 1e3:.2f} ms |")  # fmt: skip
     print()
+    print("# the MNN layer on CuPy arrays: ode_forward + OdeSystem.vjp, float64")
+    print("| case | B | T | n | backend | automatic choice | automatic | sequential | cyclic |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    layer_rows, layer = layer_times(repeat)
+    for row in layer_rows:
+        print(row)
+    print()
+    print("# calibration of the size rules (cupy backend)")
+    for line in calibrate(repeat):
+        print(line)
+    print()
+    print("# targets of the GPU performance model (docs/performance.md)")
+    graph = float("nan")
+    try:
+        from banded_mnn.mnn.baselines import bench_inputs
+
+        rng = np.random.default_rng(0)
+        arrays = bench_inputs(16, 2048, 3, 3, 3, False, rng)
+        import torch
+
+        grad = torch.as_tensor(rng.standard_normal((16, 2048, 3, 3)))
+        graph = torch_graph_baseline(arrays, grad, max(1, repeat // 3))
+    except Exception as error:
+        print(f"# per-step baseline in CUDA graphs failed: {type(error).__name__}: {error}")
+    best = max((v for (label, _), v in fractions.items() if label == "many-f32"), default=0.0)
+    mnn = min(layer.get(("MNN", b, None), float("inf")) for b in ("cupy", "numba-cuda"))
+    seq = layer.get(("long", "cupy", "sequential"), float("nan"))
+    cyc = layer.get(("long", "cupy", "cyclic"), float("nan"))
+    print("| target | measured | met |")
+    print("|---|---|---|")
+    print(f"| solveh_banded B=1024 M=12000 u=23 float32 >= 50% of copy bandwidth | "
+          f"{best:.1%} | {'yes' if best >= 0.5 else 'no'} |")  # fmt: skip
+    print(f"| ode_forward fwd+bwd B=16 T=2048 >= 10x per-step in CUDA graphs | "
+          f"{graph / mnn:.1f}x ({mnn * 1e3:.2f} ms vs {graph * 1e3:.2f} ms) | "
+          f"{'yes' if graph / mnn >= 10 else 'no'} |")  # fmt: skip
+    print(f"| ode_forward fwd+bwd B=1 T=1e5 >= 20x the sequential kernel | {seq / cyc:.1f}x | "
+          f"{'yes' if seq / cyc >= 20 else 'no'} |")  # fmt: skip
+    print()
     print("# banded_mnn.torch.ode_forward, forward + backward, float64, CUDA tensors")
-    print("| case | band | cyclic | per-step torch (S-MNN) | speed-up (band) | CPU layer |")
+    print("| case | automatic | cyclic | per-step torch (S-MNN, eager) | speed-up (automatic) | "
+          "CPU layer |")  # fmt: skip
     print("|---|---|---|---|---|---|")
     try:
         for row in torch_layer_times(max(1, repeat // 3)):
