@@ -109,7 +109,7 @@ def recording_cupy(events: list, capturing: list) -> types.ModuleType:
     for name in ("empty", "zeros", "ones", "full", "arange", "empty_like", "zeros_like", "eye"):
         setattr(module, name, creator(getattr(np, name)))
     for name in ("where", "broadcast_to", "moveaxis", "isfinite", "minimum", "maximum",
-                 "swapaxes", "concatenate", "stack"):  # fmt: skip
+                 "swapaxes", "concatenate", "stack", "diagonal"):  # fmt: skip
         setattr(module, name, passthrough(getattr(np, name)))
     module.asarray = asarray
 
@@ -121,6 +121,7 @@ def recording_cupy(events: list, capturing: list) -> types.ModuleType:
     module.array = array
     module.ascontiguousarray = ascontiguousarray
     module.result_type = np.result_type
+    module.nan, module.inf = np.nan, np.inf
     module.float32, module.float64, module.int32, module.int64 = (
         np.float32, np.float64, np.int32, np.int64)  # fmt: skip
     module.lib = types.SimpleNamespace(

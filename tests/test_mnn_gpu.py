@@ -319,19 +319,22 @@ def test_cholesky_gradient_on_the_gpu(rng, lower, dtype):
 def test_gpu_paths_are_cuda_graph_safe(rng, monkeypatch):
     """With a stand-in CuPy that records every wait for the device, copy
     between host and device and allocation (``device_double.py``): once warm,
-    ``ode_forward``, the VJP, a solve with a kept factor and the band
-    routines' ``_ex`` functions (``check_finite=False``) do none of them while
-    the stream is capturing, and allocate only through the framework's
-    allocator.  Outside capture the layer's status check is the one wait."""
+    ``ode_forward``, the VJP, a solve with a kept factor (band Cholesky and
+    cyclic reduction) and the band routines' ``_ex`` functions
+    (``check_finite=False``) do none of them while the stream is capturing,
+    and allocate only through the framework's allocator.  Outside capture the layer's status check is the one wait."""
     from device_double import recording_cupy
 
     import banded_mnn as bm
+    from banded_mnn import _cyclic
     from banded_mnn._backends import _numba_cuda
 
     events, capturing = [], [False]
     fake = recording_cupy(events, capturing)
     monkeypatch.setitem(sys.modules, "cupy", fake)
     monkeypatch.setattr(_numba_cuda.kernels(), "xp", fake)
+    # Cyclic reduction's Numba CUDA level kernels, as on a GPU (simulated).
+    monkeypatch.setattr(_cyclic, "_numba_cuda_compiles", lambda: True)
     inputs = [fake.to_device(x) for x in random_problem(rng, batch=(3,), T=6)]
     grad = fake.to_device(rng.standard_normal((3, 6, 2, 3)))
     ab = fake.to_device(np.tile(np.array([[0.0, 1.0, 1.0], [4.0, 4.0, 4.0]]), (2, 1, 1)))
@@ -341,9 +344,12 @@ def test_gpu_paths_are_cuda_graph_safe(rng, monkeypatch):
         u, system = ode_forward(*inputs, backend="numba-cuda", return_system=True)
         grads = system.vjp(grad, u, *inputs)
         again = system.solve(*inputs[:3])
+        u_cyclic, cyclic = ode_forward(*inputs, backend="numba-cuda", return_system=True,
+                                       algorithm="cyclic")  # fmt: skip
+        grads_cyclic = cyclic.vjp(grad, u_cyclic, *inputs)
         x, info = bm.solveh_banded_ex(ab, b, check_finite=False, backend="numba-cuda")
         c, info = bm.cholesky_banded_ex(ab, check_finite=False, backend="numba-cuda")
-        return [u, *grads, again, x, c]
+        return [u, *grads, again, x, c, u_cyclic, *grads_cyclic]
 
     with fake.cuda.using_allocator(object()):  # as the torch adapter installs torch's
         warm = step()

@@ -473,36 +473,56 @@ def _assemble_rhs(inputs: _Inputs) -> np.ndarray:
     return beta
 
 
+#: (device, M, block rows, block size) -> the unknown of every pivot of a
+#: cyclic-reduction factor, in the order :func:`cyclic_status` reads them.
+_CYCLIC_UNKNOWNS: dict[tuple, Any] = {}
+
+
+def _cyclic_unknowns(xp: Any, m: int, rows: int, n: int) -> Any:
+    """The (first) unknown of every pivot of the cyclic factor: level by level
+    the odd nodes' block rows, then the last node's, each times ``n`` plus the
+    row in the block; ``m`` (past the matrix) for padding.  Made on the host
+    and copied to the device once per shape (no copy while a CUDA graph is
+    captured, once warm)."""
+    key = ("host" if xp is np else xp.cuda.Device().id, m, rows, n)
+    unknowns = _CYCLIC_UNKNOWNS.get(key)
+    if unknowns is None:
+        order, nodes = [], np.arange(rows)
+        while len(nodes) > 1:
+            order.append(nodes[1::2])
+            nodes = nodes[0::2]
+        order.append(nodes)
+        blocks = np.concatenate(order)
+        host = (blocks[:, None] * n + np.arange(n)[None, :]).reshape(-1)
+        unknowns = _CYCLIC_UNKNOWNS[key] = xp.asarray(np.minimum(host, m))
+    return unknowns
+
+
 def cyclic_status(xp: Any, factor: Any, diag: Any, tol: float) -> Any:
     """Per-system status of a block-cyclic-reduction factor of normal
     matrices, in the band path's terms: 1 + the first unknown whose pivot
-    failed (in the first block that failed) or, failing that, showed the matrix
-    singular to working precision (``L[j, j]^2 <= tol * A[j, j]``; 0 for
-    none).  Cyclic reduction eliminates in another order than the band
-    Cholesky, but in any order a singular matrix leaves a pivot at rounding
-    level, so the same test applies to its pivots.  ``diag`` (systems, M) is
-    the diagonal of the normal matrices; NumPy or CuPy arrays (``xp``)."""
+    failed (in the first block that failed) or showed the matrix singular to
+    working precision (``L[j, j]^2 <= tol * A[j, j]``); 0 for none.  Cyclic
+    reduction eliminates in another order than the band Cholesky, but in any
+    order a singular matrix leaves a pivot at rounding level, so the same
+    test applies to its pivots.  ``diag`` (systems, M) is the diagonal of
+    the normal matrices; NumPy or CuPy arrays (``xp``): a handful of array
+    operations over all levels at once."""
     nsys, m = diag.shape
     n = factor.n * (2 if factor.pentadiagonal else 1)  # (pairs of block rows)
     never = m + 1
-    first = xp.full(nsys, never, dtype=np.int32)
-    rows = xp.arange(-(-m // n))
     chols = [chol for chol, _, _ in factor.factor.levels] + [factor.factor.last]
-    for chol in chols:
-        nodes = chol.shape[-3]
-        odd = rows[1::2][:nodes] if chol is not factor.factor.last else rows[:nodes]
-        pivots = xp.diagonal(chol.reshape((nsys,) + chol.shape[-3:]), axis1=-2, axis2=-1)
-        unknown = odd[:, None] * n + xp.arange(n)[None, :]  # (nodes, n)
-        inside = unknown < m
-        a = diag[:, xp.minimum(unknown, m - 1)]
-        singular = (pivots * pivots <= tol * a) & inside
-        candidate = xp.where(singular, unknown + 1, never).reshape(nsys, -1)
-        if candidate.size:
-            first = xp.minimum(first, candidate.min(axis=1).astype(np.int32))
-        rows = rows[0::2]
+    pivots = xp.concatenate(
+        [xp.diagonal(c.reshape((nsys,) + c.shape[-3:]), axis1=-2, axis2=-1).reshape(nsys, -1)
+         for c in chols], axis=1,
+    )  # fmt: skip
+    unknowns = _cyclic_unknowns(xp, m, -(-m // n), n)  # (pivots,), m for padding
+    padded = xp.concatenate([diag, xp.zeros((nsys, 1), diag.dtype)], axis=1)  # (never passes)
+    singular = pivots * pivots <= tol * padded[:, unknowns]
+    singular &= unknowns < m
+    first = xp.where(singular, unknowns + 1, never).min(axis=1)  # (pivots: at least one)
     failed = factor.info.reshape(-1)  # 1-based block row (of n unknowns)
-    failed_unknown = xp.where(failed > 0, (failed - 1) * factor.n + 1, never)
-    first = xp.minimum(first, failed_unknown).astype(np.int32)
+    first = xp.minimum(first, xp.where(failed > 0, (failed - 1) * factor.n + 1, never))
     return xp.where(first < never, first, 0).astype(np.int32)
 
 
