@@ -1068,7 +1068,7 @@ def ode_forward(
     algorithm: str | None = None,
     backend: str | None = None,
 ) -> np.ndarray | tuple[np.ndarray, OdeSystem]:
-    """Solve the MNN least-squares problem: S-MNN's ``ode_forward`` on NumPy arrays.
+    """Solve the MNN least-squares problem: S-MNN's ``ode_forward`` on NumPy or CuPy arrays.
 
     For every step ``t``, the ODE ``sum_{d,o} c[t,e,d,o] u[t,d,o] = r[t,e]``
     (``u[t,d,o]`` is the ``o``-th derivative of dimension ``d``), initial
@@ -1099,7 +1099,10 @@ def ode_forward(
     enable_central_smoothness : bool
         Replace the highest order's forward/backward rows by central rows.
     prefer_cuda_graph : bool
-        Accepted for drop-in compatibility; these kernels need no CUDA graph.
+        Accepted for drop-in compatibility (these kernels need no CUDA graph).
+        On the GPU a call made while the current stream is capturing a CUDA
+        graph does not wait for the device to check the status: failed
+        systems then give NaN instead of an error.
     frozen_lhs_cache_version : int
         If > 0, the first call with this version factors the left-hand side
         and caches it; later calls with the same version reuse the factor and
@@ -1113,16 +1116,22 @@ def ode_forward(
         or block cyclic reduction ("cyclic", about log2 T levels of parallel
         block operations, compiled per-node cores; see
         :func:`banded_mnn.solveh_block_banded`).
-        ``None`` chooses (always "sequential" on the CPU, where it is faster).
+        ``None`` chooses: always "sequential" on the CPU, where it is faster;
+        on the GPU "cyclic" for few, long sequences (fewer systems than fill
+        the device and at least ``mnn._gpu.CYCLIC_MIN_STEPS`` steps).
     backend : str, optional
-        Core backend (default ``"numba"``).
+        Core backend: ``"numba"`` (the default for NumPy arrays), or for
+        CuPy arrays ``"cupy"`` (the default) or ``"numba-cuda"`` (the band
+        kernels; the layer's own GPU kernels are Numba CUDA either way).
 
     Returns
     -------
-    u : numpy.ndarray, shape (..., n_steps, n_dims, n_orders)
-        float32 if every input fits in float32, else float64.
+    u : numpy.ndarray or cupy.ndarray, shape (..., n_steps, n_dims, n_orders)
+        On the inputs' device; float32 if every input fits in float32, else
+        float64.
     system : OdeSystem
-        Only with ``return_system``.
+        Only with ``return_system`` (a :class:`~banded_mnn.mnn._gpu.GpuOdeSystem`
+        for CuPy arrays).
 
     Raises
     ------

@@ -970,15 +970,17 @@ def ode_forward(
     with respect to all four tensors, except that a frozen left-hand side
     (``frozen_lhs_cache_version > 0`` after its first call) gives no gradient
     to ``coefficients`` and ``steps``, as in S-MNN.  ``prefer_cuda_graph`` is
-    accepted and has no effect.  Tensors are float32 or float64 (all four of
-    one dtype), on the CPU (the CPU layer) or on one CUDA device (S-MNN's
-    assembly as batched torch ops and the GPU band solve, see
-    ``docs/adapters.md``).
+    accepted; on a CUDA device a call made while torch's stream is capturing a
+    CUDA graph never waits for the device (failed systems then give NaN
+    instead of an error).  Tensors are float32 or float64 (all four of one
+    dtype), on the CPU (the CPU layer) or on one CUDA device (the GPU layer,
+    see ``docs/adapters.md``).
 
     ``algorithm`` (keyword only, not in S-MNN): ``None`` or ``"sequential"``
     (the band Cholesky) or ``"cyclic"`` (block cyclic reduction, parallel in
-    time, through the same torch-ops assembly on either device).  ``None`` is "sequential" everywhere until GPU timings
-    calibrate a rule.
+    time, through the same torch-ops assembly on either device).  ``None``
+    is "sequential" on the CPU; on a CUDA device the GPU layer chooses (block
+    cyclic reduction for few, long sequences).
 
     Examples
     --------
