@@ -331,6 +331,59 @@ class BlockFactor:
         return namespace(info).where(info > 0, 2 * info - 1, 0).astype(np.int32)
 
 
+def _node_counts(steps: int) -> list[int]:
+    """The odd nodes eliminated at each level of ``steps`` block rows."""
+    counts = []
+    while steps > 1:
+        counts.append(steps // 2)
+        steps -= steps // 2
+    return counts
+
+
+def flat_factor_size(systems: int, steps: int, n: int, pentadiagonal: bool) -> int:
+    """Elements of :func:`flatten` of the factor of ``systems`` such systems."""
+    if steps == 0:
+        return 0
+    rows, size = ((steps + 1) // 2, 2 * n) if pentadiagonal else (steps, n)
+    return systems * size * size * (3 * sum(_node_counts(rows)) + 1)
+
+
+def flatten(factor: BlockFactor) -> Any:
+    """The factor's arrays as one 1-D array (levels in order, ``chol``,
+    ``left``, ``right`` each, then ``last``): a factor that frameworks can
+    keep as one tensor (:func:`from_flat` takes it back, as views)."""
+    xp = namespace(factor.factor.last)
+    parts = [a.reshape(-1) for level in factor.factor.levels for a in level]
+    return xp.concatenate(parts + [factor.factor.last.reshape(-1)])
+
+
+def from_flat(flat: Any, batch: tuple[int, ...], steps: int, n: int, pentadiagonal: bool,
+              info: Any = None, backend: str | None = None) -> BlockFactor:  # fmt: skip
+    """The :class:`BlockFactor` whose :func:`flatten` is ``flat`` (views of
+    it); ``info`` defaults to zeros (a factor that was kept succeeded)."""
+    xp = namespace(flat)
+    rows, size = ((steps + 1) // 2, 2 * n) if pentadiagonal else (steps, n)
+    systems = math.prod(batch)
+    start, levels = 0, []
+
+    def take(nodes: int) -> Any:
+        nonlocal start
+        count = systems * nodes * size * size
+        part = flat[start : start + count].reshape(batch + (nodes, size, size))
+        start += count
+        return part
+
+    if steps:
+        for nodes in _node_counts(rows):
+            levels.append((take(nodes), take(nodes), take(nodes)))
+        last = take(1)
+    else:
+        last = xp.empty(batch + (0, size, size), dtype=flat.dtype)
+    if info is None:
+        info = xp.zeros(batch, dtype=np.int32)
+    return BlockFactor(CyclicFactor(levels, last, info), steps, n, pentadiagonal, backend)
+
+
 def factor_blocks(blocks, backend: str | None = None) -> BlockFactor:
     """Factor ``(A0, A1)`` or ``(A0, A1, A2)`` (``blocks[k][..., t] = A[t+k, t]``,
     equal batch shapes) by block cyclic reduction (``backend``: for CuPy

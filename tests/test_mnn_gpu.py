@@ -394,8 +394,9 @@ def torch_routed(monkeypatch):
 
 
 @pytest.mark.skipif(not SIMULATED, reason="CUDA tensors: test_torch_cuda.py")
+@pytest.mark.parametrize("algorithm", [None, "cyclic"])
 @pytest.mark.parametrize("central", [False, True])
-def test_torch_through_the_gpu_layer(rng, torch_routed, central):
+def test_torch_through_the_gpu_layer(rng, torch_routed, central, algorithm):
     torch, calls = torch_routed
     from banded_mnn.torch import _ops
     from banded_mnn.torch import ode_forward as torch_ode_forward
@@ -403,7 +404,7 @@ def test_torch_through_the_gpu_layer(rng, torch_routed, central):
     arrays = random_problem(rng, batch=(2,), T=6)
     arrays[1] = rng.standard_normal((3, 2, 6, 2))  # a shared left-hand side
     leaves = [torch.tensor(x, requires_grad=True) for x in arrays]
-    u = torch_ode_forward(*leaves, enable_central_smoothness=central)
+    u = torch_ode_forward(*leaves, enable_central_smoothness=central, algorithm=algorithm)
     assert calls
     probe = torch.tensor(rng.standard_normal(u.shape))
     grads = torch.autograd.grad((u * probe).sum(), leaves)
@@ -437,16 +438,23 @@ def test_torch_frozen_lhs_through_the_gpu_layer(rng, torch_routed):
 
 
 @pytest.mark.skipif(not SIMULATED, reason="CUDA tensors: test_torch_cuda.py")
-def test_torch_compile_through_the_gpu_layer(rng, torch_routed):
-    """The operator's shape function gives the GPU layer's factor size (9
-    systems: the CPU layer's lane slots would be 16)."""
+@pytest.mark.parametrize("cyclic_from", [1000, 4])
+def test_torch_compile_through_the_gpu_layer(rng, torch_routed, monkeypatch, cyclic_from):
+    """The operator's shape function gives the size of the factor the GPU
+    layer keeps -- its workspace (9 systems: the CPU layer's lane slots would
+    be 16) or, when its rule picks cyclic reduction, the flattened factor."""
     torch, calls = torch_routed
     import banded_mnn.torch as bt
+    from banded_mnn.mnn import _gpu as gpu_layer
 
-    tensors = [torch.tensor(x) for x in random_problem(rng, batch=(9,), T=4, E=1, D=1, O=2)]
+    monkeypatch.setattr(gpu_layer, "CYCLIC_MIN_STEPS", cyclic_from)
+    tensors = [torch.tensor(x, requires_grad=True)
+               for x in random_problem(rng, batch=(9,), T=5, E=1, D=1, O=2)]  # fmt: skip
     compiled = torch.compile(lambda *t: bt.ode_forward(*t), fullgraph=True, backend="eager")
-    torch.testing.assert_close(compiled(*tensors), bt.ode_forward(*tensors))
-    assert calls
+    got = compiled(*tensors)
+    torch.testing.assert_close(got, bt.ode_forward(*tensors))
+    got.sum().backward()
+    assert calls and all(torch.isfinite(t.grad).all() for t in tensors)
 
 
 @pytest.mark.skipif(not SIMULATED, reason="JAX GPU arrays: test_jax_cuda.py")

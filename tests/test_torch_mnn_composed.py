@@ -1,13 +1,11 @@
-"""``banded_mnn.torch.ode_forward(..., algorithm="cyclic")``, against the CPU layer.
+"""``banded_mnn.torch.ode_forward(..., algorithm="cyclic")`` against the band path.
 
-With block cyclic reduction the adapter composes the layer from batched torch
-ops (the normal equations' blocks) and cyclic reduction of the blocks
-(:mod:`banded_mnn.torch._mnn_gpu`).  That composition is device-agnostic, so
-it is checked here on CPU tensors against the CPU layer -- values and
-gradients, broadcasting, a shared left-hand side, pinned steps and orders,
-weights, float32, a frozen left-hand side.  test_torch_cuda.py runs it on
-CUDA tensors where a GPU exists.  (The band path of CUDA tensors is the GPU
-MNN layer: test_mnn_gpu.py.)
+Block cyclic reduction runs in the MNN layer (CPU or GPU) through the same
+torch operators as the band Cholesky, the factor kept for the backward pass
+flattened into one tensor.  Checked here on CPU tensors against the band path
+-- values and gradients, broadcasting, a shared left-hand side, pinned steps
+and orders, weights, float32, a frozen left-hand side, gradcheck.  The GPU
+layer's cyclic path: test_mnn_gpu.py (simulated) and test_torch_cuda.py.
 """
 
 from __future__ import annotations
@@ -17,22 +15,23 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import banded_mnn.torch as bt  # noqa: E402
-from banded_mnn.torch import _ops  # noqa: E402
 
 F64 = torch.float64
 
 
 @pytest.fixture
 def composed(monkeypatch):
-    """A log of the composed path's calls."""
+    """A log of the layer's cyclic factorisations."""
+    from banded_mnn.mnn import OdeSystem
+
     calls = []
-    original = _ops._mnn_gpu.ode_forward
+    original = OdeSystem._factor_cyclic
 
-    def spy(*args, **kwargs):
+    def spy(self):
         calls.append(1)
-        return original(*args, **kwargs)
+        return original(self)
 
-    monkeypatch.setattr(_ops._mnn_gpu, "ode_forward", spy)
+    monkeypatch.setattr(OdeSystem, "_factor_cyclic", spy)
     return calls
 
 
@@ -88,7 +87,7 @@ def test_values_and_gradients_match_the_cpu_layer(rng, composed, case, algorithm
 def test_empty_batch(rng, composed, algorithm):
     tensors = [x.requires_grad_() for x in inputs(rng, (0,), (0,))]
     reference, result = both(tensors, algorithm)
-    assert composed and result.shape == reference.shape == (0, 7, 2, 3)
+    assert result.shape == reference.shape == (0, 7, 2, 3)
     result.sum().backward()
     assert [x.grad.shape for x in tensors] == [x.shape for x in tensors]
 
@@ -140,3 +139,15 @@ def test_gradcheck_central(rng, composed, algorithm):
         lambda *t: bt.ode_forward(*t, enable_central_smoothness=True, algorithm=algorithm),
         tensors,
     )
+
+
+def test_torch_compile_keeps_the_cyclic_factor(rng, composed):
+    """Under torch.compile the operator's shape function gives the size of
+    the flattened cyclic-reduction factor."""
+    tensors = [t.requires_grad_() for t in inputs(rng, T=9)]
+    compiled = torch.compile(lambda *t: bt.ode_forward(*t, algorithm="cyclic"), fullgraph=True,
+                             backend="eager")  # fmt: skip
+    result = compiled(*tensors)
+    torch.testing.assert_close(result, bt.ode_forward(*tensors), rtol=1e-9, atol=1e-9)
+    result.sum().backward()
+    assert composed and all(torch.isfinite(t.grad).all() for t in tensors)

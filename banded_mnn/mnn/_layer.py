@@ -414,13 +414,33 @@ def _lane_slots(nsys: int) -> int:
     return nsys if nsys < 8 else -(-nsys // 8) * 8
 
 
-def factor_size(spec: OdeSpec, lhs_batch: tuple[int, ...], gpu: bool = False) -> int:
-    """Number of elements of :attr:`OdeSystem.workspace` for this problem (on
-    the GPU: the GPU driver's workspace, at least one element)."""
+def _pentadiagonal(spec: OdeSpec) -> bool:
+    """Whether cyclic reduction sees the normal matrix as block-pentadiagonal
+    (central smoothness couples steps two apart, when there are three)."""
+    return spec.enable_central_smoothness and spec.n_steps >= 3
+
+
+#: :meth:`OdeSystem.kept_factor`'s kind of a cyclic-reduction factor (the
+#: others are the lane count of the CPU workspace, 1-8, or 0 for the GPU's;
+#: all non-negative, as torch's dynamic sizes that carry them must be).
+CYCLIC_FACTOR = 64
+
+
+def factor_size(
+    spec: OdeSpec, lhs_batch: tuple[int, ...], gpu: bool = False, cyclic: bool = False
+) -> int:
+    """Number of elements of :meth:`OdeSystem.kept_factor`'s array for this
+    problem: the CPU lane workspace, the GPU driver's workspace (at least one
+    element) or a flattened cyclic-reduction factor."""
+    nsys = math.prod(lhs_batch)
+    if cyclic:
+        from .._cyclic import flat_factor_size
+
+        return flat_factor_size(nsys, spec.n_steps, spec.block_size, _pentadiagonal(spec))
     per_system = spec.n_unknowns * (spec.bandwidth + 1)
     if gpu:
-        return max(math.prod(lhs_batch) * per_system, 1)
-    return _lane_slots(math.prod(lhs_batch)) * per_system
+        return max(nsys * per_system, 1)
+    return _lane_slots(nsys) * per_system
 
 
 #: Names accepted by ``algorithm=``.
@@ -591,6 +611,53 @@ class OdeSystem:
     @property
     def dtype(self) -> np.dtype:
         return self.workspace.dtype
+
+    def kept_factor(self) -> tuple[Any, int]:
+        """The factor as one flat array and its kind -- what the framework
+        adapters keep between the forward and the backward pass: the lane
+        workspace (kind: its lane count), the GPU workspace (0) or a
+        flattened cyclic-reduction factor (:data:`CYCLIC_FACTOR`).
+        :meth:`from_kept` takes it back."""
+        if self.cyclic is not None:
+            from .._cyclic import flatten
+
+            return flatten(self.cyclic), CYCLIC_FACTOR
+        return self.workspace.reshape(-1), self.lanes
+
+    @staticmethod
+    def from_kept(
+        flat: Any,
+        kind: int,
+        spec: OdeSpec,
+        lhs_batch: tuple[int, ...],
+        *,
+        gpu: bool = False,
+        backend: str | None = None,
+    ) -> OdeSystem:
+        """The system of a :meth:`kept_factor` (status: all succeeded -- a
+        kept factor is one whose forward pass did not raise).  ``gpu``: the
+        array is on the GPU (or the GPU layer is simulated, with ``backend``)."""
+        if gpu:
+            from ._gpu import GpuOdeSystem, kernel_set
+
+            info = kernel_set(backend).xp.zeros(lhs_batch, dtype=np.int32)
+            if kind != CYCLIC_FACTOR:
+                return GpuOdeSystem.from_workspace(flat, info, spec, backend=backend)
+            system = GpuOdeSystem(StridedBatch.dummy(flat.dtype, 0, kernel_set(backend).xp),
+                                  "warp", info, spec, backend=backend)  # fmt: skip
+            system.workspace = flat
+        elif kind != CYCLIC_FACTOR:
+            workspace = flat.reshape(-1, spec.n_unknowns * (spec.bandwidth + 1) * kind)
+            return OdeSystem(workspace, np.zeros(lhs_batch, dtype=np.int32), spec)
+        else:
+            per_lane = spec.n_unknowns * (spec.bandwidth + 1)
+            system = OdeSystem(np.empty((0, per_lane), flat.dtype),
+                               np.zeros(lhs_batch, dtype=np.int32), spec)  # fmt: skip
+        from .._cyclic import from_flat
+
+        system.cyclic = from_flat(flat, tuple(lhs_batch), spec.n_steps, spec.block_size,
+                                  _pentadiagonal(spec))  # fmt: skip
+        return system
 
     @property
     def factor_band(self) -> np.ndarray:

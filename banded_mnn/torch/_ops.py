@@ -15,8 +15,9 @@ a copy (``Tensor.numpy()`` on a detached, conjugation-resolved view: any
 strides); results come back with ``torch.from_numpy``, also without a copy.
 CUDA tensors cross to CuPy the same way, through DLPack, and the GPU kernels
 run on torch's current stream of the tensors' device (``ode_forward`` on CUDA
-tensors assembles with torch ops on the device and uses the GPU band solve or
-cyclic reduction, see :mod:`._mnn_gpu`).
+tensors runs the GPU MNN layer, :mod:`banded_mnn.mnn._gpu`, through the same
+operators; the factor kept for the backward pass is one flat tensor whatever
+the device and algorithm, :meth:`banded_mnn.mnn.OdeSystem.kept_factor`).
 The derivative formulas live in :mod:`banded_mnn._vjp` and
 :meth:`banded_mnn.mnn.OdeSystem.vjp`, shared with the JAX adapter.
 """
@@ -35,7 +36,6 @@ from torch import Tensor
 from .. import _api, _backends, _vjp
 from .._strided import namespace
 from ..mnn import _layer
-from . import _mnn_gpu
 
 # --------------------------------------------------------------------------
 # Crossing between torch and NumPy
@@ -714,18 +714,25 @@ def _inputs(tensors, n_steps, n_init_var_steps, step_first, weights, central):
 
 
 def _system(factor: Tensor, lanes: int, spec: _layer.OdeSpec, lhs_batch) -> _layer.OdeSystem:
-    """The layer's system over a factor the forward returned (``lanes`` 0:
-    the GPU layer's workspace)."""
-    if lanes == 0:
-        from ..mnn._gpu import GpuOdeSystem, kernel_set
+    """The layer's system over a factor the forward returned (``lanes``: its
+    kind, see :meth:`banded_mnn.mnn.OdeSystem.kept_factor`)."""
+    return _layer.OdeSystem.from_kept(_np(factor), lanes, spec, tuple(lhs_batch),
+                                      gpu=_on_gpu_layer(factor),
+                                      backend=_gpu_layer_backend(factor))  # fmt: skip
 
-        backend = _gpu_layer_backend(factor)
-        info = kernel_set(backend).xp.zeros(lhs_batch, dtype=np.int32)
-        return GpuOdeSystem.from_workspace(_np(factor), info, spec, backend=backend)
-    per_lane = spec.n_unknowns * (spec.bandwidth + 1)
-    workspace = _np(factor).reshape(-1, per_lane * lanes)
-    info = np.zeros(lhs_batch, dtype=np.int32)
-    return _layer.OdeSystem(workspace, info, spec)
+
+def _keeps_cyclic(coefficients: Tensor, spec: _layer.OdeSpec, lhs_batch, algorithm) -> bool:
+    """Whether the layer factors by cyclic reduction (the shape of the kept
+    factor depends on it): asked for, or chosen by the GPU layer's rule."""
+    if algorithm is not None or not _on_gpu_layer(coefficients):
+        return algorithm == "cyclic"
+    from ..mnn import _gpu
+
+    kernels = _gpu.kernel_set(_gpu_layer_backend(coefficients))
+    nsys = 1
+    for n in lhs_batch:
+        nsys *= n
+    return _gpu.choose_algorithm(None, nsys, spec.n_steps, kernels) == "cyclic"
 
 
 def _contiguous(a: Any) -> Tensor:
@@ -743,23 +750,28 @@ def _ode_forward(
     n_init_var_steps: int,
     weights: list[float],
     central: bool,
+    algorithm: str | None = None,
 ) -> tuple[Tensor, Tensor, int]:
     """Canonical layout (step axis not first).  Returns the solution, the
-    factor workspace (flat) and its lane count (0: the GPU layer's)."""
+    kept factor (flat) and its kind (:meth:`OdeSystem.kept_factor`)."""
     tensors = (coefficients, rhs_equation, init_vars, steps)
     with _on_device(coefficients):
         inputs = _inputs(tensors, n_steps, n_init_var_steps, False, tuple(weights), central)
-        u, system = _layer._forward(inputs, False, True, _gpu_layer_backend(coefficients), None)
-        return _contiguous(u), _t(system.workspace.reshape(-1)), system.lanes
+        backend = _gpu_layer_backend(coefficients)
+        u, system = _layer._forward(inputs, False, True, backend, algorithm)
+        factor, kind = system.kept_factor()
+        return _contiguous(u), _t(factor), kind
 
 
 @_ode_forward.register_fake
-def _(coefficients, rhs_equation, init_vars, steps, n_steps, n_init_var_steps, weights, central):
+def _(coefficients, rhs_equation, init_vars, steps, n_steps, n_init_var_steps, weights, central,
+      algorithm=None):  # fmt: skip
     tensors = (coefficients, rhs_equation, init_vars, steps)
     spec, lhs_batch, batch = _shapes(tensors, n_steps, n_init_var_steps, weights, central)
     u = coefficients.new_empty([*batch, spec.n_steps, spec.n_dims, spec.n_orders])
     gpu = _on_gpu_layer(coefficients)
-    factor = coefficients.new_empty([_layer.factor_size(spec, lhs_batch, gpu)])
+    cyclic = _keeps_cyclic(coefficients, spec, lhs_batch, algorithm)
+    factor = coefficients.new_empty([_layer.factor_size(spec, lhs_batch, gpu, cyclic)])
     lanes = torch.library.get_ctx().new_dynamic_size()
     return u, factor, lanes
 
@@ -834,7 +846,7 @@ def _(grad_u, u, factor, lanes, coefficients, rhs_equation, init_vars, steps, *a
 def _ode_setup(ctx, inputs, output):
     ctx.set_materialize_grads(False)  # the factor's gradient would be a 0-filled copy of it
     u, factor, lanes = output
-    ctx.static = inputs[4:]
+    ctx.static = inputs[4:8]  # (not the algorithm: the factor's kind tells)
     ctx.lanes = lanes
     ctx.save_for_backward(u, factor, *inputs[:4])
 
@@ -842,9 +854,9 @@ def _ode_setup(ctx, inputs, output):
 def _ode_bwd(ctx, grad_u, grad_factor, grad_lanes):
     u, factor, *tensors = ctx.saved_tensors
     if grad_u is None:
-        return (None,) * 8
+        return (None,) * 9
     grads = _call(_ode_backward, grad_u, u, factor, ctx.lanes, *tensors, *ctx.static, True)
-    return (*grads, None, None, None, None)
+    return (*grads, None, None, None, None, None)
 
 
 _ode_forward.register_autograd(_ode_bwd, setup_context=_ode_setup)
@@ -927,9 +939,9 @@ torch.library.register_vmap(_ode_backward, _vmap_rule(_ode_backward, (0, 1, 4, 5
 _ROUTE_CPU_TENSORS_TO_GPU_PATH = False
 
 
-#: Frozen left-hand sides: version -> (factor, lanes, spec, lhs batch, dtype,
-#: device, kind), kind "lanes" (the CPU layer's workspace), "band" (a band
-#: factor tensor) or "cyclic" (a cyclic-reduction factor).
+#: Frozen left-hand sides: version -> (factor, kind, spec, lhs batch, dtype,
+#: device, algorithm); the factor and its kind as the layer keeps them
+#: (:meth:`banded_mnn.mnn.OdeSystem.kept_factor`).
 _FROZEN: dict[int, tuple] = {}
 
 
@@ -978,8 +990,8 @@ def ode_forward(
 
     ``algorithm`` (keyword only, not in S-MNN): ``None`` or ``"sequential"``
     (the band Cholesky) or ``"cyclic"`` (block cyclic reduction, parallel in
-    time, through the same torch-ops assembly on either device).  ``None``
-    is "sequential" on the CPU; on a CUDA device the GPU layer chooses (block
+    time), as in :func:`banded_mnn.mnn.ode_forward`.  ``None`` is
+    "sequential" on the CPU; on a CUDA device the GPU layer chooses (block
     cyclic reduction for few, long sequences).
 
     Examples
@@ -1015,11 +1027,8 @@ def ode_forward(
         for t, name in zip((rhs_equation, init_vars, steps), _MNN_NAMES[1:], strict=True)
     ]
     _same_device(*zip(_MNN_NAMES, tensors, strict=True))
-    cyclic = _layer._choose_algorithm(algorithm) == "cyclic"
-    # The composed path (torch-ops assembly + cyclic reduction) serves
-    # algorithm="cyclic" on either device; otherwise the MNN layer (CPU or GPU).
-    composed = cyclic
-    kind = "cyclic" if cyclic else "layer"
+    if algorithm is not None:
+        _layer._choose_algorithm(algorithm)  # (validates it)
     if is_step_dim_first:
         tensors = _step_axis_last(tensors)
     # Validate and fix the sizes on shapes alone (same rules and messages as NumPy).
@@ -1031,23 +1040,17 @@ def ode_forward(
               spec.enable_central_smoothness)  # fmt: skip
     version = _layer._count(frozen_lhs_cache_version, "frozen_lhs_cache_version", 0)
     frozen = _FROZEN.get(version) if version else None
-    key = (spec, lhs_batch, dtype, coefficients.device, kind)
+    key = (spec, lhs_batch, dtype, coefficients.device, algorithm)
     if frozen is not None and frozen[2:] != key:
         raise ValueError(
             f"frozen_lhs_cache_version={version} holds a left-hand side of a different "
             "problem (or device, or algorithm); use a new version or clear_frozen_lhs_cache()"
         )
-    if composed:
-        u, factor = _mnn_gpu.ode_forward(
-            tensors, spec, lhs_batch, tuple(batch), tuple(float(w) for w in weights),
-            None if frozen is None else frozen[0],
-        )  # fmt: skip
-        lanes = 0
-    elif frozen is not None:
+    if frozen is not None:
         factor, lanes = frozen[:2]
         u = _OdeSolve(factor, lanes, *tensors, *static)
     else:
-        u, factor, lanes = _OdeForward(*tensors, *static)
+        u, factor, lanes = _OdeForward(*tensors, *static, algorithm)
     if version and frozen is None:
         kept = factor.detach() if isinstance(factor, Tensor) else factor
         _FROZEN[version] = (kept, lanes, *key)
