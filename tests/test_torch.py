@@ -508,8 +508,6 @@ def test_higher_order_derivatives_raise(rng, monkeypatch, route):
         (g,) = torch.autograd.grad(loss(u), c, create_graph=True)
         with pytest.raises(RuntimeError, match=match):
             torch.autograd.grad(g.pow(2).sum() + c.pow(2).sum(), c)
-    if route == "cyclic":
-        return  # (torch.func does not go through the cyclic path, see docs/adapters.md)
     with pytest.raises(RuntimeError, match=match):
         torch.func.grad(lambda x: torch.func.grad(
             lambda y: (w * bt.ode_forward(y, r, v, h, algorithm=algorithm)).sum())(x).sum())(c.detach())  # fmt: skip
