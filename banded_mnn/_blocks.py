@@ -12,6 +12,7 @@ triangle is read) is converted to LAPACK's lower band form with ``u = (K+1) n
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -95,16 +96,17 @@ def solveh_block_banded_ex(
     b: Any,
     check_finite: bool = True,
     *,
-    algorithm: str = "sequential",
+    algorithm: str | None = None,
     backend: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`solveh_block_banded` returning ``(x, info)`` instead of raising.
 
     ``info`` (int32, the batch shape) is 0 where the system factored.
-    Otherwise, with ``algorithm="sequential"`` it is LAPACK's leading-minor
-    order of the equivalent scalar band; with ``"cyclic"`` it is the 1-based
-    block row whose pivot block failed (in elimination order).  Failed
-    systems' solutions are NaN.
+    Otherwise it is ``k``: unknown ``k - 1`` (block ``(k - 1) // n``) is where
+    the factorisation failed -- LAPACK's leading-minor order of the equivalent
+    scalar band with ``algorithm="sequential"``; with ``"cyclic"`` the first
+    unknown of the block row whose pivot block failed (in elimination order).
+    Failed systems' solutions are NaN.
     """
     if not isinstance(blocks, (tuple, list)) or not 1 <= len(blocks) <= 3:
         raise TypeError(
@@ -112,17 +114,32 @@ def solveh_block_banded_ex(
             "blocks[k][..., t, :, :] = A[t+k, t]"
         )
     named = {f"blocks[{k}]": a for k, a in enumerate(blocks)} | {"b": b}
-    _, xp = _api._select(backend, named)
+    impl, xp = _api._select(backend, named)
     arrays, steps, n, dtype = _check_blocks(blocks, xp, backend)
     rhs, shape, vector = _rhs(b, steps, n, xp, backend)
     if xp is not np:
         _api._same_device({**{f"blocks[{k}]": a for k, a in enumerate(arrays)}, "b": rhs})
+    if algorithm is None:
+        algorithm = _choose_algorithm(arrays, rhs, steps, impl)
     with _api._on_device_of(rhs, xp):
         x, info = _solve_blocks(arrays, rhs, steps, n, dtype, xp, check_finite, algorithm,
                                 backend)  # fmt: skip
     batch = x.shape[: x.ndim - (3 if algorithm == "cyclic" else 2)]
     x = x.reshape(batch + (steps, n) + (() if vector else (shape[-1],)))
     return x, info
+
+
+def _choose_algorithm(arrays, rhs, steps: int, impl) -> str:
+    """``algorithm=None``: "sequential" with the CPU backend (on 2 cores
+    cyclic reduction wins only for a few long systems and by at most 2.4x,
+    ``docs/performance.md``); with a GPU backend "cyclic" for few, long
+    systems (:func:`._backends._gpu.choose_algorithm`)."""
+    if not hasattr(impl, "kernels"):  # (the GPU backends' kernel sets)
+        return "sequential"
+    from ._backends import _gpu
+
+    batch = np.broadcast_shapes(*(a.shape[:-3] for a in arrays), rhs.shape[:-2])
+    return _gpu.choose_algorithm(math.prod(batch), steps, impl.kernels().multiprocessors())
 
 
 def _solve_blocks(arrays, rhs, steps, n, dtype, xp, check_finite, algorithm, backend):
@@ -137,6 +154,8 @@ def _solve_blocks(arrays, rhs, steps, n, dtype, xp, check_finite, algorithm, bac
         rhs = rhs.reshape(rhs.shape[:-2] + (steps, n, rhs.shape[-1]))
         x, info = solveh_block_cyclic(arrays, rhs, backend)
         x = x.astype(np.result_type(dtype, _api._result_dtype(rhs)), copy=False)
+        # The block row's first unknown (1-based), in the sequential's units.
+        info = xp.where(info > 0, (info - 1) * n + 1, 0).astype(np.int32)
     elif algorithm == "sequential":
         ab = _block_band(arrays, steps, n, dtype)
         x, info = _api.solveh_banded_ex(ab, rhs, lower=True, overwrite_ab=True,
@@ -151,7 +170,7 @@ def solveh_block_banded(
     b: Any,
     check_finite: bool = True,
     *,
-    algorithm: str = "sequential",
+    algorithm: str | None = None,
     backend: str | None = None,
 ) -> np.ndarray:
     """Solve ``A x = b`` for SPD block-tridiagonal or block-pentadiagonal ``A``
@@ -169,15 +188,17 @@ def solveh_block_banded(
         Right-hand sides.  Batch axes broadcast with the blocks'.
     check_finite : bool
         Check the inputs for infs and NaNs.
-    algorithm : {"sequential", "cyclic"}
+    algorithm : {None, "sequential", "cyclic"}
         ``"sequential"``: the band Cholesky of the equivalent scalar band (a
         dependency chain over the T block rows, parallel over the batch).
         ``"cyclic"``: block cyclic reduction, about log2 T levels of block
         operations parallel over every node of every system, at about twice
         the arithmetic -- the parallel-in-time algorithm for few, long
         sequences (on 2 CPU cores up to 2.4x faster than "sequential" for
-        few long systems, about even at 64, ``docs/performance.md``).  The two report
-        ``info`` in different units (a scalar leading minor, a block row).
+        few long systems, about even at 64, ``docs/performance.md``).
+        ``None`` (default): "sequential" for NumPy arrays; for CuPy arrays
+        "cyclic" when the systems are too few to fill the device and have
+        at least ``_backends._gpu.CYCLIC_MIN_STEPS`` block rows.
     backend : str, optional
         The band backend of the sequential algorithm (default ``"numba"``,
         or ``"cupy"`` for CuPy blocks).  With ``"cyclic"`` and CuPy blocks:
@@ -195,7 +216,8 @@ def solveh_block_banded(
     NotPositiveDefiniteError
         For a system that is not positive definite; its ``order`` ``k`` is
         unknown ``k - 1``, that is block ``(k - 1) // n``, component
-        ``(k - 1) % n`` (with ``algorithm="cyclic"``: the 1-based block row).
+        ``(k - 1) % n`` (with ``algorithm="cyclic"``: the first unknown of
+        the block row that failed).
     ValueError, TypeError
         For blocks or right-hand sides of the wrong shapes or types.
 

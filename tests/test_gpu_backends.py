@@ -282,6 +282,33 @@ def test_solveh_block_banded(device, regime, rng, algorithm, levels):
     assert np.isnan(device.get(x)[1]).all()
 
 
+def test_block_algorithm_is_chosen_by_shape(device, rng, monkeypatch):
+    """algorithm=None: block cyclic reduction for few systems (the warp
+    regime) with at least CYCLIC_MIN_STEPS block rows, else the band path;
+    the same solution either way, and ``info`` in the same units."""
+    from test_blocks import random_blocks
+
+    from banded_mnn import _blocks
+
+    chosen = []
+    original = _blocks._solve_blocks
+    monkeypatch.setattr(_blocks, "_solve_blocks",
+                        lambda *args: chosen.append(args[7]) or original(*args))  # fmt: skip
+    monkeypatch.setattr(_gpu, "CYCLIC_MIN_STEPS", 6)
+    monkeypatch.setattr(_gpu, "choose_regime", lambda nsys, sms: "warp" if nsys < 3 else "thread")
+    for batch, steps, expected in [((2,), 7, "cyclic"), ((2,), 5, "sequential"),
+                                   ((3,), 7, "sequential")]:  # fmt: skip
+        blocks = random_blocks(rng, batch, steps, 2, 2)
+        blocks[0][0, 3] = -np.eye(2)  # system 0 fails at block row 3 (0-based)
+        b = rng.standard_normal(batch + (steps, 2))
+        x, info = bm.solveh_block_banded_ex([device.put(a) for a in blocks], device.put(b),
+                                            backend=device.backend)  # fmt: skip
+        assert chosen[-1] == expected
+        ref, ref_info = bm.solveh_block_banded_ex(blocks, b, algorithm="sequential")
+        np.testing.assert_array_equal(device.get(info), ref_info)  # (block 3's first pivot)
+        np.testing.assert_allclose(device.get(x), ref, rtol=1e-10, atol=1e-12, equal_nan=True)
+
+
 def _cyclic_variants() -> list[str]:
     """Where block cyclic reduction's level kernels run in this process: the
     Numba CPU drivers (normal run), the Numba CUDA kernels under the

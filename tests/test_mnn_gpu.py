@@ -266,7 +266,7 @@ def test_cyclic_reduction_is_chosen_for_few_long_sequences(device, rng, monkeypa
         return chosen[-1]
 
     monkeypatch.setattr(gpu_layer, "choose_algorithm", spy)
-    monkeypatch.setattr(gpu_layer, "CYCLIC_MIN_STEPS", 8)
+    monkeypatch.setattr(_gpu, "CYCLIC_MIN_STEPS", 8)
     monkeypatch.setattr(_gpu, "choose_regime", lambda nsys, sms: "warp" if nsys < 3 else "thread")
     for batch, T, expected in [((2,), 9, "cyclic"), ((2,), 7, "sequential"),
                                ((3,), 9, "sequential")]:  # fmt: skip
@@ -445,9 +445,8 @@ def test_torch_compile_through_the_gpu_layer(rng, torch_routed, monkeypatch, cyc
     be 16) or, when its rule picks cyclic reduction, the flattened factor."""
     torch, calls = torch_routed
     import banded_mnn.torch as bt
-    from banded_mnn.mnn import _gpu as gpu_layer
 
-    monkeypatch.setattr(gpu_layer, "CYCLIC_MIN_STEPS", cyclic_from)
+    monkeypatch.setattr(_gpu, "CYCLIC_MIN_STEPS", cyclic_from)
     tensors = [torch.tensor(x, requires_grad=True)
                for x in random_problem(rng, batch=(9,), T=5, E=1, D=1, O=2)]  # fmt: skip
     compiled = torch.compile(lambda *t: bt.ode_forward(*t), fullgraph=True, backend="eager")

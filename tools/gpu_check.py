@@ -33,7 +33,7 @@ copy bandwidth;
    ``banded_mnn.torch.ode_forward`` forward + backward on CUDA tensors against
    S-MNN's per-step torch algorithm captured in CUDA graphs;
 6. calibrates the two size rules (``_gpu.WARP_REGIME_SYSTEMS_PER_SM``,
-   ``mnn._gpu.CYCLIC_MIN_STEPS``) by sweeping the size across them, and
+   ``_backends._gpu.CYCLIC_MIN_STEPS``) by sweeping the size across them, and
 7. prints the three targets of the GPU performance model
    (``docs/performance.md``) as measured, each met or not.
 
@@ -327,10 +327,8 @@ def calibrate(repeat: int) -> list[str]:
         if crossover is None and cells[1] < cells[0]:
             crossover = T
         lines.append(f"| {T} | {cells[0] * 1e3:.2f} ms | {cells[1] * 1e3:.2f} ms |")
-    from banded_mnn.mnn import _gpu as gpu_layer
-
     lines.append(f"# cyclic faster from {crossover} steps: CYCLIC_MIN_STEPS "
-                 f"(now {gpu_layer.CYCLIC_MIN_STEPS})")  # fmt: skip
+                 f"(now {_gpu.CYCLIC_MIN_STEPS})")  # fmt: skip
     return lines
 
 

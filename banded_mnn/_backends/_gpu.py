@@ -95,6 +95,24 @@ def choose_regime(nsys: int, multiprocessors: int) -> str:
     return "warp" if nsys < WARP_REGIME_SYSTEMS_PER_SM * multiprocessors else "thread"
 
 
+#: With fewer systems than fill the device (the warp regime), block systems
+#: of at least this many block rows are solved by block cyclic reduction
+#: (``algorithm=None`` of the MNN layer and of ``solveh_block_banded``).  The
+#: band Cholesky is then a chain of ``T n`` dependent column steps per
+#: system, cyclic reduction about ``log2 T`` levels of a few launches each
+#: (``docs/performance.md``, the GPU model).  Not calibrated on a GPU yet:
+#: ``tools/gpu_check.py`` sweeps it.
+CYCLIC_MIN_STEPS = 128
+
+
+def choose_algorithm(nsys: int, steps: int, multiprocessors: int) -> str:
+    """``"cyclic"`` for few, long block systems, else ``"sequential"``."""
+    if nsys == 0:
+        return "sequential"
+    regime = choose_regime(nsys, multiprocessors)
+    return "cyclic" if regime == "warp" and steps >= CYCLIC_MIN_STEPS else "sequential"
+
+
 def workspace(xp: Any, dtype: np.dtype, nsys: int, n: int, width: int, regime: str) -> StridedBatch:
     """A fresh workspace for ``nsys`` cores of shape ``(n, width)`` in the regime's layout."""
     buf = xp.empty(max(nsys * n * width, 1), dtype=dtype)

@@ -66,25 +66,13 @@ def capturing(xp: Any) -> bool:
     return xp is not np and xp.cuda.get_current_stream().is_capturing()
 
 
-#: With fewer systems than fill the device (the warp regime), sequences of
-#: at least this many steps are factored by block cyclic reduction.  The
-#: band Cholesky is then a chain of ``M`` dependent column steps per system,
-#: cyclic reduction about ``log2 T`` levels of a few launches each (see
-#: ``docs/performance.md``, the GPU model).  Not calibrated on a GPU yet:
-#: ``tools/gpu_check.py`` times both.
-CYCLIC_MIN_STEPS = 128
-
-
 def choose_algorithm(algorithm: str | None, nsys: int, n_steps: int, kernels: Any) -> str:
     """The factorisation on the GPU: ``algorithm`` if given, else by shape --
     block cyclic reduction for few, long sequences, the band Cholesky
-    otherwise."""
+    otherwise (:func:`banded_mnn._backends._gpu.choose_algorithm`)."""
     if algorithm is not None:
         return algorithm
-    if nsys == 0:
-        return "sequential"
-    regime = _gpu.choose_regime(nsys, kernels.multiprocessors())
-    return "cyclic" if regime == "warp" and n_steps >= CYCLIC_MIN_STEPS else "sequential"
+    return _gpu.choose_algorithm(nsys, n_steps, kernels.multiprocessors())
 
 
 def kernel_set(backend: str | None) -> Any:

@@ -1185,7 +1185,7 @@ def ode_forward(
         :func:`banded_mnn.solveh_block_banded`).
         ``None`` chooses: always "sequential" on the CPU, where it is faster;
         on the GPU "cyclic" for few, long sequences (fewer systems than fill
-        the device and at least ``mnn._gpu.CYCLIC_MIN_STEPS`` steps).
+        the device and at least ``_backends._gpu.CYCLIC_MIN_STEPS`` steps).
     backend : str, optional
         Core backend: ``"numba"`` (the default for NumPy arrays), or for
         CuPy arrays ``"cupy"`` (the default) or ``"numba-cuda"`` (the band
