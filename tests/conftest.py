@@ -91,3 +91,13 @@ def scipy_solve(ab: np.ndarray, b: np.ndarray, lower: bool, factored: bool = Fal
             out = np.empty(batch + x.shape, dtype=x.dtype)
         out[index] = x
     return out
+
+
+@pytest.fixture(params=["thread", "warp"])
+def regime(request, monkeypatch):
+    """Force one regime of the GPU driver (the size-based choice is tested on
+    its own): the GPU tests run in both."""
+    from banded_mnn._backends import _gpu
+
+    monkeypatch.setattr(_gpu, "choose_regime", lambda nsys, sms: request.param)
+    return request.param

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gpu_devices import device_for
 
 import banded_mnn as bm
 from banded_mnn import _backends
@@ -54,43 +55,9 @@ def _variants() -> list[str]:
     return variants
 
 
-class Device:
-    """How a test reaches one GPU backend: its name and the array transfers."""
-
-    def __init__(self, variant: str) -> None:
-        self.variant = variant
-        self.backend = "numba-cuda" if variant.startswith("numba-cuda") else "cupy"
-        self.real = variant in ("cupy", "numba-cuda")
-        if self.real:
-            import cupy
-
-            self.xp = cupy
-        else:
-            self.xp = np
-
-    def put(self, x: np.ndarray):
-        return self.xp.asarray(x) if self.real else np.array(x, copy=True)
-
-    def get(self, x) -> np.ndarray:
-        return self.xp.asnumpy(x) if self.real else np.asarray(x)
-
-
 @pytest.fixture(params=_variants())
 def device(request, monkeypatch):
-    if request.param == "cupy-host":
-        from gpu_host import HostKernels
-
-        from banded_mnn._backends import _cupy
-
-        monkeypatch.setattr(_cupy, "_kernels", HostKernels())
-    return Device(request.param)
-
-
-@pytest.fixture(params=["thread", "warp"])
-def regime(request, monkeypatch):
-    """Force one regime (the size-based choice is tested on its own)."""
-    monkeypatch.setattr(_gpu, "choose_regime", lambda nsys, sms: request.param)
-    return request.param
+    return device_for(request.param, monkeypatch)
 
 
 def tolerance(dtype) -> float:

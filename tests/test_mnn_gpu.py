@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gpu_devices import device_for
 from mnn_oracle import oracle_forward
 from test_mnn import random_problem
 
@@ -47,41 +48,9 @@ def _variants() -> list[str]:
     return []
 
 
-class Device:
-    """The arrays and band backend of one variant."""
-
-    def __init__(self, variant: str) -> None:
-        self.backend = "numba-cuda" if variant.startswith("numba-cuda") else "cupy"
-        self.real = not variant.endswith("-sim")
-        if self.real:
-            import cupy
-
-            self.xp = cupy
-        else:
-            self.xp = np
-
-    def put(self, x):
-        return self.xp.asarray(x) if self.real else np.array(x, copy=True)
-
-    def get(self, x) -> np.ndarray:
-        return self.xp.asnumpy(x) if self.real else np.asarray(x)
-
-
 @pytest.fixture(params=_variants())
 def device(request, monkeypatch):
-    if request.param == "cupy-host-sim":
-        from gpu_host import HostKernels
-
-        from banded_mnn._backends import _cupy
-
-        monkeypatch.setattr(_cupy, "_kernels", HostKernels())
-    return Device(request.param)
-
-
-@pytest.fixture(params=["thread", "warp"])
-def regime(request, monkeypatch):
-    monkeypatch.setattr(_gpu, "choose_regime", lambda nsys, sms: request.param)
-    return request.param
+    return device_for(request.param, monkeypatch)
 
 
 def tolerance(dtype) -> float:

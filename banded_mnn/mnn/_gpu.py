@@ -46,13 +46,12 @@ from .._backends import _gpu
 from .._strided import StridedBatch, flat_batch
 from . import _cuda
 from ._layer import (
-    _CORE_NDIM,
     OdeGradients,
     OdeSpec,
     OdeSystem,
+    _gradients,
     _Inputs,
     _singular_tolerance,
-    _sum_to,
     _tables,
     cyclic_status,
 )
@@ -361,20 +360,7 @@ class GpuOdeSystem(OdeSystem):
             )  # fmt: skip
         head = lam.reshape(batch + (T, D, O))[..., :S, :, :I]
         grads["init_vars"] = spec.weight_init_var**2 * head
-
-        def finish(name: str) -> Any:
-            if name not in inputs.arrays or (not lhs and name in ("coefficients", "steps")):
-                return None
-            g = _sum_to(grads[name], inputs.arrays[name].shape)
-            if inputs.dtypes[name].kind == "f":
-                g = g.astype(inputs.dtypes[name], copy=False)
-            if self.is_step_dim_first:
-                g = xp.moveaxis(g, g.ndim - _CORE_NDIM[name], 0)
-            return g
-
-        return OdeGradients(
-            finish("coefficients"), finish("rhs_equation"), finish("init_vars"), finish("steps")
-        )
+        return _gradients(grads, inputs, lhs, self.is_step_dim_first)
 
 
 #: (device, n_orders, central, dtype) -> the smoothness tables on that device.

@@ -1091,20 +1091,28 @@ class OdeSystem:
                 lhs, _lane_marker(lanes),
             )  # fmt: skip
         grads_full["init_vars"] = spec.weight_init_var**2 * lam_head[..., :I]
+        return _gradients(grads_full, inputs, lhs, self.is_step_dim_first)
 
-        def finish(name: str) -> np.ndarray | None:
-            if name not in inputs.arrays or (not lhs and name in ("coefficients", "steps")):
-                return None
-            g = _sum_to(grads_full[name], inputs.arrays[name].shape)
-            if inputs.dtypes[name].kind == "f":
-                g = g.astype(inputs.dtypes[name], copy=False)
-            if self.is_step_dim_first:
-                g = np.moveaxis(g, g.ndim - _CORE_NDIM[name], 0)
-            return g
 
-        return OdeGradients(
-            finish("coefficients"), finish("rhs_equation"), finish("init_vars"), finish("steps")
-        )
+def _gradients(full: dict[str, Any], inputs: _Inputs, lhs: bool, step_first: bool) -> OdeGradients:
+    """The VJP's results from the gradients at full (broadcast) size: summed
+    over the axes each input was broadcast along, in its floating dtype and
+    layout; ``None`` for an absent input and, without ``lhs``, for
+    ``coefficients`` and ``steps``."""
+
+    def finish(name: str) -> Any:
+        if name not in inputs.arrays or (not lhs and name in ("coefficients", "steps")):
+            return None
+        g = _sum_to(full[name], inputs.arrays[name].shape)
+        if inputs.dtypes[name].kind == "f":
+            g = g.astype(inputs.dtypes[name], copy=False)
+        if step_first:
+            g = inputs.xp.moveaxis(g, g.ndim - _CORE_NDIM[name], 0)
+        return g
+
+    return OdeGradients(
+        finish("coefficients"), finish("rhs_equation"), finish("init_vars"), finish("steps")
+    )
 
 
 #: S-MNN's frozen left-hand sides: version -> factored system.
