@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import linecache
 import re
 import shutil
 import subprocess
@@ -46,8 +47,13 @@ def test_documentation_code_runs(path):
     from banded_mnn import _backends
 
     gpu = _backends.usable("cupy")[0]
-    for block in _python_blocks(path):
-        code = compile(block, str(path), "exec")
+    for number, block in enumerate(_python_blocks(path)):
+        # The block's own text in linecache under a name of its own: tools
+        # that read a function's source (inspect, torch.compile) see the
+        # block, not the lines of the markdown file with the same numbers.
+        name = f"<{path.name}, python block {number}>"
+        linecache.cache[name] = (len(block), None, block.splitlines(True), name)
+        code = compile(block, name, "exec")
         if block.startswith("# needs a CUDA GPU") and not gpu:
             continue  # compiled above; tools/gpu_check.py's test run executes it on a GPU
         exec(code, {"__name__": "__doc_example__"})
