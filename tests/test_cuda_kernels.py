@@ -12,6 +12,7 @@ test_gpu_backends.py, through the public functions.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -192,3 +193,54 @@ def test_warp_kernel_has_no_data_races(tmp_path):
     assert "ThreadSanitizer" not in result.stderr, result.stderr[-4000:]
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     assert "max difference" in result.stdout
+
+
+@pytest.mark.parametrize("central", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_mnn_layer_kernels_compile_for_the_gpu(dtype, central, monkeypatch, tmp_path):
+    """The GPU MNN layer's kernels (assembly, singular-pivot test, VJP) and the
+    band Cholesky VJP's reverse sweep, compiled to PTX for sm_90 with the
+    argument types of a real forward and backward pass (recorded, not run):
+    no local memory, no f64 in float32 kernels."""
+    import types
+
+    import numba
+    import numba.cuda.dispatcher
+    from gpu_host import HostKernels
+    from test_mnn import random_problem
+
+    from banded_mnn import _vjp
+    from banded_mnn._backends import _cupy, _numba_cuda
+    from banded_mnn.mnn import _cuda, _gpu, ode_forward
+
+    launches = []
+    monkeypatch.setattr(_cupy, "_kernels", HostKernels())  # the band kernels run on the host
+    monkeypatch.setattr(_cuda, "_launch", lambda name, jobs, *args: launches.append(
+        (_cuda._kernels()[name], (jobs, *args))))  # fmt: skip
+    monkeypatch.setattr(_numba_cuda, "run_per_system", lambda name, systems, *args: launches.append(
+        (_numba_cuda._per_system_kernels()[name], (systems, *args))))  # fmt: skip
+    monkeypatch.setattr(_gpu, "capturing", lambda xp: True)  # (no status check: nothing ran)
+    inputs = random_problem(np.random.default_rng(0), batch=(2,), T=5, dtype=dtype)
+    u, system = ode_forward(*inputs, backend="cupy", enable_central_smoothness=central,
+                            algorithm="sequential", return_system=True)  # fmt: skip
+    system.vjp(np.ones(u.shape, dtype), u, *inputs)
+    c = np.ones((2, 3, 7), dtype)
+    _vjp.cholesky_gradient(c, c, True, backend="cupy")
+    # Device functions are compiled for the current device: there is none here.
+    monkeypatch.setattr(numba.cuda.dispatcher, "get_current_device",
+                        lambda: types.SimpleNamespace(compute_capability=(9, 0)))  # fmt: skip
+    compiled = _compile_launches(launches, dtype)
+    assert len({kernel for kernel, _ in compiled}) == 4  # assemble, singular, vjp, reverse
+    if shutil.which("ptxas") is None:
+        return  # (the CI machine has it, with nvcc)
+    for kernel, types_ in compiled:  # and to machine code: no spills on sm_80 and sm_90
+        for cc in ((8, 0), (9, 0)):
+            ptx, _ = numba.cuda.compile_ptx(kernel.py_func, types_, cc=cc)
+            source = tmp_path / "kernel.ptx"
+            source.write_text(ptx)
+            report = subprocess.run(
+                ["ptxas", f"-arch=sm_{cc[0]}{cc[1]}", "-v", str(source), "-o", os.devnull],
+                capture_output=True, text=True, check=True,
+            ).stderr
+            spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
+            assert spills and all(a == "0" and b == "0" for a, b in spills), report
