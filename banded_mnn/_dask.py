@@ -396,18 +396,21 @@ def ode_forward(
         )
     from . import _backends
 
-    _backends.cpu_only(backend, "the MNN layer")
+    _backends.get(backend)  # (an unknown name raises here, not in a task)
     present: dict[str, Any] = {}
+    metas: dict[str, Any] = {}
     for name, x in arrays.items():
         if x is None:
             continue
-        meta = _metadata_checks(name, x)
-        if namespace(meta) is not np or hasattr(meta, "__cuda_array_interface__"):
-            raise TypeError(
-                f"{name}: the MNN layer runs on NumPy arrays (the CPU) in this version; got "
-                f"chunks of type {type(meta).__module__}.{type(meta).__name__}"
-            )
+        metas[name] = _metadata_checks(name, x)
         present[name] = _layer._canonical(x, name, is_step_dim_first)
+    kinds = {namespace(meta).__name__ for meta in metas.values()}
+    if len(kinds) > 1:
+        raise TypeError(
+            "ode_forward: the Dask arrays' chunks must all be NumPy or all CuPy arrays; got "
+            + ", ".join(f"{name}: {type(m).__module__}.{type(m).__name__}"
+                        for name, m in metas.items())
+        )  # fmt: skip
     spec, lhs_batch, batch = _layer.check_shapes(
         {name: x.shape for name, x in present.items()}, n_steps, n_init_var_steps, weights, central
     )
@@ -434,7 +437,7 @@ def ode_forward(
     u = _graph(
         _ode_chunk, {name: (x, cores[name]) for name, x in aligned.items()}, batch, chunks,
         {"T": spec.n_steps, "D": spec.n_dims, "O": spec.n_orders},
-        (np.empty((0,) * (nb + 3), dtype=dtype),),
+        (_meta(metas["coefficients"], nb + 3, dtype),),
         names=tuple(aligned), lhs_ndim=len(lhs_batch), broadcast_axes=broadcast_axes,
         options=options,
     )  # fmt: skip
@@ -443,7 +446,8 @@ def ode_forward(
 
 def _ode_chunk(*args: Any, names: tuple[str, ...], n_positions: int, lhs_ndim: int,
                broadcast_axes: tuple[int, ...], options: dict[str, Any]) -> np.ndarray:  # fmt: skip
-    """One task: the in-memory MNN layer on one batch chunk."""
+    """One task: the in-memory MNN layer on one batch chunk (on the GPU for
+    CuPy chunks)."""
     from .mnn import _layer
 
     inputs = dict(zip(names, args[: len(names)], strict=True))

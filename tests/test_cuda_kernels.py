@@ -240,7 +240,9 @@ def test_mnn_layer_kernels_compile_for_the_gpu(dtype, central, monkeypatch, tmp_
             source.write_text(ptx)
             report = subprocess.run(
                 ["ptxas", f"-arch=sm_{cc[0]}{cc[1]}", "-v", str(source), "-o", os.devnull],
-                capture_output=True, text=True, check=True,
+                capture_output=True,
+                text=True,
+                check=True,
             ).stderr
             spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
             assert spills and all(a == "0" and b == "0" for a, b in spills), report

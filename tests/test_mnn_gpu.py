@@ -279,6 +279,28 @@ def test_cholesky_gradient_on_the_gpu(rng, lower, dtype):
     np.testing.assert_allclose(got, want, rtol=tolerance(dtype) * 10, atol=tolerance(dtype) * 10)
 
 
+def test_dask_chunks_through_the_gpu_layer(device, rng):
+    """``ode_forward`` on Dask arrays runs the GPU layer in every task (chunks
+    of NumPy arrays standing in for CuPy ones, the synchronous scheduler)."""
+    da = pytest.importorskip("dask.array")
+    from banded_mnn.mnn import _gpu as gpu_layer
+
+    c, r, v, h = random_problem(rng, batch=(4,), T=6)
+    lazy = ode_forward(*(da.from_array(device.put(x), chunks=(2,) + x.shape[1:])
+                         for x in (c, r, v, h)), backend=device.backend)  # fmt: skip
+    factored = []
+    original = gpu_layer.GpuOdeSystem._factor.__func__
+    gpu_layer.GpuOdeSystem._factor = classmethod(
+        lambda cls, *a, **k: factored.append(1) or original(cls, *a, **k)
+    )
+    try:
+        got = lazy.compute(scheduler="sync")
+    finally:
+        gpu_layer.GpuOdeSystem._factor = classmethod(original)
+    assert len(factored) == 2  # one per chunk
+    assert_close(device.get(got), ode_forward(c, r, v, h), np.float64)
+
+
 # --------------------------------------------------------------------------
 # CUDA graphs: no waits, copies or foreign allocations
 # --------------------------------------------------------------------------
