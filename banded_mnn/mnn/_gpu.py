@@ -105,9 +105,10 @@ class GpuOdeSystem(OdeSystem):
 
     Attributes
     ----------
-    factor : StridedBatch
+    factor_workspace : StridedBatch
         The band Cholesky factor in the GPU driver's workspace, ``(j, r) ->
-        L[j + r, j]``, laid out for ``regime``.
+        L[j + r, j]``, laid out for ``regime`` (:attr:`factor_band` gives it
+        in LAPACK's form).
     regime : {"thread", "warp"}
         The layout (and the kernel that factored it).
     workspace : cupy.ndarray
@@ -126,7 +127,7 @@ class GpuOdeSystem(OdeSystem):
         is_step_dim_first: bool = False,
         backend: str | None = None,
     ) -> None:
-        self.factor = factor
+        self.factor_workspace = factor
         self.regime = regime
         self.workspace = factor.buf
         self.lanes = 0
@@ -172,7 +173,7 @@ class GpuOdeSystem(OdeSystem):
             band = xp.zeros((nsys, u1, m), dtype=self.dtype)
             if nsys:
                 target = StridedBatch.from_array(band, (nsys,)).band_view(u1 - 1, lower=True)
-                kernels.copy(self.factor, target, m, u1, _gpu.SCATTER_BAND,
+                kernels.copy(self.factor_workspace, target, m, u1, _gpu.SCATTER_BAND,
                              self.regime == "thread", None, self.info.reshape(-1))  # fmt: skip
             self._band = band.reshape(self.lhs_batch_shape + (u1, m))
         return self._band
@@ -272,7 +273,7 @@ class GpuOdeSystem(OdeSystem):
     def _factor_for(self, batch: tuple[int, ...], dtype: np.dtype) -> StridedBatch:
         """The factor addressed for right-hand sides of batch ``batch`` (the
         left-hand side's batch broadcasts to it), in ``dtype``."""
-        factor = self.factor
+        factor = self.factor_workspace
         if dtype != self.dtype:
             factor = StridedBatch(factor.buf.astype(dtype), factor.offsets, factor.shape,
                                   factor.strides)  # fmt: skip
