@@ -36,6 +36,7 @@ Under Numba's CUDA simulator the same code runs on NumPy arrays with the
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -72,6 +73,13 @@ def choose_algorithm(algorithm: str | None, nsys: int, n_steps: int, kernels: An
     if algorithm is not None:
         return algorithm
     return _gpu.choose_algorithm(nsys, n_steps, kernels.multiprocessors())
+
+
+def _on_device_of(array: Any) -> Any:
+    """For a CuPy array, a context making its device current (every
+    allocation and launch of a call goes to the device of its arrays)."""
+    device = getattr(array, "device", None)
+    return device if hasattr(device, "__enter__") else contextlib.nullcontext()
 
 
 def kernel_set(backend: str | None) -> Any:
@@ -166,17 +174,21 @@ class GpuOdeSystem(OdeSystem):
                 "this system was factored by cyclic reduction: its factor is .cyclic, not a band"
             )
         if self._band is None:
-            kernels = kernel_set(self.backend)
-            xp = kernels.xp
-            u1, m = self.spec.bandwidth + 1, self.spec.n_unknowns
-            nsys = self.info.size
-            band = xp.zeros((nsys, u1, m), dtype=self.dtype)
-            if nsys:
-                target = StridedBatch.from_array(band, (nsys,)).band_view(u1 - 1, lower=True)
-                kernels.copy(self.factor_workspace, target, m, u1, _gpu.SCATTER_BAND,
-                             self.regime == "thread", None, self.info.reshape(-1))  # fmt: skip
-            self._band = band.reshape(self.lhs_batch_shape + (u1, m))
+            with _on_device_of(self.workspace):
+                self._band = self._scatter_band()
         return self._band
+
+    def _scatter_band(self) -> Any:
+        """The factor workspace copied out in LAPACK's lower band form."""
+        kernels = kernel_set(self.backend)
+        u1, m = self.spec.bandwidth + 1, self.spec.n_unknowns
+        nsys = self.info.size
+        band = kernels.xp.zeros((nsys, u1, m), dtype=self.dtype)
+        if nsys:
+            target = StridedBatch.from_array(band, (nsys,)).band_view(u1 - 1, lower=True)
+            kernels.copy(self.factor_workspace, target, m, u1, _gpu.SCATTER_BAND,
+                         self.regime == "thread", None, self.info.reshape(-1))  # fmt: skip
+        return band.reshape(self.lhs_batch_shape + (u1, m))
 
     # ------------------------------------------------------------------
     @classmethod
@@ -189,7 +201,21 @@ class GpuOdeSystem(OdeSystem):
         solve: bool = False,
         algorithm: str | None = None,
     ) -> tuple[GpuOdeSystem, Any]:
-        """:meth:`OdeSystem._factor` on the GPU (see the module docstring)."""
+        """:meth:`OdeSystem._factor` on the GPU (see the module docstring), on
+        the device of the arrays."""
+        with _on_device_of(inputs.arrays["coefficients"]):
+            return cls._factor_here(inputs, is_step_dim_first, check, backend, solve, algorithm)
+
+    @classmethod
+    def _factor_here(
+        cls,
+        inputs: _Inputs,
+        is_step_dim_first: bool,
+        check: bool,
+        backend: str | None,
+        solve: bool,
+        algorithm: str | None,
+    ) -> tuple[GpuOdeSystem, Any]:
         kernels = kernel_set(backend)
         xp = kernels.xp
         spec, dtype, lhs_batch = inputs.spec, inputs.dtype, inputs.lhs_batch
@@ -299,7 +325,11 @@ class GpuOdeSystem(OdeSystem):
 
     def _solve_inputs(self, inputs: _Inputs, solution_only: bool = False) -> Any:
         """Assemble the right-hand sides and solve: ``u`` (or, with
-        ``solution_only``, the (systems, M) solutions)."""
+        ``solution_only``, the (systems, M) solutions), on the factor's device."""
+        with _on_device_of(self.workspace):
+            return self._solve_here(inputs, solution_only)
+
+    def _solve_here(self, inputs: _Inputs, solution_only: bool) -> Any:
         kernels = kernel_set(self.backend)
         xp = kernels.xp
         dtype = np.result_type(inputs.dtype, self.dtype)
@@ -327,7 +357,11 @@ class GpuOdeSystem(OdeSystem):
 
     def _vjp(self, inputs: _Inputs, grad_u: Any, u: Any, lhs: bool) -> OdeGradients:
         """:meth:`OdeSystem._vjp` on the GPU: ``lam = A^{-1} grad_u`` with the
-        stored factor, then the gradient kernel."""
+        stored factor, then the gradient kernel, on the factor's device."""
+        with _on_device_of(self.workspace):
+            return self._vjp_here(inputs, grad_u, u, lhs)
+
+    def _vjp_here(self, inputs: _Inputs, grad_u: Any, u: Any, lhs: bool) -> OdeGradients:
         kernels = kernel_set(self.backend)
         xp = kernels.xp
         spec, batch = self.spec, inputs.batch

@@ -322,6 +322,8 @@ def _prepare(
     arrays = {
         name: _canonical(x, name, is_step_dim_first, xp, backend) for name, x in present.items()
     }
+    if xp is not np:
+        _api._same_device(arrays)
     spec, lhs_batch, batch = check_shapes_memo(
         {name: a.shape for name, a in arrays.items()}, n_steps, n_init_var_steps, weights, central
     )
