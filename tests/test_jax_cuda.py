@@ -101,11 +101,12 @@ def test_ode_forward_on_gpu_arrays(rng, gpu):
     ]
     u = bj.ode_forward(*(jax.device_put(a, gpu) for a in inputs))
     assert u.devices() == {gpu}
-    np.testing.assert_allclose(np.asarray(u), banded_mnn.mnn.ode_forward(*inputs), rtol=1e-12)
+    # (The GPU layer against the CPU layer: the same algorithm, other rounding.)
+    np.testing.assert_allclose(np.asarray(u), banded_mnn.mnn.ode_forward(*inputs), rtol=1e-9)
 
 
 def test_more_gpu_paths(rng, gpu):
-    """Cholesky gradient (host round trip), an unmapped argument under vmap,
+    """Cholesky gradient (its reverse sweep on the GPU), an unmapped argument under vmap,
     float32, and an indefinite system (NaN and status)."""
     from banded_mnn import jax as bj
 
@@ -148,4 +149,4 @@ def test_ode_forward_gradients_on_gpu_arrays(rng, gpu):
     on_gpu = jax.grad(loss, argnums=(0, 1, 2, 3))(*(jax.device_put(a, gpu) for a in inputs))
     on_cpu = jax.grad(loss, argnums=(0, 1, 2, 3))(*(jax.device_put(a, cpu) for a in inputs))
     for g, c in zip(on_gpu, on_cpu, strict=True):
-        np.testing.assert_allclose(np.asarray(g), np.asarray(c), rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(np.asarray(g), np.asarray(c), rtol=1e-8, atol=1e-11)

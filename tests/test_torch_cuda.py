@@ -135,3 +135,45 @@ def test_ode_forward_cyclic_on_cuda(bmt, rng):
     torch.testing.assert_close(u_gpu.cpu(), u_cpu, rtol=1e-7, atol=1e-8)
     u_gpu.square().sum().backward()
     assert all(t.grad is not None and bool(torch.isfinite(t.grad).all()) for t in gpu)
+
+
+def test_ode_forward_chooses_cyclic_reduction_for_few_long_sequences(bmt, rng):
+    """On a GPU the layer picks cyclic reduction by itself for 2 systems of
+    300 steps (fewer than fill the device, at least CYCLIC_MIN_STEPS)."""
+    from banded_mnn.mnn import _gpu as gpu_layer
+
+    shapes = ((2, 300, 2, 2, 3), (2, 300, 2), (2, 1, 2, 2), (2, 299))
+    cpu = [torch.tensor(rng.standard_normal(s)) for s in shapes]
+    cpu[3] = cpu[3].abs() * 0.01 + 0.005
+    kernels = gpu_layer.kernel_set(None)
+    assert gpu_layer.choose_algorithm(None, 2, 300, kernels) == "cyclic"
+    gpu = [t.cuda().requires_grad_() for t in cpu]
+    u_gpu = bmt.ode_forward(*gpu)
+    torch.testing.assert_close(u_gpu.cpu(), bmt.ode_forward(*cpu), rtol=1e-7, atol=1e-8)
+    u_gpu.square().sum().backward()
+    assert all(bool(torch.isfinite(t.grad).all()) for t in gpu)
+
+
+def test_ode_forward_is_captured_in_a_cuda_graph(bmt, rng):
+    """Warm, ode_forward is captured by torch.cuda.graph (no wait for the
+    device, allocations from the graph's pool) and a replay with new inputs
+    gives the CPU layer's result."""
+    shapes = ((3, 40, 2, 2, 3), (3, 40, 2), (3, 1, 2, 2), (3, 39))
+    cpu = [torch.tensor(rng.standard_normal(s)) for s in shapes]
+    cpu[3] = cpu[3].abs() * 0.1 + 0.05
+    static = [t.cuda() for t in cpu]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):  # warm-up: compiles, copies the tables to the device
+            bmt.ode_forward(*static)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = bmt.ode_forward(*static)
+    new_rhs = torch.tensor(rng.standard_normal(shapes[1]))
+    static[1].copy_(new_rhs.cuda())
+    graph.replay()
+    torch.cuda.synchronize()
+    expected = bmt.ode_forward(cpu[0], new_rhs, cpu[2], cpu[3])
+    torch.testing.assert_close(out.cpu(), expected, rtol=1e-8, atol=1e-9)
