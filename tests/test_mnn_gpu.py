@@ -379,7 +379,7 @@ def torch_routed(monkeypatch):
     "numba-cuda" backend (simulated).  Returns the GPU layer's factor calls."""
     torch = pytest.importorskip("torch")
     from banded_mnn.mnn import _gpu as gpu_layer
-    from banded_mnn.torch import _ops
+    from banded_mnn.torch import _mnn
 
     calls = []
     original = gpu_layer.GpuOdeSystem._factor.__func__
@@ -389,7 +389,7 @@ def torch_routed(monkeypatch):
         return original(cls, *args, **kwargs)
 
     monkeypatch.setattr(gpu_layer.GpuOdeSystem, "_factor", classmethod(spy))
-    monkeypatch.setattr(_ops, "_ROUTE_CPU_TENSORS_TO_GPU_PATH", True)
+    monkeypatch.setattr(_mnn, "_ROUTE_CPU_TENSORS_TO_GPU_PATH", True)
     return torch, calls
 
 
@@ -398,7 +398,7 @@ def torch_routed(monkeypatch):
 @pytest.mark.parametrize("central", [False, True])
 def test_torch_through_the_gpu_layer(rng, torch_routed, central, algorithm):
     torch, calls = torch_routed
-    from banded_mnn.torch import _ops
+    from banded_mnn.torch import _mnn
     from banded_mnn.torch import ode_forward as torch_ode_forward
 
     arrays = random_problem(rng, batch=(2,), T=6)
@@ -408,7 +408,7 @@ def test_torch_through_the_gpu_layer(rng, torch_routed, central, algorithm):
     assert calls
     probe = torch.tensor(rng.standard_normal(u.shape))
     grads = torch.autograd.grad((u * probe).sum(), leaves)
-    _ops._ROUTE_CPU_TENSORS_TO_GPU_PATH = False  # the CPU layer, for reference
+    _mnn._ROUTE_CPU_TENSORS_TO_GPU_PATH = False  # the CPU layer, for reference
     ref_leaves = [torch.tensor(x, requires_grad=True) for x in arrays]
     ref = torch_ode_forward(*ref_leaves, enable_central_smoothness=central)
     ref_grads = torch.autograd.grad((ref * probe).sum(), ref_leaves)

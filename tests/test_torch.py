@@ -12,7 +12,7 @@ import banded_mnn.mnn  # noqa: E402
 from banded_mnn import NotPositiveDefiniteError  # noqa: E402
 from banded_mnn import torch as bt  # noqa: E402
 from banded_mnn.problems import random_spd_band  # noqa: E402
-from banded_mnn.torch import _ops  # noqa: E402
+from banded_mnn.torch import _mnn, _ops  # noqa: E402
 from conftest import dense_from_band  # noqa: E402
 
 F64 = torch.float64
@@ -136,7 +136,7 @@ def test_opcheck(rng):
         (_ops._cho_solve, (c.clone().requires_grad_(), b.clone().requires_grad_(), False)),
     ]
     inputs = [x.requires_grad_() for x in mnn_inputs(rng)]
-    checks.append((_ops._ode_forward, (*inputs, 6, 1, [1.0, 1.0, 1.0], False)))
+    checks.append((_mnn._ode_forward, (*inputs, 6, 1, [1.0, 1.0, 1.0], False)))
     for op, args in checks:
         torch.library.opcheck(op, args)
 
@@ -283,12 +283,12 @@ def test_operator_or_body(rng, monkeypatch):
     for eager in (True, False):
         leaves = [x.clone().requires_grad_() for x in inputs]
         if eager:
-            u = _ops._OdeForwardEager.apply(*leaves, _ops._shapes(leaves, *static))
+            u = _mnn._OdeForwardEager.apply(*leaves, _mnn._shapes(leaves, *static))
         else:
-            u = _ops._OdeForward(*leaves, *static)[0]
+            u = _mnn._OdeForward(*leaves, *static)[0]
         (u**2).sum().backward()
         results.append([u.detach()] + [x.grad for x in leaves])
-    assert calls == [bodies[_ops._ode_forward], bodies[_ops._ode_backward]]
+    assert calls == [bodies[_mnn._ode_forward], bodies[_mnn._ode_backward]]
     for eager, op in zip(*results, strict=True):
         torch.testing.assert_close(eager, op, rtol=1e-12, atol=0)
     # Only the right-hand side needs a gradient: no left-hand-side gradients.
@@ -299,7 +299,7 @@ def test_operator_or_body(rng, monkeypatch):
     torch.testing.assert_close(r.grad, results[1][2], rtol=1e-12, atol=0)
     # The factor is a saved tensor: freed with the graph after the backward.
     u = bt.ode_forward(*(x.clone().requires_grad_() for x in inputs))
-    assert isinstance(u.grad_fn, _ops._OdeForwardEager._backward_cls)
+    assert isinstance(u.grad_fn, _mnn._OdeForwardEager._backward_cls)
     u.sum().backward()
     with pytest.raises(RuntimeError, match="freed"):
         _ = u.grad_fn.saved_tensors
@@ -421,7 +421,7 @@ def test_ode_forward_step_axis_first_and_rhs_only_gradients(rng):
     # The CPU shortcut with is_step_dim_first: values and gradients as the
     # canonical layout's, and float64 gradcheck.
     c, r, v, h = mnn_inputs(rng, (2,), 5, 2, 2, 3, 1, 2)
-    names = _ops._MNN_NAMES
+    names = _mnn._MNN_NAMES
     first = [x.movedim(-_layer_core(n), 0) for x, n in zip((c, r, v, h), names, strict=True)]
     args = [x.clone().requires_grad_() for x in first]
     u = bt.ode_forward(*args, is_step_dim_first=True, enable_central_smoothness=True)
@@ -502,7 +502,7 @@ def test_higher_order_derivatives_raise(rng, monkeypatch, route):
     w = torch.tensor(rng.standard_normal((2, 6, 2, 3)), dtype=F64)
     algorithm = "cyclic" if route == "cyclic" else None
     if route == "operators":  # the custom operators' autograd.Function
-        monkeypatch.setattr(_ops, "_plain_cpu", lambda tensors: False)
+        monkeypatch.setattr(_mnn, "_plain_cpu", lambda tensors: False)
     for loss in (lambda u: (w * u).sum(), lambda u: (u**2).sum()):
         u = bt.ode_forward(c, r, v, h, algorithm=algorithm)
         (g,) = torch.autograd.grad(loss(u), c, create_graph=True)
