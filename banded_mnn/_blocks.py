@@ -134,9 +134,11 @@ def _choose_algorithm(arrays, rhs, steps: int, impl) -> str:
     cyclic reduction wins only for a few long systems and by at most 2.4x,
     ``docs/performance.md``); with a GPU backend "cyclic" for few, long
     systems (:func:`._backends._gpu.choose_algorithm`)."""
-    if not hasattr(impl, "kernels"):  # (the GPU backends' kernel sets)
-        return "sequential"
+    from . import _backends
     from ._backends import _gpu
+
+    if not _backends.is_gpu(impl):
+        return "sequential"
 
     batch = np.broadcast_shapes(*(a.shape[:-3] for a in arrays), rhs.shape[:-2])
     return _gpu.choose_algorithm(math.prod(batch), steps, impl.kernels().multiprocessors())

@@ -151,7 +151,10 @@ def flat_batch(
     odd-strided arrays are copied.
     """
     batch_shape = tuple(batch_shape)
-    plain = type(x) is np.ndarray and x.flags.c_contiguous and x.flags.aligned and x.size
+    # (NumPy arrays and their subclasses; not array types of other modules
+    # built on ndarray, such as the tests' stand-in for CuPy.)
+    plain = isinstance(x, np.ndarray) and namespace(x) is np
+    plain = plain and x.flags.c_contiguous and x.flags.aligned and x.size
     if plain and x.shape[: x.ndim - core_ndim] == batch_shape:
         return _flat_contiguous(x, batch_shape, core_ndim)
     return _flat_general(x, batch_shape, core_ndim)

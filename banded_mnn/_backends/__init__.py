@@ -60,6 +60,11 @@ def get(name: str | None, gpu_input: bool = False) -> ModuleType:
     return module
 
 
+def is_gpu(module: ModuleType) -> bool:
+    """Whether backend ``module`` (as :func:`get` returns it) is a GPU backend."""
+    return module.__name__ in {_MODULES[name] for name in GPU_BACKENDS}
+
+
 def usable(name: str) -> tuple[bool, str]:
     """Whether backend ``name`` can run on this machine, and why not if it cannot."""
     try:

@@ -337,12 +337,13 @@ class GpuOdeSystem(OdeSystem):
         inputs.dtype = dtype
         spec, batch = self.spec, inputs.batch
         nsys, m = math.prod(batch), spec.n_unknowns
-        x = xp.empty((nsys, m), dtype=dtype)
         if nsys and self.cyclic is not None:
             y = _gpu.workspace(xp, dtype, nsys, m, 1, "warp")  # (systems, M), contiguous
             _assemble(inputs, batch, None, None, y, xp)
             x = self._solve_vectors(y.buf[: nsys * m].reshape(nsys, m), batch)
-        elif nsys:
+        else:
+            x = xp.empty((nsys, m), dtype=dtype)
+        if nsys and self.cyclic is None:
             regime = _gpu.choose_regime(nsys, kernels.multiprocessors())
             y = _gpu.workspace(xp, dtype, nsys, m, 1, regime)
             _assemble(inputs, batch, None, None, y, xp)

@@ -318,7 +318,7 @@ def _prepare(
         xp, gpu = np, False  # (the common case, without importing a backend)
     else:
         impl, xp = _api._select(backend, present)
-        gpu = impl.__name__ in (_backends._MODULES[name] for name in _backends.GPU_BACKENDS)
+        gpu = _backends.is_gpu(impl)
     arrays = {
         name: _canonical(x, name, is_step_dim_first, xp, backend) for name, x in present.items()
     }

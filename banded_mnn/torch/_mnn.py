@@ -305,8 +305,9 @@ torch.library.register_vmap(_ode_backward, _vmap_rule(_ode_backward, (0, 1, 4, 5
 # Public MNN function
 # --------------------------------------------------------------------------
 
-#: Tests set this to send CPU tensors through the CUDA tensors' path (which is
-#: device-agnostic torch code) and compare it with the CPU layer.
+#: Tests set this, under Numba's CUDA simulator, to send CPU tensors through
+#: the CUDA tensors' path (the GPU layer with the "numba-cuda" backend on NumPy
+#: views) and compare it with the CPU layer.
 _ROUTE_CPU_TENSORS_TO_GPU_PATH = False
 
 

@@ -31,14 +31,10 @@ def blocks(coefficients, rhs_equation, init_vars, steps, weights=(1.0, 1.0, 1.0)
     return a0, a1, rhs_vector(coefficients, rhs_equation, init_vars, weights)
 
 
-def lhs_blocks(
-    coefficients, steps, n_init_steps, n_init_orders, weights=(1.0, 1.0, 1.0), central=False
-):
+def lhs_blocks(coefficients, steps, n_init_steps, n_init_orders, weights=(1.0, 1.0, 1.0)):
     """``(a0, a1)``: the normal matrix's diagonal (B, T, n, n) and sub-diagonal
     (B, T-1, n, n) blocks, from coefficients (B, T, E, D, O) and steps (B, T-1),
-    with ``u[t, d, o]`` pinned for ``t < n_init_steps`` and ``o < n_init_orders``.
-    With ``central`` the forward/backward smoothness rows stop one order short
-    (the central rows themselves are added by the caller)."""
+    with ``u[t, d, o]`` pinned for ``t < n_init_steps`` and ``o < n_init_orders``."""
     weq2, wiv2, ws2 = (w * w for w in weights)
     B, T, E, D, O = coefficients.shape
     n = D * O
@@ -49,7 +45,7 @@ def lhs_blocks(
     pinned.view(T, D, O)[:n_init_steps, :, :n_init_orders] = 1.0
     a0 = a0 + wiv2 * torch.diag_embed(pinned)
     p0, p1, q = (
-        torch.as_tensor(t, dtype=dtype, device=device) for t in smoothness_tables(O, central)
+        torch.as_tensor(t, dtype=dtype, device=device) for t in smoothness_tables(O, False)
     )
     orders = torch.arange(O, device=device)
     hp = steps[..., None, None] ** (orders[:, None] + orders)  # (B, T-1, O, O)
