@@ -177,15 +177,23 @@ def rows_to_band(ring, Rp, mask, band, off, sj, st, n, bw, j0, j1):
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"})
-def backward_compact(F, n, bw, Y, ny, nrhs):
+def backward_compact(F, n, bw, Y, ny, nrhs, solved):
     """``Y <- L^{-T} Y`` with the factor in ``F`` (see :func:`rows_to_compact`),
     by columns of ``L^T``: x[j] = y[j] / L[j, j], then y[j - t] -= L[j, j - t] x[j]
     for t = 1..bw, from the last row up.  Each x[j] waits for one update
-    only, not for a sum over the band."""
+    only, not for a sum over the band.
+
+    Rows ``j >= solved`` already hold ``x`` (the interface of
+    :func:`solve_twisted`; ``solved = n`` for a whole factor): they only
+    update the rows above them, through the columns ``< solved`` of ``F``."""
     w = bw + 1
     for k in range(nrhs):
         y0 = k * ny
-        for j in range(n - 1, -1, -1):
+        for j in range(n - 1, solved - 1, -1):
+            xj = Y[y0 + j]
+            for t in range(j - solved + 1, min(bw, j) + 1):
+                Y[y0 + j - t] -= F[(j - t) * w + t] * xj
+        for j in range(solved - 1, -1, -1):
             xj = Y[y0 + j] / F[j * w]
             Y[y0 + j] = xj
             for t in range(1, min(bw, j) + 1):
@@ -264,6 +272,48 @@ def fill_band(band, off, sj, st, n, bw, value):
 
 
 @njit(cache=True, nogil=True)
+def factor_leading(
+    band, off, sj, st, n, bw, npiv, fout, foff, fsj, fst, store_factor,
+    ring, Rp, F, Y, ny, nrhs, block, vec,
+):  # fmt: skip
+    """Pivot the first ``npiv`` columns of one system's ``n``-row band
+    (``npiv = n``: the whole factorisation), the forward substitution of the
+    right-hand sides in ``Y`` fused.
+
+    Rows are gathered ``block`` at a time; the columns whose updates stay
+    inside the gathered rows are factored, and the finished factor rows go to
+    ``fout`` (with ``store_factor``) and to ``F`` (with ``nrhs > 0``).  With
+    ``npiv < n`` the rows ``[npiv, n)`` are left in the ring holding their
+    Schur complement ``A22 - L21 L21^T``, and ``Y[npiv:n]`` holds
+    ``b2 - L21 y1``.  Returns ``(info, band finite)``.
+    """
+    finite_band = True
+    info = 0
+    mask = ring.shape[0] // Rp - 1
+    # The rows' padding stays zero through the factorisation (it only ever
+    # gets 0 * finite subtracted); zeroed per system, so that a system with
+    # non-finite input cannot leave NaN there for the next one.
+    ring[: min(n, mask + 1) * Rp] = 0.0
+    done = 0
+    # Gather a block of rows, then factor the columns whose updates stay
+    # inside the gathered rows, and send the finished rows on.
+    for g0 in range(0, n, block):
+        g1 = min(n, g0 + block)
+        if not gather_ring(ring, Rp, mask, band, off, sj, st, n, bw, g0, g1):
+            finite_band = False
+        # Whole column blocks only, except at the end.
+        ready = n if g1 == n else done + max(0, g1 - bw - done) // BLOCK_COLUMNS * BLOCK_COLUMNS
+        ready = min(ready, npiv)
+        info = factor_columns(ring, Rp, mask, n, bw, done, ready, Y, ny, nrhs, info, vec)
+        if store_factor:
+            rows_to_band(ring, Rp, mask, fout, foff, fsj, fst, n, bw, done, ready)
+        if nrhs > 0:
+            rows_to_compact(ring, Rp, mask, F, bw, done, ready, vec)
+        done = ready
+    return info, finite_band
+
+
+@njit(cache=True, nogil=True)
 def solve_system(
     band, off, sj, st, n, bw, do_factor,
     fout, foff, fsj, fst, store_factor,
@@ -287,33 +337,114 @@ def solve_system(
         backward_strided(band, off, sj, st, n, bw, Y, ny, nrhs)
         scatter_rhs(Y, ny, out, ooff, osj, osk, n, nrhs)
         return info, finite_band, finite_rhs
-    finite_band = True
-    mask = ring.shape[0] // Rp - 1
-    # The rows' padding stays zero through the factorisation (it only ever
-    # gets 0 * finite subtracted); zeroed per system, so that a system with
-    # non-finite input cannot leave NaN there for the next one.
-    ring[: min(n, mask + 1) * Rp] = 0.0
-    done = 0
-    # Gather a block of rows, then factor the columns whose updates stay
-    # inside the gathered rows, and send the finished rows on.
-    for g0 in range(0, n, block):
-        g1 = min(n, g0 + block)
-        if not gather_ring(ring, Rp, mask, band, off, sj, st, n, bw, g0, g1):
-            finite_band = False
-        # Whole column blocks only, except at the end.
-        ready = n if g1 == n else done + max(0, g1 - bw - done) // BLOCK_COLUMNS * BLOCK_COLUMNS
-        info = factor_columns(ring, Rp, mask, n, bw, done, ready, Y, ny, nrhs, info, vec)
-        if store_factor:
-            rows_to_band(ring, Rp, mask, fout, foff, fsj, fst, n, bw, done, ready)
-        if nrhs > 0:
-            rows_to_compact(ring, Rp, mask, F, bw, done, ready, vec)
-        done = ready
+    info, finite_band = factor_leading(
+        band, off, sj, st, n, bw, n, fout, foff, fsj, fst, store_factor,
+        ring, Rp, F, Y, ny, nrhs, block, vec,
+    )  # fmt: skip
     if info > 0:
         if store_factor:
             fill_band(fout, foff, fsj, fst, n, bw, math.nan)
         for e in range(Y.shape[0]):
             Y[e] = math.nan
     elif nrhs > 0:
-        backward_compact(F, n, bw, Y, ny, nrhs)
+        backward_compact(F, n, bw, Y, ny, nrhs, n)
     scatter_rhs(Y, ny, out, ooff, osj, osk, n, nrhs)
     return info, finite_band, finite_rhs
+
+
+# Two threads on one system: the "twisted" (two-sided) factorisation.  The
+# unknowns split into a top part ``[0, top)``, an interface of ``bw`` rows
+# ``[top, top + bw)`` and a bottom part ``[top + bw, n)``, which the band
+# keeps apart: with ``P`` the permutation (top, bottom, interface),
+#
+#     P A P^T = [[A11, 0, A1s], [0, A33, A3s], [As1, As3, Ass]]
+#             = G G^T,  G = [[L1, 0, 0], [0, R, 0], [W1^T, W3^T, Ls]],
+#
+# with ``L1 L1^T = A11`` (Cholesky from the top), ``R R^T = A33`` where ``R`` is
+# *upper* triangular (Cholesky of the reversed matrix ``J A33 J``, i.e. from
+# the bottom), ``W1 = L1^{-1} A1s``, ``W3 = R^{-1} A3s`` (each nonzero in
+# ``bw`` rows only: no fill) and ``Ls Ls^T = Ass - W1^T W1 - W3^T W3``.  The
+# two parts are the ordinary band factorisation stopped ``bw`` rows early
+# (:func:`factor_leading` with ``npiv < n``), the bottom one run on the
+# reversed band -- a strided view, see :func:`twisted_part` -- so both run at
+# once, on the same kernel.  Being a symmetric permutation of ``A`` followed by
+# Cholesky, it is as stable as the ordinary factorisation.
+
+
+@njit(cache=True, nogil=True)
+def twisted_part(off, sj, st, n, bw, bottom):
+    """``(off, sj, st, rows, pivots)`` of one part of the twisted
+    factorisation of an ``n``-row band at ``(off, sj, st)`` (the addressing
+    of :func:`gather_ring`).
+
+    The top part is rows ``[0, top + bw)``, ``top = (n - bw) // 2``, and
+    pivots ``top``.  The bottom part is rows ``[top, n)`` of the reversed
+    matrix ``A'[i, j] = A[n-1-i, n-1-j]``: ``A'[j + t, j] = A[n-1-j,
+    n-1-j-t]``, which is ``A[(n-1-j-t) + t, n-1-j-t]``, at ``off + (n-1) sj
+    - j sj + t (st - sj)``: a strided view (the cells past the matrix end are
+    never read).  It pivots its first ``n - top - bw`` rows.
+    """
+    top = (n - bw) // 2
+    if bottom:
+        return off + (n - 1) * sj, -sj, st - sj, n - top, n - top - bw
+    return off, sj, st, top + bw, top
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def solve_interface(
+    ring_top, ring_bottom, Rp, rows_top, rows_bottom, bw,
+    band, off, sj, st, Y_top, Y_bottom, ny, rhs, roff, rsj, rsk, nrhs, S,
+):  # fmt: skip
+    """The interface of the twisted factorisation: ``Ls Ls^T = Ass - W1^T W1
+    - W3^T W3`` and ``Ls Ls^T x_s = b_s - W1^T y1 - W3^T y3``.
+
+    Each part left its Schur complement ``Ass - Wi^T Wi`` in its ring and
+    ``b_s - Wi^T yi`` in its ``Y`` (the bottom's in reversed order), so the
+    interface matrix is their sum less ``Ass`` (read again from the band), and
+    likewise the right-hand side.  ``x_s`` is written back to both parts'
+    ``Y``.  ``S`` is a ``bw * (bw + 1)`` workspace.  Returns 0, or the
+    interface column (from 1) whose pivot is not positive.
+    """
+    mask = ring_top.shape[0] // Rp - 1
+    top = rows_top - bw
+    unit = np.ones(1, dtype=S.dtype)[0]
+    # S[a, b] (a >= b) for interface rows top + a, top + b.  In the bottom
+    # part's reversed numbering, row top + a is rows_bottom - 1 - a.
+    for b in range(bw):
+        for a in range(b, bw):
+            t = a - b
+            from_top = ring_top[((top + b) & mask) * Rp + t]
+            from_bottom = ring_bottom[((rows_bottom - 1 - a) & mask) * Rp + t]
+            S[a * bw + b] = from_top + from_bottom - band[off + (top + b) * sj + t * st]
+    # Dense Cholesky of the bw x bw interface, lower triangle in place.
+    for c in range(bw):
+        d = S[c * bw + c]
+        for k in range(c):
+            d -= S[c * bw + k] * S[c * bw + k]
+        if not (d > 0.0 and d < math.inf):
+            return c + 1
+        d = math.sqrt(d)
+        S[c * bw + c] = d
+        r = unit / d
+        for a in range(c + 1, bw):
+            v = S[a * bw + c]
+            for k in range(c):
+                v -= S[a * bw + k] * S[c * bw + k]
+            S[a * bw + c] = v * r
+    x = bw * bw  # the interface unknowns, after the matrix in S
+    for k in range(nrhs):
+        yt, yb, b0 = k * ny + top, k * ny + rows_bottom - 1, roff + top * rsj + k * rsk
+        for a in range(bw):
+            v = Y_top[yt + a] + Y_bottom[yb - a] - rhs[b0 + a * rsj]
+            for c in range(a):
+                v -= S[a * bw + c] * S[x + c]
+            S[x + a] = v / S[a * bw + a]
+        for a in range(bw - 1, -1, -1):
+            v = S[x + a]
+            for c in range(a + 1, bw):
+                v -= S[c * bw + a] * S[x + c]
+            v /= S[a * bw + a]
+            S[x + a] = v
+            Y_top[yt + a] = v
+            Y_bottom[yb - a] = v
+    return 0

@@ -26,7 +26,16 @@ from numba import njit, prange, types
 
 from .._strided import StridedBatch
 from ._band_kernels import backward, factor, forward, lane_marker
-from ._column_kernels import ring_shape, solve_system
+from ._column_kernels import (
+    backward_compact,
+    factor_leading,
+    gather_rhs,
+    ring_shape,
+    scatter_rhs,
+    solve_interface,
+    solve_system,
+    twisted_part,
+)
 
 #: Lane counts used.  8 fills one AVX-512 register in float64 (two AVX2
 #: registers); 1 selects the one-system kernels (:func:`_column_driver`) for
@@ -149,6 +158,85 @@ def _column_driver(
                 nonfinite[1] = 1
 
 
+def _twisted_driver(
+    band, band_off, band_sj, band_st, n, bw, do_factor,
+    fout, fout_off, fout_sj, fout_st, store_factor,
+    rhs, rhs_off, rhs_sj, rhs_sk,
+    out, out_off, out_sj, out_sk, nrhs,
+    check, nonfinite, info, vec, threads,
+):  # fmt: skip
+    """As :func:`_column_driver` for ``solveh_banded`` (factor and solve, no
+    factor kept), two threads per system: the twisted factorisation of
+    :mod:`._column_kernels`, its top and bottom parts in parallel, then the
+    ``bw x bw`` interface, then both parts' backward substitutions in parallel.
+
+    A system whose factorisation fails anywhere is solved again by
+    :func:`solve_system`, which gives LAPACK's ``info`` (the first leading
+    minor that is not positive definite; a failure in the bottom part or the
+    interface does not say which) and NaN results.
+    """
+    V = len(vec)
+    nsys = info.shape[0]
+    K, Rp = ring_shape(bw, ROW_BLOCK, V)
+    ny = n - (n - bw) // 2  # rows of the larger (bottom) part
+    parts = 2 * nsys
+    rings = np.empty((parts, K * Rp), dtype=band.dtype)
+    F = np.empty((parts, ny * (bw + 1) + V), dtype=band.dtype)
+    Y = np.empty((parts, nrhs * ny), dtype=band.dtype)
+    status = np.zeros(parts, dtype=np.int32)
+    bad = np.zeros((parts, 2), dtype=np.int8)
+    for p in prange(parts):
+        i, bottom = p // 2, p % 2 == 1
+        off, sj, st, rows, pivots = twisted_part(band_off[i], band_sj, band_st, n, bw, bottom)
+        roff, rsj = (rhs_off[i] + (n - 1) * rhs_sj, -rhs_sj) if bottom else (rhs_off[i], rhs_sj)
+        if not gather_rhs(Y[p], ny, rhs, roff, rsj, rhs_sk, rows, nrhs):
+            bad[p, 1] = 1
+        status[p], finite = factor_leading(
+            band, off, sj, st, rows, bw, pivots, fout, 0, 0, 0, False,
+            rings[p], Rp, F[p], Y[p], ny, nrhs, ROW_BLOCK, vec,
+        )  # fmt: skip
+        if not finite:
+            bad[p, 0] = 1
+    S = np.empty(bw * (bw + 1), dtype=band.dtype)
+    rows_top, rows_bottom = (n - bw) // 2 + bw, ny
+    for i in range(nsys):
+        if status[2 * i] == 0 and status[2 * i + 1] == 0:
+            info[i] = solve_interface(
+                rings[2 * i], rings[2 * i + 1], Rp, rows_top, rows_bottom, bw,
+                band, band_off[i], band_sj, band_st, Y[2 * i], Y[2 * i + 1], ny,
+                rhs, rhs_off[i], rhs_sj, rhs_sk, nrhs, S,
+            )  # fmt: skip
+        else:
+            info[i] = 1  # solved again below
+    for p in prange(parts):
+        i, bottom = p // 2, p % 2 == 1
+        if info[i] != 0:
+            continue
+        _, _, _, rows, pivots = twisted_part(0, 1, 1, n, bw, bottom)
+        backward_compact(F[p], rows, bw, Y[p], ny, nrhs, pivots)
+        if bottom:  # the interface rows go out with the top part
+            scatter_rhs(Y[p], ny, out, out_off[i] + (n - 1) * out_sj, -out_sj, out_sk, pivots, nrhs)
+        else:
+            scatter_rhs(Y[p], ny, out, out_off[i], out_sj, out_sk, rows, nrhs)
+    for i in range(nsys):
+        if info[i] != 0:
+            ring = np.empty(K * Rp, dtype=band.dtype)
+            Fi = np.empty(n * (bw + 1) + V, dtype=band.dtype)
+            Yi = np.empty(nrhs * n, dtype=band.dtype)
+            info[i], _, _ = solve_system(
+                band, band_off[i], band_sj, band_st, n, bw, True,
+                fout, fout_off[i], fout_sj, fout_st, False,
+                rhs, rhs_off[i], rhs_sj, rhs_sk, out, out_off[i], out_sj, out_sk, nrhs,
+                ring, Rp, Fi, Yi, n, ROW_BLOCK, vec,
+            )  # fmt: skip
+    if check:
+        for p in range(parts):
+            if bad[p, 0]:
+                nonfinite[0] = 1
+            if bad[p, 1]:
+                nonfinite[1] = 1
+
+
 # Gather/scatter between the caller's arrays and the workspaces, rows [j0, j1)
 # at a time.  Lanes are innermost, so each lane's operand is walked
 # sequentially (diagonal by diagonal for the band) and the workspace
@@ -253,10 +341,13 @@ COLUMN_WIDTH = 8
 
 
 @functools.cache
-def _compiled_column_driver(dtype: np.dtype):
-    """As :func:`_compiled_driver`, for :func:`_column_driver`."""
+def _compiled_column_driver(dtype: np.dtype, twisted: bool = False):
+    """As :func:`_compiled_driver`, for :func:`_column_driver` (or, with
+    ``twisted``, :func:`_twisted_driver`)."""
     signature = _driver_signature(COLUMN_WIDTH, dtype)
-    return njit(signature, parallel=True, cache=True)(_column_driver)
+    return njit(signature, parallel=True, cache=True)(
+        _twisted_driver if twisted else _column_driver
+    )
 
 
 def _finite_source(buf, offsets, n0, n1, s0, s1):
@@ -329,6 +420,31 @@ def choose_lanes(nsys: int, spare_memory: bool = False, system_bytes: int = 0) -
     )
 
 
+#: Least work, ``n * (bw + 4)``, for which one system is split over two
+#: threads (:func:`_twisted_driver`): the factorisation of a column costs
+#: about ``2.4 (bw + 4)`` ns on the project machine, and below about 20 us
+#: the second parallel region and the interface cost more than half of it
+#: saves.  Measured (``solveh_banded``, B = 1): break-even at n = 1024 for u =
+#: 1, 512 for u = 5, 256 for u = 17 and below 256 for u = 40; at n = 2048 the
+#: twisted solve is 1.3x (u = 1, 5), 1.6x (u = 17), 1.7x (u = 40) faster.
+TWISTED_MIN_WORK = 8192
+
+
+def use_twisted(nsys: int, n: int, bw: int, solve_only: bool) -> bool:
+    """Whether to split each system over two threads (:func:`_twisted_driver`):
+    for ``solveh_banded`` (factor and solve, no factor kept: the twisted
+    factor is not LAPACK's) when there are at least two threads per system and
+    the systems are long enough (:data:`TWISTED_MIN_WORK`; and at least ``bw
+    + 2`` rows, so that both parts pivot a row)."""
+    threads = numba.get_num_threads()
+    return (
+        solve_only
+        and 2 * nsys <= threads
+        and n >= bw + 2
+        and n * (bw + 4) >= TWISTED_MIN_WORK
+    )
+
+
 def run(
     band: StridedBatch,
     bw: int,
@@ -361,7 +477,9 @@ def run(
     system_bytes = n * (bw + 1) * band.buf.itemsize
     lanes = choose_lanes(nsys, spare_memory=spare_memory, system_bytes=system_bytes)
     if lanes == 1:
-        driver, marker = _compiled_column_driver(band.buf.dtype), lane_marker(COLUMN_WIDTH)
+        twisted = use_twisted(nsys, n, bw, factor and factor_out is None and nrhs > 0)
+        driver = _compiled_column_driver(band.buf.dtype, twisted)
+        marker = lane_marker(COLUMN_WIDTH)
     else:
         driver, marker = _compiled_driver(lanes, band.buf.dtype), lane_marker(lanes)
     store_factor = factor_out is not None

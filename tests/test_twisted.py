@@ -1,0 +1,150 @@
+"""The twisted factorisation: one system's solve split over two threads.
+
+``solveh_banded`` on one long system (two or more threads per system) factors
+the top half from the top and the bottom half from the bottom, in parallel,
+and joins them through a ``u x u`` interface (``_numba_cpu._twisted_driver``).
+These tests force that path at every size, against SciPy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+import banded_mnn as bm
+from banded_mnn._backends import _numba_cpu
+from banded_mnn.problems import mnn_normal_band, random_spd_band
+from conftest import dense_from_band, eps, scipy_solve
+
+
+@pytest.fixture
+def twisted(monkeypatch):
+    """Every factor-and-solve call takes the twisted path (size and thread
+    count notwithstanding); anything else stays as it is."""
+    chosen = []
+
+    def always(nsys, n, bw, solve_only):
+        use = solve_only and n >= bw + 2
+        chosen.append(use)
+        return use
+
+    monkeypatch.setattr(_numba_cpu, "use_twisted", always)
+    monkeypatch.setattr(_numba_cpu, "choose_lanes", lambda nsys, **_: 1)
+    return chosen
+
+
+# (batch, M, u): the smallest splits (M = u + 2: one pivot per part), odd and
+# even M, u = 0 (no interface), u larger than the row block, several systems.
+SHAPES = [
+    ((), 2, 0),
+    ((), 3, 1),
+    ((), 7, 5),
+    ((), 8, 5),
+    ((), 40, 3),
+    ((), 41, 3),
+    ((), 301, 17),
+    ((), 2001, 17),
+    ((2,), 203, 70),
+    ((3,), 500, 9),
+    ((2, 2), 64, 2),
+]
+
+
+@pytest.mark.parametrize("lower", [False, True], ids=["upper", "lower"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nrhs", [None, 1, 3])
+@pytest.mark.parametrize(("batch", "m", "u"), SHAPES)
+def test_matches_scipy(batch, m, u, nrhs, dtype, lower, twisted, rng):
+    ab = random_spd_band(batch, m, u, lower=lower, dtype=dtype, rng=rng)
+    b = rng.standard_normal((m,) if nrhs is None else batch + (m, nrhs)).astype(dtype)
+    ab0, b0 = ab.copy(), b.copy()
+    x, info = bm.solveh_banded_ex(ab, b, lower=lower)
+    assert twisted and all(twisted)
+    expected = scipy_solve(ab, b, lower)
+    assert x.dtype == dtype and x.shape == expected.shape
+    assert info.shape == batch and not info.any()
+    tol = 40 * (u + 1) * eps(dtype)
+    np.testing.assert_allclose(x, expected, rtol=tol, atol=tol * np.abs(expected).max())
+    np.testing.assert_array_equal(ab, ab0)
+    np.testing.assert_array_equal(b, b0)
+
+
+def test_only_for_solves():
+    """cholesky_banded and cho_solve_banded return or use LAPACK's factor,
+    which the twisted factorisation does not compute."""
+    threads = _numba_cpu.numba.get_num_threads()
+    many = 10**6
+    assert not _numba_cpu.use_twisted(1, many, 17, solve_only=False)
+    assert _numba_cpu.use_twisted(1, many, 17, solve_only=True) == (threads >= 2)
+    assert not _numba_cpu.use_twisted(threads, many, 17, solve_only=True)  # one thread each
+    assert not _numba_cpu.use_twisted(1, 100, 17, solve_only=True)  # too little work
+    assert not _numba_cpu.use_twisted(1, 18, 17, solve_only=True)  # too few rows
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ill_conditioned(dtype, twisted, rng):
+    """S-MNN's normal equations (block 9): the error within cond * eps of SciPy's."""
+    ab = mnn_normal_band((), steps=60, block=9, rng=rng).astype(dtype)
+    b = rng.standard_normal((540, 2)).astype(dtype)
+    x = bm.solveh_banded(ab, b)
+    dense = dense_from_band(ab.astype(np.float64), lower=False)
+    cond = np.linalg.cond(dense)
+    reference = scipy_solve(ab.astype(np.float64), b.astype(np.float64), lower=False)
+    error = np.abs(x - reference).max() / np.abs(reference).max()
+    assert error < 10 * cond * eps(dtype), (error, cond)
+    residual = dense @ x.astype(np.float64) - b
+    scale = np.linalg.norm(dense, 2) * np.abs(x).max() + np.abs(b).max()
+    assert np.abs(residual).max() / scale < 200 * eps(dtype)
+
+
+def test_strided_and_overwritten_operands(twisted, rng):
+    m, u = 257, 6
+    ab = random_spd_band((), m, u, rng=rng)
+    expected = scipy.linalg.solveh_banded(ab, rng.standard_normal((m, 2)))  # warm-up shape
+    wide_ab = np.zeros((u + 1, 2 * m))
+    wide_ab[:, ::2] = ab
+    b = rng.standard_normal((m, 4))[::-1, ::2]  # negative and non-unit strides
+    expected = scipy.linalg.solveh_banded(ab, b)
+    x = bm.solveh_banded(wide_ab[:, ::2], b)
+    np.testing.assert_allclose(x, expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())
+    own = np.array(b, order="F")
+    x = bm.solveh_banded(ab, own, overwrite_b=True)
+    np.testing.assert_allclose(x, expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())
+
+
+def _lapack_info(ab: np.ndarray) -> int:
+    _, info = scipy.linalg.lapack.dpbtrf(ab)
+    return int(info)
+
+
+@pytest.mark.parametrize("where", ["top", "interface", "bottom"])
+def test_not_positive_definite_reports_lapacks_minor(where, twisted, rng):
+    """A failure in either part or in the interface gives LAPACK's ``info``
+    (the first leading minor that is not positive definite), and NaN."""
+    m, u = 300, 5
+    top = (m - u) // 2
+    row = {"top": 40, "interface": top + 2, "bottom": m - 60}[where]
+    ab = random_spd_band((3,), m, u, rng=rng)
+    ab[1, u, row] = -1.0  # a negative diagonal entry in system 1
+    b = rng.standard_normal((3, m, 1))
+    x, info = bm.solveh_banded_ex(ab, b)
+    assert info[1] == _lapack_info(ab[1]) > 0
+    assert info[0] == info[2] == 0
+    assert np.isnan(x[1]).all()
+    for i in (0, 2):
+        expected = scipy.linalg.solveh_banded(ab[i], b[i])
+        np.testing.assert_allclose(x[i], expected, rtol=1e-12, atol=1e-12)
+    with pytest.raises(bm.NotPositiveDefiniteError, match=f"{info[1]}-th leading minor"):
+        bm.solveh_banded(ab, b)
+
+
+@pytest.mark.parametrize("operand", ["ab", "b"])
+@pytest.mark.parametrize("where", [10, 250])
+def test_non_finite_input_is_named(operand, where, twisted, rng):
+    m, u = 300, 5
+    ab = random_spd_band((), m, u, rng=rng)
+    b = rng.standard_normal(m)
+    (ab[u] if operand == "ab" else b)[where] = np.nan
+    with pytest.raises(ValueError, match=f"^{operand} must not contain"):
+        bm.solveh_banded(ab, b)
