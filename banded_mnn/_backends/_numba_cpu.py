@@ -437,12 +437,7 @@ def use_twisted(nsys: int, n: int, bw: int, solve_only: bool) -> bool:
     the systems are long enough (:data:`TWISTED_MIN_WORK`; and at least ``bw
     + 2`` rows, so that both parts pivot a row)."""
     threads = numba.get_num_threads()
-    return (
-        solve_only
-        and 2 * nsys <= threads
-        and n >= bw + 2
-        and n * (bw + 4) >= TWISTED_MIN_WORK
-    )
+    return solve_only and 2 * nsys <= threads and n >= bw + 2 and n * (bw + 4) >= TWISTED_MIN_WORK
 
 
 def run(
