@@ -148,3 +148,20 @@ def test_non_finite_input_is_named(operand, where, twisted, rng):
     (ab[u] if operand == "ab" else b)[where] = np.nan
     with pytest.raises(ValueError, match=f"^{operand} must not contain"):
         bm.solveh_banded(ab, b)
+
+
+def test_ab_script_runs(capsys):
+    """``tools/twisted_ab.py`` (the figures in docs/performance.md) runs and
+    prints its table."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "twisted_ab.py"
+    spec = importlib.util.spec_from_file_location("twisted_ab", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    saved = _numba_cpu.TWISTED_MIN_WORK
+    module.main(["--quick", "--repeat", "1"])
+    assert _numba_cpu.TWISTED_MIN_WORK == saved  # restored
+    out = capsys.readouterr().out
+    assert "| 100000 | 17 |" in out and "twisted / SciPy" in out
