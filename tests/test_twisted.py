@@ -162,6 +162,6 @@ def test_ab_script_runs(capsys):
     spec.loader.exec_module(module)
     saved = _numba_cpu.TWISTED_MIN_WORK
     module.main(["--quick", "--repeat", "1"])
-    assert _numba_cpu.TWISTED_MIN_WORK == saved  # restored
+    assert saved == _numba_cpu.TWISTED_MIN_WORK  # restored
     out = capsys.readouterr().out
     assert "| 100000 | 17 |" in out and "twisted / SciPy" in out

@@ -54,17 +54,35 @@ def sequential(call: Callable[[], object]) -> Callable[[], object]:
     return run
 
 
+def solve_times(ab: np.ndarray, b: np.ndarray, repeat: int, force: bool) -> tuple[float, float]:
+    """``(twisted or as chosen, sequential)`` seconds for ``solveh_banded(ab, b)``;
+    with ``force`` the twisted path is taken whatever the size."""
+    saved = _numba_cpu.TWISTED_MIN_WORK
+    if force:
+        _numba_cpu.TWISTED_MIN_WORK = 0
+    try:
+        twisted = median_seconds(lambda: bm.solveh_banded(ab, b), repeat)
+    finally:
+        _numba_cpu.TWISTED_MIN_WORK = saved
+    return twisted, median_seconds(sequential(lambda: bm.solveh_banded(ab, b)), repeat)
+
+
+def scipy_seconds(ab: np.ndarray, b: np.ndarray, repeat: int) -> float:
+    with threadpool_limits(1):
+        return median_seconds(lambda: scipy.linalg.solveh_banded(ab, b), repeat)
+
+
 def speedups(repeat: int, rng: np.random.Generator) -> None:
     print(f"Numba threads: {_numba_cpu.numba.get_num_threads()}; SciPy: 1 BLAS thread")
-    print("| M | u | twisted [ms] | sequential [ms] | SciPy [ms] | twisted / SciPy | sequential / SciPy |")
+    print(
+        "| M | u | twisted [ms] | sequential [ms] | SciPy [ms] | twisted / SciPy | sequential / SciPy |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for m, u in [(100_000, 17), (1_000_000, 5), (18_432, 17), (4_096, 17)]:
         ab = random_spd_band((), m, u, rng=rng)
         b = rng.standard_normal(m)
-        twisted = median_seconds(lambda: bm.solveh_banded(ab, b), repeat)
-        alone = median_seconds(sequential(lambda: bm.solveh_banded(ab, b)), repeat)
-        with threadpool_limits(1):
-            scipy_time = median_seconds(lambda: scipy.linalg.solveh_banded(ab, b), repeat)
+        twisted, alone = solve_times(ab, b, repeat, force=False)
+        scipy_time = scipy_seconds(ab, b, repeat)
         print(
             f"| {m} | {u} | {1e3 * twisted:.2f} | {1e3 * alone:.2f} | {1e3 * scipy_time:.2f} "
             f"| {scipy_time / twisted:.2f}x | {scipy_time / alone:.2f}x |"
@@ -75,19 +93,13 @@ def break_even(repeat: int, rng: np.random.Generator) -> None:
     print("\nsequential / twisted, the twisted path forced (above 1: twisted is faster)")
     print("| u | M | twisted [us] | sequential [us] | ratio |")
     print("|---:|---:|---:|---:|---:|")
-    saved = _numba_cpu.TWISTED_MIN_WORK
     for u in (1, 5, 17, 40):
         for m in (128, 256, 512, 1024, 2048):
             if m < 4 * u:
                 continue
             ab = random_spd_band((), m, u, rng=rng)
             b = rng.standard_normal(m)
-            _numba_cpu.TWISTED_MIN_WORK = 0
-            try:
-                twisted = median_seconds(lambda: bm.solveh_banded(ab, b), repeat)
-            finally:
-                _numba_cpu.TWISTED_MIN_WORK = saved
-            alone = median_seconds(sequential(lambda: bm.solveh_banded(ab, b)), repeat)
+            twisted, alone = solve_times(ab, b, repeat, force=True)
             print(
                 f"| {u} | {m} | {1e6 * twisted:.0f} | {1e6 * alone:.0f} | {alone / twisted:.2f} |"
             )
