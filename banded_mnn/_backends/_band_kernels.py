@@ -195,6 +195,60 @@ def _lane_run(combine):
     return intrinsic(typer)
 
 
+@intrinsic
+def lane_transpose(typingctx, dst, di, ds, src, si, ss, lanes):
+    """Transpose an ``L x L`` tile in registers: with ``x_i = src[si + i*ss :
+    +L]`` (``L`` consecutive elements each), set ``dst[di + k*ds : +L] =
+    (x_0[k], x_1[k], ..., x_{L-1}[k])``.  ``L`` is a power of two.
+
+    Returns the sum of ``x - x`` over the tile: 0 if every element read is
+    finite, NaN otherwise.  ``log2 L`` rounds of ``L`` shuffles, each swapping
+    the off-diagonal blocks of one size (``L/2``, then ``L/4``, ... 1); used by
+    the one-system kernel's gather, where ``L`` scalar loads and stores per
+    element cost three times a read of the band.
+    """
+    width = lanes.count
+
+    def codegen(context, builder, signature, args):
+        (di_, ds_, si_, ss_), intp = _index_values(context, builder, signature, args, (1, 2, 4, 5))
+        dty, sty = signature.args[0], signature.args[3]
+        align = dty.dtype.bitwidth // 8
+        rows = [
+            builder.load(
+                _strided_pointer(context, builder, sty, args[3], si_, ss_, ir.Constant(intp, i), width),
+                align=align,
+            )
+            for i in range(width)
+        ]  # fmt: skip
+        check = builder.fsub(rows[0], rows[0])
+        for row in rows[1:]:
+            check = builder.fadd(check, builder.fsub(row, row))
+        i32 = ir.IntType(32)
+
+        def mask(indices):
+            return ir.Constant(ir.VectorType(i32, width), [ir.Constant(i32, k) for k in indices])
+
+        block = width // 2
+        while block >= 1:
+            low = mask(k if k & block == 0 else width + k - block for k in range(width))
+            high = mask(k + block if k & block == 0 else width + k for k in range(width))
+            for r in range(width):
+                if r & block == 0:
+                    a, b = rows[r], rows[r + block]
+                    rows[r] = builder.shuffle_vector(a, b, low)
+                    rows[r + block] = builder.shuffle_vector(a, b, high)
+            block //= 2
+        for k in range(width):
+            pointer = _strided_pointer(context, builder, dty, args[0], di_, ds_, ir.Constant(intp, k), width)  # fmt: skip
+            builder.store(rows[k], pointer, align=align)
+        total = builder.extract_element(check, ir.Constant(i32, 0))
+        for k in range(1, width):
+            total = builder.fadd(total, builder.extract_element(check, ir.Constant(i32, k)))
+        return total
+
+    return src.dtype(dst, di, ds, src, si, ss, lanes), codegen
+
+
 #: dst[di + k*ds] = src[si + k*ss] * mult[mi], k < count.
 lane_mul_run = _lane_run(lambda builder, d, x, m: builder.fmul(x, m))
 #: dst[di + k*ds] = src[si + k*ss], k < count (``mult`` unused).
