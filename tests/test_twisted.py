@@ -167,29 +167,33 @@ def test_ab_script_runs(capsys):
     assert "| 100000 | 17 |" in out and "twisted / SciPy" in out
 
 
-@pytest.mark.parametrize("u", [5, 9], ids=["tiles4", "tiles8"])
+@pytest.mark.parametrize("u", [5, 9])
 @pytest.mark.parametrize("lower", [False, True], ids=["upper", "lower"])
-@pytest.mark.parametrize("split", [False, True], ids=["sequential", "twisted"])
-def test_every_band_cell_is_checked(u, lower, split, monkeypatch, rng):
-    """The one-system kernel's gather moves 8 x 8 (or, for u < 7, 4 x 4) tiles
-    of the band through registers (forwards, and backwards for the twisted
-    bottom part) and the rest cell by cell; an inf or NaN anywhere in the
+@pytest.mark.parametrize("path", ["sequential", "twisted", "lanes4", "lanes8"])
+def test_every_band_cell_is_checked(u, lower, path, monkeypatch, rng):
+    """The gathers move tiles of the band through registers -- in the
+    one-system kernel 8 x 8 (4 x 4 for u < 7) cells of one system, forwards
+    or, for the twisted bottom part, backwards; in the lane kernels L rows of
+    L systems -- and the rest cell by cell: an inf or NaN anywhere in the
     matrix is found, cells outside it are ignored."""
-    monkeypatch.setattr(_numba_cpu, "choose_lanes", lambda nsys, **_: 1)
+    lanes = int(path[5:]) if path.startswith("lanes") else 1
+    monkeypatch.setattr(_numba_cpu, "choose_lanes", lambda nsys, **_: lanes)
     monkeypatch.setattr(
-        _numba_cpu, "use_twisted", lambda nsys, n, bw, solve_only: split and solve_only
+        _numba_cpu,
+        "use_twisted",
+        lambda nsys, n, bw, solve_only: path == "twisted" and solve_only,
     )
-    m = 45
-    ab = random_spd_band((), m, u, lower=lower, rng=rng)
-    b = rng.standard_normal(m)
-    rows, cols = np.indices(ab.shape)
+    m, batch = 45, (lanes,)
+    ab = random_spd_band(batch, m, u, lower=lower, rng=rng)
+    b = rng.standard_normal(batch + (m, 1))
+    rows, cols = np.indices(ab.shape[1:])
     inside = (cols < m - rows) if lower else (cols >= u - rows)
     outside = ab.copy()
-    outside[~inside] = np.nan  # cells outside the matrix are not read (nor checked, then)
+    outside[:, ~inside] = np.nan  # cells outside the matrix are not read (nor checked, then)
     np.testing.assert_allclose(bm.solveh_banded(outside, b, lower=lower, check_finite=False),
-                               scipy.linalg.solveh_banded(ab, b, lower=lower), rtol=1e-12)  # fmt: skip
+                               scipy_solve(ab, b, lower), rtol=1e-12)  # fmt: skip
     for r, c in zip(rows[inside], cols[inside], strict=True):
         bad = ab.copy()
-        bad[r, c] = np.inf if (r + c) % 2 else np.nan
+        bad[-1, r, c] = np.inf if (r + c) % 2 else np.nan
         with pytest.raises(ValueError, match="^ab must not contain"):
             bm.solveh_banded(bad, b, lower=lower)

@@ -195,29 +195,43 @@ def _lane_run(combine):
     return intrinsic(typer)
 
 
+def _row_pointer(context, builder, array_type, array, offsets_type, offsets, start, stride, k,
+                 width):  # fmt: skip
+    """Pointer to row ``k`` of a tile: ``offsets[k] + start`` when ``offsets``
+    is an array, else ``start + k * stride``."""
+    intp = ir.IntType(64)
+    if isinstance(offsets_type, types.NoneType):
+        return _strided_pointer(context, builder, array_type, array, start, stride,
+                                ir.Constant(intp, k), width)  # fmt: skip
+    table = context.make_array(offsets_type)(context, builder, offsets).data
+    at = builder.load(builder.gep(table, [ir.Constant(intp, k)], inbounds=True))
+    at = context.cast(builder, at, offsets_type.dtype, types.intp)
+    return _vector_pointer(context, builder, array_type, array, builder.add(at, start), width)
+
+
 @intrinsic
-def lane_transpose(typingctx, dst, di, ds, src, si, ss, lanes):
-    """Transpose an ``L x L`` tile in registers: with ``x_i = src[si + i*ss :
-    +L]`` (``L`` consecutive elements each), set ``dst[di + k*ds : +L] =
-    (x_0[k], x_1[k], ..., x_{L-1}[k])``.  ``L`` is a power of two.
+def lane_transpose(typingctx, dst, doffs, di, ds, src, soffs, si, ss, lanes):
+    """Transpose an ``L x L`` tile in registers: with ``x_i`` the ``L``
+    consecutive elements of ``src`` from ``si + i*ss`` (or, when ``soffs`` is
+    an integer array rather than ``None``, from ``soffs[i] + si``), store
+    ``(x_0[k], x_1[k], ..., x_{L-1}[k])`` at ``dst`` from ``di + k*ds`` (or
+    ``doffs[k] + di``).  ``L`` is a power of two.
 
     Returns the sum of ``x - x`` over the tile: 0 if every element read is
     finite, NaN otherwise.  ``log2 L`` rounds of ``L`` shuffles, each swapping
-    the off-diagonal blocks of one size (``L/2``, then ``L/4``, ... 1); used by
-    the one-system kernel's gather, where ``L`` scalar loads and stores per
-    element cost three times a read of the band.
+    the off-diagonal blocks of one size (``L/2``, then ``L/4``, ... 1).  The
+    gathers from the caller's band into the kernels' working layouts are
+    transposes; element by element they cost several times a read of the band.
     """
     width = lanes.count
 
     def codegen(context, builder, signature, args):
-        (di_, ds_, si_, ss_), intp = _index_values(context, builder, signature, args, (1, 2, 4, 5))
-        dty, sty = signature.args[0], signature.args[3]
+        (di_, ds_, si_, ss_), intp = _index_values(context, builder, signature, args, (2, 3, 6, 7))
+        dty, doty, sty, soty = (signature.args[k] for k in (0, 1, 4, 5))
         align = dty.dtype.bitwidth // 8
         rows = [
-            builder.load(
-                _strided_pointer(context, builder, sty, args[3], si_, ss_, ir.Constant(intp, i), width),
-                align=align,
-            )
+            builder.load(_row_pointer(context, builder, sty, args[4], soty, args[5], si_, ss_, i,
+                                      width), align=align)
             for i in range(width)
         ]  # fmt: skip
         check = builder.fsub(rows[0], rows[0])
@@ -239,14 +253,16 @@ def lane_transpose(typingctx, dst, di, ds, src, si, ss, lanes):
                     rows[r + block] = builder.shuffle_vector(a, b, high)
             block //= 2
         for k in range(width):
-            pointer = _strided_pointer(context, builder, dty, args[0], di_, ds_, ir.Constant(intp, k), width)  # fmt: skip
+            pointer = _row_pointer(
+                context, builder, dty, args[0], doty, args[1], di_, ds_, k, width
+            )
             builder.store(rows[k], pointer, align=align)
         total = builder.extract_element(check, ir.Constant(i32, 0))
         for k in range(1, width):
             total = builder.fadd(total, builder.extract_element(check, ir.Constant(i32, k)))
         return total
 
-    return src.dtype(dst, di, ds, src, si, ss, lanes), codegen
+    return src.dtype(dst, doffs, di, ds, src, soffs, si, ss, lanes), codegen
 
 
 #: dst[di + k*ds] = src[si + k*ss] * mult[mi], k < count.

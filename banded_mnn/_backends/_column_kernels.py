@@ -83,7 +83,7 @@ def gather_tiles(ring, Rp, mask, band, off, sj, st, n, bw, j0, j1, tile):
         else:  # reversed: the band's first element of the tile is row j + V - 1
             src, dst, step = off - (j + V - 1), ((j + V - 1) & mask) * Rp, -Rp
         for t0 in range(0, tiled_t, V):
-            check += lane_transpose(ring, dst + t0, step, band, src + t0 * st, st, tile)
+            check += lane_transpose(ring, None, dst + t0, step, band, None, src + t0 * st, st, tile)
     return tiled_j, tiled_t, check == 0.0
 
 

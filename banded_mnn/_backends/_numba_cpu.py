@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit, prange, types
 
 from .._strided import StridedBatch
-from ._band_kernels import backward, factor, forward, lane_marker
+from ._band_kernels import backward, factor, forward, lane_marker, lane_transpose
 from ._column_kernels import (
     backward_compact,
     factor_leading,
@@ -92,7 +92,7 @@ def _driver(
             for g0 in range(0, n, ROW_BLOCK):
                 g1 = min(n, g0 + ROW_BLOCK)
                 finite = _gather_band(
-                    W, band, band_off[first:], band_sj, band_st, n, bw, real, L, g0, g1
+                    W, band, band_off[first:], band_sj, band_st, n, bw, real, lanes, g0, g1
                 )
                 if check and not finite:
                     nonfinite[0] = 1
@@ -116,7 +116,7 @@ def _driver(
                 g1 = min(n, g0 + ROW_BLOCK)
                 if store_factor:
                     _scatter_band(
-                        W, fout, fout_off[first:], fout_sj, fout_st, n, bw, real, L, g0, g1
+                        W, fout, fout_off[first:], fout_sj, fout_st, n, bw, real, lanes, g0, g1
                     )
                 _scatter_rhs(Y, out, out_off[first:], out_sj, out_sk, nrhs, real, L, g0, g1)
 
@@ -247,13 +247,23 @@ def _twisted_driver(
 
 
 @njit(cache=True, nogil=True)
-def _gather_band(W, band, offs, sj, st, n, bw, real, L, j0, j1):
+def _gather_band(W, band, offs, sj, st, n, bw, real, lanes, j0, j1):
+    L = len(lanes)
     R = (bw + 1) * L
     probe = 0.0
+    # Full chunks whose rows are adjacent in the band: L x L tiles (L systems,
+    # L rows) transposed in registers, for the rows whose every cell lies
+    # inside the matrix (j + L - 1 + bw < n).
+    tiled = j0
+    if real == L and sj == 1 and j0 % L == 0:
+        tiled = j0 + max(0, min(j1, n - bw) - j0) // L * L
+    for j in range(j0, tiled, L):
+        for t in range(bw + 1):
+            probe += lane_transpose(W, None, j * R + t * L, R, band, offs, j + t * st, 0, lanes)
     for t in range(bw + 1):
         pad = 1.0 if t == 0 else 0.0
-        jend = max(j0, min(j1, n - t))
-        for j in range(j0, jend):
+        jend = max(tiled, min(j1, n - t))
+        for j in range(tiled, jend):
             w = j * R + t * L
             src = j * sj + t * st
             for l in range(real):
@@ -269,10 +279,17 @@ def _gather_band(W, band, offs, sj, st, n, bw, real, L, j0, j1):
 
 
 @njit(cache=True, nogil=True)
-def _scatter_band(W, band, offs, sj, st, n, bw, real, L, j0, j1):
+def _scatter_band(W, band, offs, sj, st, n, bw, real, lanes, j0, j1):
+    L = len(lanes)
     R = (bw + 1) * L
+    tiled = j0  # as in _gather_band
+    if real == L and sj == 1 and j0 % L == 0:
+        tiled = j0 + max(0, min(j1, n - bw) - j0) // L * L
+    for j in range(j0, tiled, L):
+        for t in range(bw + 1):
+            lane_transpose(band, offs, j + t * st, 0, W, None, j * R + t * L, R, lanes)
     for t in range(bw + 1):
-        for j in range(j0, max(j0, min(j1, n - t))):
+        for j in range(tiled, max(tiled, min(j1, n - t))):
             w = j * R + t * L
             dst = j * sj + t * st
             for l in range(real):
