@@ -197,3 +197,8 @@ def test_every_band_cell_is_checked(u, lower, path, monkeypatch, rng):
         bad[-1, r, c] = np.inf if (r + c) % 2 else np.nan
         with pytest.raises(ValueError, match="^ab must not contain"):
             bm.solveh_banded(bad, b, lower=lower)
+    for r in range(m):  # the right-hand sides go through tiles too (lane kernels)
+        bad = b.copy()
+        bad[-1, r, 0] = np.nan
+        with pytest.raises(ValueError, match="^b must not contain"):
+            bm.solveh_banded(ab, bad, lower=lower)

@@ -96,7 +96,9 @@ def _driver(
                 )
                 if check and not finite:
                     nonfinite[0] = 1
-                finite = _gather_rhs(Y, rhs, rhs_off[first:], rhs_sj, rhs_sk, nrhs, real, L, g0, g1)
+                finite = _gather_rhs(
+                    Y, rhs, rhs_off[first:], rhs_sj, rhs_sk, nrhs, real, lanes, g0, g1
+                )
                 if check and not finite:
                     nonfinite[1] = 1
                 ready = n if g1 == n else max(done, g1 - bw)
@@ -118,7 +120,7 @@ def _driver(
                     _scatter_band(
                         W, fout, fout_off[first:], fout_sj, fout_st, n, bw, real, lanes, g0, g1
                     )
-                _scatter_rhs(Y, out, out_off[first:], out_sj, out_sk, nrhs, real, L, g0, g1)
+                _scatter_rhs(Y, out, out_off[first:], out_sj, out_sk, nrhs, real, lanes, g0, g1)
 
 
 def _column_driver(
@@ -297,9 +299,24 @@ def _scatter_band(W, band, offs, sj, st, n, bw, real, lanes, j0, j1):
 
 
 @njit(cache=True, nogil=True)
-def _gather_rhs(Y, rhs, offs, sj, sk, nrhs, real, L, j0, j1):
+def _rhs_tiles(real, lanes, sj, nrhs, j0, j1):
+    """End of the rows ``[j0, end)`` of a chunk's right-hand sides that go
+    through ``L x L`` register tiles (one right-hand side, full chunk, rows
+    adjacent: as the band's tiles in :func:`_gather_band`)."""
+    L = len(lanes)
+    if real == L and nrhs == 1 and sj == 1 and j0 % L == 0:
+        return j0 + (j1 - j0) // L * L
+    return j0
+
+
+@njit(cache=True, nogil=True)
+def _gather_rhs(Y, rhs, offs, sj, sk, nrhs, real, lanes, j0, j1):
+    L = len(lanes)
     probe = 0.0
-    for j in range(j0, j1):
+    tiled = _rhs_tiles(real, lanes, sj, nrhs, j0, j1)
+    for j in range(j0, tiled, L):
+        probe += lane_transpose(Y, None, j * L, L, rhs, offs, j, 0, lanes)
+    for j in range(tiled, j1):
         for k in range(nrhs):
             y = (j * nrhs + k) * L
             src = j * sj + k * sk
@@ -313,8 +330,12 @@ def _gather_rhs(Y, rhs, offs, sj, sk, nrhs, real, L, j0, j1):
 
 
 @njit(cache=True, nogil=True)
-def _scatter_rhs(Y, out, offs, sj, sk, nrhs, real, L, j0, j1):
-    for j in range(j0, j1):
+def _scatter_rhs(Y, out, offs, sj, sk, nrhs, real, lanes, j0, j1):
+    L = len(lanes)
+    tiled = _rhs_tiles(real, lanes, sj, nrhs, j0, j1)
+    for j in range(j0, tiled, L):
+        lane_transpose(out, offs, j, 0, Y, None, j * L, L, lanes)
+    for j in range(tiled, j1):
         for k in range(nrhs):
             y = (j * nrhs + k) * L
             dst = j * sj + k * sk
