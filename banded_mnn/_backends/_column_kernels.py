@@ -237,8 +237,9 @@ def backward_compact(F, n, bw, Y, ny, nrhs, solved):
     for t = 1..bw, from the last row up.  Each x[j] waits for one update
     only, not for a sum over the band.
 
-    Rows ``j >= solved`` already hold ``x`` (the interface of
-    :func:`solve_twisted`; ``solved = n`` for a whole factor): they only
+    Rows ``j >= solved`` already hold ``x`` (the interface of the twisted
+    factorisation, :func:`solve_interface`; ``solved = n`` for a whole
+    factor): they only
     update the rows above them, through the columns ``< solved`` of ``F``."""
     w = bw + 1
     for k in range(nrhs):
@@ -444,10 +445,37 @@ def twisted_part(off, sj, st, n, bw, bottom):
     return off, sj, st, top + bw, top
 
 
+@njit(cache=True, nogil=True)
+def small_pivot(d, diagonal, tol):
+    """Whether a pivot ``d = L[j, j]`` is small against its diagonal:
+    ``d^2 <= tol A[j, j]``.
+
+    The twisted factorisation uses ``tol = sqrt(eps)``.  A matrix singular to
+    working precision has, in any elimination order, a pivot at rounding
+    level (seen: ``6e-13 A[j, j]`` in float64), and whether that pivot comes
+    out positive is luck, which the twisted order draws differently from the
+    sequential (LAPACK's) one.  Such a system is solved again sequentially;
+    so is a merely ill-conditioned one with a pivot this small, which costs
+    time, not accuracy.
+    """
+    return d * d <= tol * diagonal
+
+
+@njit(cache=True, nogil=True)
+def small_pivot_in_part(F, band, off, sj, pivots, bw, tol):
+    """Whether any of a twisted part's ``pivots`` (``F[j*(bw + 1)]``) is small
+    against its diagonal ``band[off + j*sj]`` (:func:`small_pivot`)."""
+    w = bw + 1
+    for j in range(pivots):  # noqa: SIM110 (no generators in Numba)
+        if small_pivot(F[j * w], band[off + j * sj], tol):
+            return True
+    return False
+
+
 @njit(cache=True, nogil=True, fastmath={"contract"})
 def solve_interface(
     ring_top, ring_bottom, Rp, rows_top, rows_bottom, bw,
-    band, off, sj, st, Y_top, Y_bottom, ny, rhs, roff, rsj, rsk, nrhs, S,
+    band, off, sj, st, Y_top, Y_bottom, ny, rhs, roff, rsj, rsk, nrhs, S, tol,
 ):  # fmt: skip
     """The interface of the twisted factorisation: ``Ls Ls^T = Ass - W1^T W1
     - W3^T W3`` and ``Ls Ls^T x_s = b_s - W1^T y1 - W3^T y3``.
@@ -457,7 +485,8 @@ def solve_interface(
     interface matrix is their sum less ``Ass`` (read again from the band), and
     likewise the right-hand side.  ``x_s`` is written back to both parts'
     ``Y``.  ``S`` is a ``bw * (bw + 1)`` workspace.  Returns 0, or the
-    interface column (from 1) whose pivot is not positive.
+    interface column (from 1) whose pivot is not positive or is small
+    against its diagonal (:func:`small_pivot`, ``tol``).
     """
     mask = ring_top.shape[0] // Rp - 1
     top = rows_top - bw
@@ -478,6 +507,8 @@ def solve_interface(
         if not (d > 0.0 and d < math.inf):
             return c + 1
         d = math.sqrt(d)
+        if small_pivot(d, band[off + (top + c) * sj], tol):
+            return c + 1
         S[c * bw + c] = d
         r = unit / d
         for a in range(c + 1, bw):

@@ -32,6 +32,7 @@ from ._column_kernels import (
     gather_rhs,
     ring_shape,
     scatter_rhs,
+    small_pivot_in_part,
     solve_interface,
     solve_system,
     twisted_part,
@@ -172,10 +173,18 @@ def _twisted_driver(
     :mod:`._column_kernels`, its top and bottom parts in parallel, then the
     ``bw x bw`` interface, then both parts' backward substitutions in parallel.
 
-    A system whose factorisation fails anywhere is solved again by
-    :func:`solve_system`, which gives LAPACK's ``info`` (the first leading
-    minor that is not positive definite; a failure in the bottom part or the
-    interface does not say which) and NaN results.
+    A system whose factorisation fails anywhere, or has a pivot below
+    ``sqrt(eps)`` of its diagonal (it may be singular to working precision,
+    where rounding decides whether it fails, and the twisted order rounds
+    differently: :func:`._column_kernels.small_pivot`), is solved again by
+    :func:`solve_system`: the
+    sequential order's result and LAPACK's ``info`` (the first leading minor
+    that is not positive definite; a failure in the bottom part or the
+    interface does not say which).  The rerun reuses the twisted workspaces.
+
+    Only for factor-and-solve calls (``do_factor`` true, ``store_factor``
+    false, ``nrhs > 0``), as :func:`use_twisted` ensures; ``threads`` is
+    unused (two threads per system).
     """
     V = len(vec)
     nsys = info.shape[0]
@@ -186,6 +195,8 @@ def _twisted_driver(
     F = np.empty((parts, ny * (bw + 1) + V), dtype=band.dtype)
     Y = np.empty((parts, nrhs * ny), dtype=band.dtype)
     status = np.zeros(parts, dtype=np.int32)
+    # sqrt(eps): pivots this small against their diagonal send the system to a rerun.
+    tol = 1.4901161193847656e-08 if band.itemsize == 8 else 3.4526698300124393e-04
     bad = np.zeros((parts, 2), dtype=np.int8)
     for p in prange(parts):
         i, bottom = p // 2, p % 2 == 1
@@ -199,6 +210,8 @@ def _twisted_driver(
         )  # fmt: skip
         if not finite:
             bad[p, 0] = 1
+        elif status[p] == 0 and small_pivot_in_part(F[p], band, off, sj, pivots, bw, tol):
+            status[p] = -1  # solved again below
     S = np.empty(bw * (bw + 1), dtype=band.dtype)
     rows_top, rows_bottom = (n - bw) // 2 + bw, ny
     for i in range(nsys):
@@ -206,7 +219,7 @@ def _twisted_driver(
             info[i] = solve_interface(
                 rings[2 * i], rings[2 * i + 1], Rp, rows_top, rows_bottom, bw,
                 band, band_off[i], band_sj, band_st, Y[2 * i], Y[2 * i + 1], ny,
-                rhs, rhs_off[i], rhs_sj, rhs_sk, nrhs, S,
+                rhs, rhs_off[i], rhs_sj, rhs_sk, nrhs, S, tol,
             )  # fmt: skip
         else:
             info[i] = 1  # solved again below
@@ -220,16 +233,16 @@ def _twisted_driver(
             scatter_rhs(Y[p], ny, out, out_off[i] + (n - 1) * out_sj, -out_sj, out_sk, pivots, nrhs)
         else:
             scatter_rhs(Y[p], ny, out, out_off[i], out_sj, out_sk, rows, nrhs)
+    # Reruns, in the twisted workspaces: both parts' F hold n (bw + 1) + V
+    # values, both parts' Y nrhs n.
+    whole_F, whole_Y = F.reshape(-1), Y.reshape(-1)
     for i in range(nsys):
         if info[i] != 0:
-            ring = np.empty(K * Rp, dtype=band.dtype)
-            Fi = np.empty(n * (bw + 1) + V, dtype=band.dtype)
-            Yi = np.empty(nrhs * n, dtype=band.dtype)
             info[i], _, _ = solve_system(
                 band, band_off[i], band_sj, band_st, n, bw, True,
                 fout, fout_off[i], fout_sj, fout_st, False,
                 rhs, rhs_off[i], rhs_sj, rhs_sk, out, out_off[i], out_sj, out_sk, nrhs,
-                ring, Rp, Fi, Yi, n, ROW_BLOCK, vec,
+                rings[0], Rp, whole_F, whole_Y, n, ROW_BLOCK, vec,
             )  # fmt: skip
     if check:
         for p in range(parts):
@@ -468,14 +481,28 @@ def choose_lanes(nsys: int, spare_memory: bool = False, system_bytes: int = 0) -
 TWISTED_MIN_WORK = 8192
 
 
+#: Fewest rows per band row for the twisted solve: its interface is a dense
+#: ``bw x bw`` Cholesky in scalars, about ``bw^3 / 6`` multiply-adds, against
+#: the ``n bw^2 / 4`` (vectorised) that the second thread saves.  Measured
+#: (B = 1, bw = 200): 3.4x slower at n = 250, even at n = 1000, 1.8x faster
+#: at n = 4000; bw = 100: 1.5x faster at n = 1000.
+TWISTED_MIN_ROWS_PER_BAND = 8
+
+
 def use_twisted(nsys: int, n: int, bw: int, solve_only: bool) -> bool:
     """Whether to split each system over two threads (:func:`_twisted_driver`):
     for ``solveh_banded`` (factor and solve, no factor kept: the twisted
     factor is not LAPACK's) when there are at least two threads per system and
-    the systems are long enough (:data:`TWISTED_MIN_WORK`; and at least ``bw
-    + 2`` rows, so that both parts pivot a row)."""
+    the systems are long enough (:data:`TWISTED_MIN_WORK`,
+    :data:`TWISTED_MIN_ROWS_PER_BAND`; and at least ``bw + 2`` rows, so that
+    both parts pivot a row)."""
     threads = numba.get_num_threads()
-    return solve_only and 2 * nsys <= threads and n >= bw + 2 and n * (bw + 4) >= TWISTED_MIN_WORK
+    return (
+        solve_only
+        and 2 * nsys <= threads
+        and n >= max(bw + 2, TWISTED_MIN_ROWS_PER_BAND * bw)
+        and n * (bw + 4) >= TWISTED_MIN_WORK
+    )
 
 
 def run(
