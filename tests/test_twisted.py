@@ -3,7 +3,10 @@
 ``solveh_banded`` on one long system (two or more threads per system) factors
 the top half from the top and the bottom half from the bottom, in parallel,
 and joins them through a ``u x u`` interface (``_numba_cpu._twisted_driver``).
-These tests force that path at every size, against SciPy.
+These tests force that path at every size, against SciPy.  The last ones
+cover the register-tile gathers that the one-system and lane kernels share
+(``lane_transpose``): every cell's finiteness check, reversed and repeated
+systems.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import scipy.linalg
 import banded_mnn as bm
 from banded_mnn._backends import _numba_cpu
 from banded_mnn.problems import mnn_normal_band, random_spd_band
-from conftest import dense_from_band, eps, scipy_solve
+from conftest import dense_from_band, eps, scipy_cholesky, scipy_solve
 
 
 @pytest.fixture
@@ -256,3 +259,25 @@ def test_every_band_cell_is_checked(u, dtype, lower, path, monkeypatch, rng):
         bad[-1, r, 0] = np.nan
         with pytest.raises(ValueError, match="^b must not contain"):
             bm.solveh_banded(ab, bad, lower=lower)
+
+
+@pytest.mark.parametrize("lanes", [4, 8])
+def test_lane_tiles_with_repeated_systems_and_overwritten_b(lanes, monkeypatch, rng):
+    """Lane tiles read L systems by their offsets: a matrix broadcast over the
+    batch (every offset the same) and a batch given backwards (negative
+    offsets' order); the solution written over ``b`` through the same tiles."""
+    monkeypatch.setattr(_numba_cpu, "choose_lanes", lambda nsys, **_: lanes)
+    m, u = 150, 9
+    one = random_spd_band((), m, u, rng=rng)
+    b = rng.standard_normal((2 * lanes, m, 1))
+    expected = scipy_solve(one, b, lower=False)
+    shared = np.broadcast_to(one, (2 * lanes,) + one.shape)
+    np.testing.assert_allclose(bm.solveh_banded(shared, b), expected, rtol=1e-12, atol=1e-12)
+    many = random_spd_band((2 * lanes,), m, u, rng=rng)[::-1]
+    expected = scipy_solve(many, b, lower=False)
+    np.testing.assert_allclose(bm.solveh_banded(many, b), expected, rtol=1e-12, atol=1e-12)
+    own = b.copy()
+    x = bm.solveh_banded(many, own, overwrite_b=True)
+    np.testing.assert_allclose(x, expected, rtol=1e-12, atol=1e-12)
+    factor = bm.cholesky_banded(many)
+    np.testing.assert_allclose(factor, scipy_cholesky(many, False), rtol=1e-12, atol=1e-12)
