@@ -472,12 +472,13 @@ def choose_lanes(nsys: int, spare_memory: bool = False, system_bytes: int = 0) -
 
 
 #: Least work, ``n * (bw + 4)``, for which one system is split over two
-#: threads (:func:`_twisted_driver`): the factorisation of a column costs
-#: about ``2.4 (bw + 4)`` ns on the project machine, and below about 20 us
-#: the second parallel region and the interface cost more than half of it
-#: saves.  Measured (``solveh_banded``, B = 1): break-even at n = 1024 for u =
-#: 1, 512 for u = 5, 256 for u = 17 and below 256 for u = 40; at n = 2048 the
-#: twisted solve is 1.3x (u = 1, 5), 1.6x (u = 17), 1.7x (u = 40) faster.
+#: threads (:func:`_twisted_driver`): a column of the solve costs about
+#: ``2-4 (bw + 4)`` ns on the project machine, and below about 20 us the
+#: second parallel region and the interface cost more than half of it saves.
+#: Measured (``python tools/twisted_ab.py``, B = 1, several runs): break-even
+#: at n = 512-1024 for u = 1, 256-512 for u = 5, 256 for u = 17, below 256
+#: for u = 40; at n = 2048 the twisted solve is 1.3x (u = 1), 1.3-1.8x (u =
+#: 5), 1.5-1.6x (u = 17), 1.6-1.7x (u = 40) faster.
 TWISTED_MIN_WORK = 8192
 
 
