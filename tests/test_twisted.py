@@ -234,6 +234,7 @@ def test_every_band_cell_is_checked(u, dtype, lower, path, monkeypatch, rng):
     matrix is found, cells outside it are ignored."""
     lanes = int(path[5:]) if path.startswith("lanes") else 1
     monkeypatch.setattr(_numba_cpu, "choose_lanes", lambda nsys, **_: lanes)
+    # (cho_solve_banded on lanes: _solve_chunk, the factor read block by block)
     monkeypatch.setattr(
         _numba_cpu,
         "use_twisted",
@@ -259,6 +260,19 @@ def test_every_band_cell_is_checked(u, dtype, lower, path, monkeypatch, rng):
         bad[-1, r, 0] = np.nan
         with pytest.raises(ValueError, match="^b must not contain"):
             bm.solveh_banded(ab, bad, lower=lower)
+    # cho_solve_banded reads a given factor block by block, twice (lane
+    # kernels) or in place (one-system kernel).
+    factor = bm.cholesky_banded(ab, lower=lower)
+    expected, tol = scipy_solve(factor, b, lower, factored=True), 40 * (u + 1) * eps(dtype)
+    outside = factor.copy()
+    outside[:, ~inside] = np.nan
+    np.testing.assert_allclose(bm.cho_solve_banded((outside, lower), b, check_finite=False),
+                               expected, rtol=tol, atol=tol * np.abs(expected).max())  # fmt: skip
+    for r, c in zip(rows[inside], cols[inside], strict=True):
+        bad = factor.copy()
+        bad[-1, r, c] = np.inf if (r + c) % 2 else np.nan
+        with pytest.raises(ValueError, match="^cb must not contain"):
+            bm.cho_solve_banded((bad, lower), b)
 
 
 @pytest.mark.parametrize("lanes", [4, 8])

@@ -436,13 +436,14 @@ def factor(W, Y, n, bw, nrhs, info, recip, lanes, j0, j1):
 
 
 @njit(cache=True, nogil=True)
-def _forward_column(W, Y, j, m, bw, nrhs, recip, lanes):
+def _forward_column(W, Y, j, m, bw, nrhs, recip, lanes, wbase=0):
     """Column ``j`` of ``L y = b``: y[j] *= 1 / L[j, j]; y[j + t] -= L[j + t, j] y[j].
 
-    ``recip`` holds 1 / L[j, j] for every lane.
+    ``recip`` holds 1 / L[j, j] for every lane.  Row ``j`` of the factor is
+    row ``j - wbase`` of ``W`` (``W`` may hold a block of rows only).
     """
     L = len(lanes)
-    p = j * (bw + 1) * L
+    p = (j - wbase) * (bw + 1) * L
     for k in range(nrhs):
         y = (j * nrhs + k) * L
         lane_mul(Y, y, Y, y, recip, 0, lanes)
@@ -450,20 +451,22 @@ def _forward_column(W, Y, j, m, bw, nrhs, recip, lanes):
 
 
 @njit(cache=True, nogil=True)
-def forward(W, Y, n, bw, nrhs, recip, lanes, j0, j1):
-    """Columns ``[j0, j1)`` of ``Y <- L^{-1} Y`` for an already factored ``W``."""
+def forward(W, Y, n, bw, nrhs, recip, lanes, j0, j1, wbase=0):
+    """Columns ``[j0, j1)`` of ``Y <- L^{-1} Y`` for an already factored ``W``
+    (row ``j`` of the factor in row ``j - wbase`` of ``W``)."""
     L = len(lanes)
     for j in range(j0, j1):
         for l in range(L):
             recip[l] = 1.0
-        lane_div(recip, 0, recip, 0, W, j * (bw + 1) * L, lanes)
-        _forward_column(W, Y, j, min(bw, n - 1 - j), bw, nrhs, recip, lanes)
+        lane_div(recip, 0, recip, 0, W, (j - wbase) * (bw + 1) * L, lanes)
+        _forward_column(W, Y, j, min(bw, n - 1 - j), bw, nrhs, recip, lanes, wbase)
 
 
 @njit(cache=True, nogil=True)
-def backward(W, Y, n, bw, nrhs, lanes, j0=0, j1=-1):
+def backward(W, Y, n, bw, nrhs, lanes, j0=0, j1=-1, wbase=0):
     """``Y <- L^{-T} Y`` for a factored ``W``: rows ``[j0, j1)`` (all by
-    default), which requires rows from ``j1`` on to be done.
+    default), which requires rows from ``j1`` on to be done; row ``j`` of the
+    factor is row ``j - wbase`` of ``W``.
 
     x[j] = (y[j] - sum_t L[j + t, j] x[j + t]) / L[j, j], from the last row up,
     the sum from t = m down to 1: the order in which the one-system kernel
@@ -473,7 +476,7 @@ def backward(W, Y, n, bw, nrhs, lanes, j0=0, j1=-1):
     L = len(lanes)
     for j in range(n - 1 if j1 < 0 else j1 - 1, j0 - 1, -1):
         m = min(bw, n - 1 - j)
-        p = j * (bw + 1) * L
+        p = (j - wbase) * (bw + 1) * L
         for k in range(nrhs):
             y = (j * nrhs + k) * L
             lane_dot_sub(Y, y, W, p + m * L, -L, Y, y + m * nrhs * L, -nrhs * L, m, lanes)

@@ -78,7 +78,9 @@ def _driver(
         # where malloc maps large blocks afresh (Dask's Nanny sets
         # MALLOC_TRIM_THRESHOLD_ in its workers, which does that: 35% slower
         # at u = 17).  The gathers write every cell they are read from.
-        W = np.empty(n * (bw + 1) * L, dtype=band.dtype)
+        # Factoring: the whole band of L systems (the backward substitution
+        # rereads it).  Solving with a given factor: one block of rows.
+        W = np.empty((n if do_factor else min(n, ROW_BLOCK)) * (bw + 1) * L, dtype=band.dtype)
         Y = np.empty(n * nrhs * L, dtype=band.dtype)
         linfo = np.empty(L, dtype=np.int32)
         recip = np.empty(2 * L, dtype=band.dtype)
@@ -86,11 +88,14 @@ def _driver(
             first = c * L
             real = min(L, nsys - first)  # lanes past the batch solve the identity
             linfo[:] = 0
-            # Gather a block of rows, then factor (or forward-substitute) the
-            # columns whose updates stay inside the gathered rows, while the block
-            # is still in cache.
+            if not do_factor:
+                _solve_chunk(W, Y, band, band_off[first:], band_sj, band_st, n, bw,
+                             rhs, rhs_off[first:], rhs_sj, rhs_sk, nrhs, real, lanes, recip,
+                             check, nonfinite)  # fmt: skip
+            # Gather a block of rows, then factor the columns whose updates
+            # stay inside the gathered rows, while the block is still in cache.
             done = 0
-            for g0 in range(0, n, ROW_BLOCK):
+            for g0 in range(0, n if do_factor else 0, ROW_BLOCK):
                 g1 = min(n, g0 + ROW_BLOCK)
                 finite = _gather_band(
                     W, band, band_off[first:], band_sj, band_st, n, bw, real, lanes, g0, g1
@@ -103,12 +108,9 @@ def _driver(
                 if check and not finite:
                     nonfinite[1] = 1
                 ready = n if g1 == n else max(done, g1 - bw)
-                if do_factor:
-                    factor(W, Y, n, bw, nrhs, linfo, recip, lanes, done, ready)
-                elif nrhs > 0:
-                    forward(W, Y, n, bw, nrhs, recip, lanes, done, ready)
+                factor(W, Y, n, bw, nrhs, linfo, recip, lanes, done, ready)
                 done = ready
-            if nrhs > 0:
+            if do_factor and nrhs > 0:
                 backward(W, Y, n, bw, nrhs, lanes)
             # NaN for failed lanes, then scatter.
             for l in range(real):
@@ -122,6 +124,30 @@ def _driver(
                         W, fout, fout_off[first:], fout_sj, fout_st, n, bw, real, lanes, g0, g1
                     )
                 _scatter_rhs(Y, out, out_off[first:], out_sj, out_sk, nrhs, real, lanes, g0, g1)
+
+
+@njit(cache=True, nogil=True)
+def _solve_chunk(W, Y, band, offs, sj, st, n, bw, rhs, roffs, rsj, rsk, nrhs, real, lanes,
+                 recip, check, nonfinite):  # fmt: skip
+    """``cho_solve_banded`` for one chunk of ``L`` systems, with ``W`` one block
+    of rows: the right-hand sides gathered, then the factor read from the
+    caller's array twice, a block at a time -- forwards for ``L y = b``, from
+    the end for ``L^T x = y``.  (Reading it twice costs what writing and
+    rereading a whole-system workspace would, and keeps the workspace in
+    cache.)"""
+    for g0 in range(0, n, ROW_BLOCK):
+        g1 = min(n, g0 + ROW_BLOCK)
+        if not _gather_rhs(Y, rhs, roffs, rsj, rsk, nrhs, real, lanes, g0, g1) and check:
+            nonfinite[1] = 1
+    for g0 in range(0, n, ROW_BLOCK):
+        g1 = min(n, g0 + ROW_BLOCK)
+        if not _gather_band(W, band, offs, sj, st, n, bw, real, lanes, g0, g1, g0) and check:
+            nonfinite[0] = 1
+        forward(W, Y, n, bw, nrhs, recip, lanes, g0, g1, g0)
+    for g0 in range((n - 1) // ROW_BLOCK * ROW_BLOCK, -1, -ROW_BLOCK):
+        g1 = min(n, g0 + ROW_BLOCK)
+        _gather_band(W, band, offs, sj, st, n, bw, real, lanes, g0, g1, g0)
+        backward(W, Y, n, bw, nrhs, lanes, g0, g1, g0)
 
 
 def _column_driver(
@@ -262,7 +288,8 @@ def _twisted_driver(
 
 
 @njit(cache=True, nogil=True)
-def _gather_band(W, band, offs, sj, st, n, bw, real, lanes, j0, j1):
+def _gather_band(W, band, offs, sj, st, n, bw, real, lanes, j0, j1, wbase=0):
+    # Row j of the band goes to row j - wbase of W (W may hold a block only).
     L = len(lanes)
     R = (bw + 1) * L
     probe = 0.0
@@ -273,13 +300,14 @@ def _gather_band(W, band, offs, sj, st, n, bw, real, lanes, j0, j1):
     if real == L and sj == 1 and j0 % L == 0:
         tiled = j0 + max(0, min(j1, n - bw) - j0) // L * L
     for j in range(j0, tiled, L):
+        w = (j - wbase) * R
         for t in range(bw + 1):
-            probe += lane_transpose(W, None, j * R + t * L, R, band, offs, j + t * st, 0, lanes)
+            probe += lane_transpose(W, None, w + t * L, R, band, offs, j + t * st, 0, lanes)
     for t in range(bw + 1):
         pad = 1.0 if t == 0 else 0.0
         jend = max(tiled, min(j1, n - t))
         for j in range(tiled, jend):
-            w = j * R + t * L
+            w = (j - wbase) * R + t * L
             src = j * sj + t * st
             for l in range(real):
                 value = band[offs[l] + src]
@@ -289,7 +317,7 @@ def _gather_band(W, band, offs, sj, st, n, bw, real, lanes, j0, j1):
                 W[w + l] = pad
         for j in range(jend, j1):
             for l in range(L):
-                W[j * R + t * L + l] = 0.0
+                W[(j - wbase) * R + t * L + l] = 0.0
     return probe == 0.0
 
 
@@ -537,6 +565,10 @@ def run(
         nrhs = rhs.shape[1]
     system_bytes = n * (bw + 1) * band.buf.itemsize
     lanes = choose_lanes(nsys, spare_memory=spare_memory, system_bytes=system_bytes)
+    if not factor and lanes == 1:
+        # Solving with a given factor, the lane workspace is one block of
+        # rows (_solve_chunk), so a few systems per thread may fill the lanes.
+        lanes = choose_lanes(nsys, spare_memory=True)
     if lanes == 1:
         twisted = use_twisted(nsys, n, bw, factor and factor_out is None and nrhs > 0)
         driver = _compiled_column_driver(band.buf.dtype, twisted)
