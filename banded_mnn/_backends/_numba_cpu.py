@@ -10,10 +10,14 @@ private lane-interleaved workspace (see :mod:`._band_kernels`), factored and/or
 solved there, and scattered back.  Peak extra memory is therefore
 ``threads * lanes`` systems' worth of band and right-hand side, independent of
 the batch size; :func:`choose_lanes` keeps that below 1/8 of the operands.
+Solves with a given factor (:func:`_solve_chunk`) read it twice, a block of
+rows at a time, and hold only the right-hand sides whole.
 
 With too few systems to fill the lanes (``lanes == 1``), :func:`_column_driver`
 runs the one-system kernels of :mod:`._column_kernels` instead (vectorised
-along the band; the same arithmetic, bit for bit).
+along the band; the same arithmetic, bit for bit); and :func:`_twisted_driver`
+splits one long system's ``solveh_banded`` over two threads.  The gathers
+transpose the band in registers (:func:`._band_kernels.lane_transpose`).
 """
 
 from __future__ import annotations
@@ -486,7 +490,8 @@ def choose_lanes(nsys: int, spare_memory: bool = False, system_bytes: int = 0) -
     system, in bytes) exceeds :data:`LANE_WORKSPACE_BUDGET`, at most 4.
 
     With ``spare_memory`` (callers whose operands are their own temporaries,
-    such as the MNN layer) one chunk per thread suffices: the workspaces may
+    such as the MNN layer, and solves with a given factor, whose lane
+    workspace is one block of rows) one chunk per thread suffices: the workspaces may
     then be as large as the operands, and small batches still get vectorised.
     """
     threads = numba.get_num_threads()
