@@ -82,9 +82,7 @@ def _driver(
         # where malloc maps large blocks afresh (Dask's Nanny sets
         # MALLOC_TRIM_THRESHOLD_ in its workers, which does that: 35% slower
         # at u = 17).  The gathers write every cell they are read from.
-        # Factoring: the whole band of L systems (the backward substitution
-        # rereads it).  Solving with a given factor: one block of rows.
-        W = np.empty((n if do_factor else min(n, ROW_BLOCK)) * (bw + 1) * L, dtype=band.dtype)
+        W = np.empty(n * (bw + 1) * L, dtype=band.dtype)
         Y = np.empty(n * nrhs * L, dtype=band.dtype)
         linfo = np.empty(L, dtype=np.int32)
         recip = np.empty(2 * L, dtype=band.dtype)
@@ -92,14 +90,11 @@ def _driver(
             first = c * L
             real = min(L, nsys - first)  # lanes past the batch solve the identity
             linfo[:] = 0
-            if not do_factor:
-                _solve_chunk(W, Y, band, band_off[first:], band_sj, band_st, n, bw,
-                             rhs, rhs_off[first:], rhs_sj, rhs_sk, nrhs, real, lanes, recip,
-                             check, nonfinite)  # fmt: skip
-            # Gather a block of rows, then factor the columns whose updates
-            # stay inside the gathered rows, while the block is still in cache.
+            # Gather a block of rows, then factor (or forward-substitute) the
+            # columns whose updates stay inside the gathered rows, while the block
+            # is still in cache.
             done = 0
-            for g0 in range(0, n if do_factor else 0, ROW_BLOCK):
+            for g0 in range(0, n, ROW_BLOCK):
                 g1 = min(n, g0 + ROW_BLOCK)
                 finite = _gather_band(
                     W, band, band_off[first:], band_sj, band_st, n, bw, real, lanes, g0, g1
@@ -112,9 +107,12 @@ def _driver(
                 if check and not finite:
                     nonfinite[1] = 1
                 ready = n if g1 == n else max(done, g1 - bw)
-                factor(W, Y, n, bw, nrhs, linfo, recip, lanes, done, ready)
+                if do_factor:
+                    factor(W, Y, n, bw, nrhs, linfo, recip, lanes, done, ready)
+                elif nrhs > 0:
+                    forward(W, Y, n, bw, nrhs, recip, lanes, done, ready)
                 done = ready
-            if do_factor and nrhs > 0:
+            if nrhs > 0:
                 backward(W, Y, n, bw, nrhs, lanes)
             # NaN for failed lanes, then scatter.
             for l in range(real):
@@ -152,6 +150,36 @@ def _solve_chunk(W, Y, band, offs, sj, st, n, bw, rhs, roffs, rsj, rsk, nrhs, re
         g1 = min(n, g0 + ROW_BLOCK)
         _gather_band(W, band, offs, sj, st, n, bw, real, lanes, g0, g1, g0)
         backward(W, Y, n, bw, nrhs, lanes, g0, g1, g0)
+
+
+def _solve_driver(
+    band, band_off, band_sj, band_st, n, bw, do_factor,
+    fout, fout_off, fout_sj, fout_st, store_factor,
+    rhs, rhs_off, rhs_sj, rhs_sk,
+    out, out_off, out_sj, out_sk, nrhs,
+    check, nonfinite, info, lanes, threads,
+):  # fmt: skip
+    """As :func:`_driver` for ``cho_solve_banded`` (the factor given, in
+    ``band``): chunks of ``L`` systems through :func:`_solve_chunk`, whose
+    band workspace is one block of rows.  ``do_factor``, ``fout`` and
+    ``store_factor`` are unused (one signature for every driver)."""
+    L = len(lanes)
+    nsys = info.shape[0]
+    nchunks = (nsys + L - 1) // L
+    workers = max(1, min(threads, nchunks))
+    for worker in prange(workers):
+        W = np.empty(min(n, ROW_BLOCK) * (bw + 1) * L, dtype=band.dtype)
+        Y = np.empty(n * nrhs * L, dtype=band.dtype)
+        recip = np.empty(2 * L, dtype=band.dtype)
+        for c in range(worker, nchunks, workers):
+            first = c * L
+            real = min(L, nsys - first)
+            _solve_chunk(W, Y, band, band_off[first:], band_sj, band_st, n, bw,
+                         rhs, rhs_off[first:], rhs_sj, rhs_sk, nrhs, real, lanes, recip,
+                         check, nonfinite)  # fmt: skip
+            for g0 in range(0, n, ROW_BLOCK):  # (info stays 0: nothing is factored)
+                g1 = min(n, g0 + ROW_BLOCK)
+                _scatter_rhs(Y, out, out_off[first:], out_sj, out_sk, nrhs, real, lanes, g0, g1)
 
 
 def _column_driver(
@@ -414,9 +442,11 @@ def _driver_signature(lanes: int, dtype: np.dtype):
 
 
 @functools.cache
-def _compiled_driver(lanes: int, dtype: np.dtype):
-    """Compile (or load from Numba's on-disk cache) the driver for one lane count and dtype."""
-    return njit(_driver_signature(lanes, dtype), parallel=True, cache=True)(_driver)
+def _compiled_driver(lanes: int, dtype: np.dtype, solve: bool = False):
+    """Compile (or load from Numba's on-disk cache) the driver for one lane
+    count and dtype (with ``solve``, :func:`_solve_driver`)."""
+    driver = _solve_driver if solve else _driver
+    return njit(_driver_signature(lanes, dtype), parallel=True, cache=True)(driver)
 
 
 #: Vector width of the one-system kernels (:mod:`._column_kernels`).
@@ -579,7 +609,8 @@ def run(
         driver = _compiled_column_driver(band.buf.dtype, twisted)
         marker = lane_marker(COLUMN_WIDTH)
     else:
-        driver, marker = _compiled_driver(lanes, band.buf.dtype), lane_marker(lanes)
+        driver = _compiled_driver(lanes, band.buf.dtype, not factor)
+        marker = lane_marker(lanes)
     store_factor = factor_out is not None
     fout = factor_out if store_factor else StridedBatch.dummy(band.buf.dtype, nsys)
     driver(
