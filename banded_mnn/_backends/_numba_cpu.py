@@ -59,10 +59,11 @@ def _driver(
     out, out_off, out_sj, out_sk, nrhs,
     check, nonfinite, info, lanes, threads,
 ):  # fmt: skip
-    """Factor and/or solve ``len(info)`` systems (see module docstring).
+    """Factor, and solve with, ``len(info)`` systems (see module docstring);
+    solves with a given factor go to :func:`_solve_driver` (``do_factor`` is
+    unused here: one signature for every driver).
 
-    band[band_off[i] + j*band_sj + t*band_st] is A_i[j + t, j] (or the
-    factor's L_i[j + t, j] when ``do_factor`` is False).  With
+    band[band_off[i] + j*band_sj + t*band_st] is A_i[j + t, j].  With
     ``store_factor`` the factor goes to the same place in ``fout``.  The
     right-hand side (j, k) of system i is rhs[rhs_off[i] + j*rhs_sj +
     k*rhs_sk] and the solution goes to the same place in ``out``;
@@ -90,9 +91,8 @@ def _driver(
             first = c * L
             real = min(L, nsys - first)  # lanes past the batch solve the identity
             linfo[:] = 0
-            # Gather a block of rows, then factor (or forward-substitute) the
-            # columns whose updates stay inside the gathered rows, while the block
-            # is still in cache.
+            # Gather a block of rows, then factor the columns whose updates stay
+            # inside the gathered rows, while the block is still in cache.
             done = 0
             for g0 in range(0, n, ROW_BLOCK):
                 g1 = min(n, g0 + ROW_BLOCK)
@@ -107,10 +107,7 @@ def _driver(
                 if check and not finite:
                     nonfinite[1] = 1
                 ready = n if g1 == n else max(done, g1 - bw)
-                if do_factor:
-                    factor(W, Y, n, bw, nrhs, linfo, recip, lanes, done, ready)
-                elif nrhs > 0:
-                    forward(W, Y, n, bw, nrhs, recip, lanes, done, ready)
+                factor(W, Y, n, bw, nrhs, linfo, recip, lanes, done, ready)
                 done = ready
             if nrhs > 0:
                 backward(W, Y, n, bw, nrhs, lanes)
