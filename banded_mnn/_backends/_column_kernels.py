@@ -239,8 +239,8 @@ def backward_compact(F, n, bw, Y, ny, nrhs, solved):
 
     Rows ``j >= solved`` already hold ``x`` (the interface of the twisted
     factorisation, :func:`solve_interface`; ``solved = n`` for a whole
-    factor): they only
-    update the rows above them, through the columns ``< solved`` of ``F``."""
+    factor): they only update the rows above them, through the columns
+    ``< solved`` of ``F``."""
     w = bw + 1
     for k in range(nrhs):
         y0 = k * ny
@@ -451,12 +451,14 @@ def small_pivot(d, diagonal, tol):
     ``d^2 <= tol A[j, j]``.
 
     The twisted factorisation uses ``tol = sqrt(eps)``.  A matrix singular to
-    working precision has, in any elimination order, a pivot at rounding
-    level (seen: ``6e-13 A[j, j]`` in float64), and whether that pivot comes
-    out positive is luck, which the twisted order draws differently from the
-    sequential (LAPACK's) one.  Such a system is solved again sequentially;
-    so is a merely ill-conditioned one with a pivot this small, which costs
-    time, not accuracy.
+    working precision has, in any elimination order, a pivot that is mostly
+    rounding (seen from ``6e-13`` to ``2e-7`` of ``A[j, j]`` in float64), and
+    whether it comes out positive is luck, which the twisted order draws
+    differently from the sequential (LAPACK's) one.  Such a system is solved
+    again sequentially -- all but a few in a thousand of them, since the
+    pivot is not always below ``tol`` (tests/test_twisted.py) -- and so is a
+    merely ill-conditioned one with a pivot this small, which costs time,
+    not accuracy.
     """
     return d * d <= tol * diagonal
 

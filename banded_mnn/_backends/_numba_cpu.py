@@ -232,10 +232,10 @@ def _twisted_driver(
     ``sqrt(eps)`` of its diagonal (it may be singular to working precision,
     where rounding decides whether it fails, and the twisted order rounds
     differently: :func:`._column_kernels.small_pivot`), is solved again by
-    :func:`solve_system`: the
-    sequential order's result and LAPACK's ``info`` (the first leading minor
-    that is not positive definite; a failure in the bottom part or the
-    interface does not say which).  The rerun reuses the twisted workspaces.
+    :func:`solve_system`: the sequential order's result and LAPACK's ``info``
+    (the first leading minor that is not positive definite; a failure in the
+    bottom part or the interface does not say which).  The rerun reuses the
+    twisted workspaces.
 
     Only for factor-and-solve calls (``do_factor`` true, ``store_factor``
     false, ``nrhs > 0``), as :func:`use_twisted` ensures; ``threads`` is
@@ -244,7 +244,9 @@ def _twisted_driver(
     V = len(vec)
     nsys = info.shape[0]
     K, Rp = ring_shape(bw, ROW_BLOCK, V)
-    ny = n - (n - bw) // 2  # rows of the larger (bottom) part
+    rows_top = twisted_part(0, 1, 1, n, bw, False)[3]
+    rows_bottom = twisted_part(0, 1, 1, n, bw, True)[3]
+    ny = rows_bottom  # the larger part: the workspaces' row count
     parts = 2 * nsys
     rings = np.empty((parts, K * Rp), dtype=band.dtype)
     F = np.empty((parts, ny * (bw + 1) + V), dtype=band.dtype)
@@ -268,7 +270,6 @@ def _twisted_driver(
         elif status[p] == 0 and small_pivot_in_part(F[p], band, off, sj, pivots, bw, tol):
             status[p] = -1  # solved again below
     S = np.empty(bw * (bw + 1), dtype=band.dtype)
-    rows_top, rows_bottom = (n - bw) // 2 + bw, ny
     for i in range(nsys):
         if status[2 * i] == 0 and status[2 * i + 1] == 0:
             info[i] = solve_interface(
@@ -317,17 +318,24 @@ def _twisted_driver(
 
 
 @njit(cache=True, nogil=True)
+def _band_tiles(real, lanes, sj, n, bw, j0, j1):
+    """End of the rows ``[j0, end)`` of a chunk's band that go through ``L x L``
+    register tiles (``L`` systems, ``L`` rows): full chunks whose rows are
+    adjacent in the band, rows whose every cell lies inside the matrix
+    (``j + L - 1 + bw < n``)."""
+    L = len(lanes)
+    if real == L and sj == 1 and j0 % L == 0:
+        return j0 + max(0, min(j1, n - bw) - j0) // L * L
+    return j0
+
+
+@njit(cache=True, nogil=True)
 def _gather_band(W, band, offs, sj, st, n, bw, real, lanes, j0, j1, wbase=0):
     # Row j of the band goes to row j - wbase of W (W may hold a block only).
     L = len(lanes)
     R = (bw + 1) * L
     probe = 0.0
-    # Full chunks whose rows are adjacent in the band: L x L tiles (L systems,
-    # L rows) transposed in registers, for the rows whose every cell lies
-    # inside the matrix (j + L - 1 + bw < n).
-    tiled = j0
-    if real == L and sj == 1 and j0 % L == 0:
-        tiled = j0 + max(0, min(j1, n - bw) - j0) // L * L
+    tiled = _band_tiles(real, lanes, sj, n, bw, j0, j1)
     for j in range(j0, tiled, L):
         w = (j - wbase) * R
         for t in range(bw + 1):
@@ -354,9 +362,7 @@ def _gather_band(W, band, offs, sj, st, n, bw, real, lanes, j0, j1, wbase=0):
 def _scatter_band(W, band, offs, sj, st, n, bw, real, lanes, j0, j1):
     L = len(lanes)
     R = (bw + 1) * L
-    tiled = j0  # as in _gather_band
-    if real == L and sj == 1 and j0 % L == 0:
-        tiled = j0 + max(0, min(j1, n - bw) - j0) // L * L
+    tiled = _band_tiles(real, lanes, sj, n, bw, j0, j1)
     for j in range(j0, tiled, L):
         for t in range(bw + 1):
             lane_transpose(band, offs, j + t * st, 0, W, None, j * R + t * L, R, lanes)
@@ -372,7 +378,7 @@ def _scatter_band(W, band, offs, sj, st, n, bw, real, lanes, j0, j1):
 def _rhs_tiles(real, lanes, sj, nrhs, j0, j1):
     """End of the rows ``[j0, end)`` of a chunk's right-hand sides that go
     through ``L x L`` register tiles (one right-hand side, full chunk, rows
-    adjacent: as the band's tiles in :func:`_gather_band`)."""
+    adjacent: as the band's, :func:`_band_tiles`)."""
     L = len(lanes)
     if real == L and nrhs == 1 and sj == 1 and j0 % L == 0:
         return j0 + (j1 - j0) // L * L
