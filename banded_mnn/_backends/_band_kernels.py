@@ -396,6 +396,109 @@ def stream_columns(typingctx, dst, di, src, si, count, lanes):
     return types.void(dst, di, src, si, count, lanes), codegen
 
 
+#: Widest band whose trailing update :func:`lane_trailing_update` unrolls.
+UNROLLED_BANDWIDTH = 24
+
+
+def _unrolled_update(rank: int):
+    """An intrinsic ``f(W, p, bw, lanes) -> bool``: the trailing update by
+    ``rank`` consecutive finished columns ``j .. j + rank - 1`` of the band
+    factor (column ``j`` at ``p = j*R``, ``R = (bw + 1)*L``, every column
+    with ``bw`` rows below it) of the columns from ``j + rank + 1`` on:
+
+        W[p + k*R + r*L] -= W[p + i*R + (k - i + r)*L] * W[p + i*R + (k - i)*L]
+
+    for ``rank < k < bw + rank``, then for ``i = 0 .. rank - 1`` in turn where
+    ``k - i + r <= bw`` -- the rank-1 updates of the columns in their order,
+    so each element receives the same operations in the same order as
+    column-by-column loops apply them.  (Column ``j + rank``, the next
+    pivot's, is left to the caller: it is updated first, for the look-ahead
+    of :func:`factor`.)
+
+    Unrolled, one case per bandwidth from 2 to :data:`UNROLLED_BANDWIDTH`:
+    the columns are held in registers and every offset is a constant, so an
+    element costs one load, ``rank`` fused multiply-adds and one store, and
+    no loop branches (the loops of :func:`lane_fnmadd_run` reload the column
+    for every element and store each update).  Returns False, having done
+    nothing, for other bandwidths.
+    """
+
+    def typer(typingctx, W, p, bw, lanes):
+        width = lanes.count
+
+        def codegen(context, builder, signature, args):
+            (p_, bw_), intp = _index_values(context, builder, signature, args, (1, 2))
+            wty = signature.args[0]
+            align = wty.dtype.bitwidth // 8
+            function = builder.function
+            done = function.append_basic_block("unrolled.done")
+            default = function.append_basic_block("unrolled.other")
+            switch = builder.switch(bw_, default)
+            bit = ir.IntType(1)
+            incoming = []
+
+            def element(offset):
+                at = builder.add(p_, ir.Constant(intp, offset))
+                return _vector_pointer(context, builder, wty, args[0], at, width)
+
+            for m in range(2, UNROLLED_BANDWIDTH + 1):
+                block = function.append_basic_block(f"unrolled.bw{m}")
+                switch.add_case(ir.Constant(intp, m), block)
+                builder.position_at_end(block)
+                row = (m + 1) * width
+                columns = [
+                    [None] + [builder.load(element(i * row + t * width), align=align)
+                              for t in range(1, m + 1)]
+                    for i in range(rank)
+                ]  # fmt: skip
+                for k in range(rank + 1, m + rank):
+                    for r in range(m - k + rank):
+                        pointer = element(k * row + r * width)
+                        value = builder.load(pointer, align=align)
+                        for i, column in enumerate(columns):
+                            if k - i + r <= m:
+                                value = _fnmadd(builder, value, column[k - i + r], column[k - i])
+                        builder.store(value, pointer, align=align)
+                builder.branch(done)
+                incoming.append((ir.Constant(bit, 1), builder.block))
+            builder.position_at_end(default)
+            builder.branch(done)
+            incoming.append((ir.Constant(bit, 0), default))
+            builder.position_at_end(done)
+            result = builder.phi(bit)
+            for value, block in incoming:
+                result.add_incoming(value, block)
+            return result
+
+        return types.boolean(W, p, bw, lanes), codegen
+
+    return intrinsic(typer)
+
+
+#: One finished column's update of the columns from ``j + 2`` on.
+lane_trailing_update = _unrolled_update(rank=1)
+#: Two finished columns' update of the columns from ``j + 3`` on.
+lane_pair_update = _unrolled_update(rank=2)
+
+
+@njit(cache=True, nogil=True)
+def _pivot_column(W, j, n, bw, info, recip, lanes):
+    """Column ``j`` of ``L`` from its updated ``A~``: the pivot (``recip[:L]``
+    receives ``1 / L[j, j]``), the failure test into ``info``, and the
+    column scaled, ``L[j + t, j] = A~[j + t, j] * (1 / L[j, j])`` as in LAPACK."""
+    L = len(lanes)
+    p = j * (bw + 1) * L
+    # Pivot: A[j, j] - sum_k L[j, k]^2 has been accumulated into W[j, 0].
+    lane_pivot(W, p, recip, recip[L:], lanes)
+    for l in range(L):
+        d = recip[L + l]
+        # Not (0 < d < inf) also catches NaN, and inf (which LAPACK would accept).
+        if not (d > 0.0 and d < math.inf) and info[l] == 0:
+            info[l] = j + 1
+    for t in range(1, min(bw, n - 1 - j) + 1):
+        lane_mul(W, p + t * L, W, p + t * L, recip, 0, lanes)
+
+
 @njit(cache=True, nogil=True)
 def factor(W, Y, n, bw, nrhs, info, recip, lanes, j0, j1):
     """Columns ``[j0, j1)`` of the right-looking band Cholesky of every lane.
@@ -411,28 +514,51 @@ def factor(W, Y, n, bw, nrhs, info, recip, lanes, j0, j1):
     through to a silently wrong factor).  A failed pivot is replaced by 1 so that the lane stays
     finite and the other lanes proceed; the failed lane's results are
     meaningless.  ``recip`` is scratch for ``2 L`` values.
+
+    Look-ahead: column ``j`` first updates column ``j + 1`` alone, column
+    ``j + 1``'s pivot (square root, division, scaling: the chain from one
+    column to the next) is issued next, and only then the rest of column
+    ``j``'s update, which does not depend on it and so runs while that chain
+    waits.  Every element receives the same operations in the same order as
+    without it (bit-identical results); without it the next pivot came after
+    the whole update and each column cost the chain's full latency.
     """
     L = len(lanes)
     R = (bw + 1) * L  # row length of W
-    for j in range(j0, j1):
+    if j0 < j1:
+        _pivot_column(W, j0, n, bw, info, recip, lanes)
+    unrolled = 2 <= bw <= UNROLLED_BANDWIDTH
+    j = j0
+    while j < j1:
         m = min(bw, n - 1 - j)
         p = j * R
-        # Pivot: A[j, j] - sum_k L[j, k]^2 has been accumulated into W[j, 0].
-        lane_pivot(W, p, recip, recip[L:], lanes)
-        for l in range(L):
-            d = recip[L + l]
-            # Not (0 < d < inf) also catches NaN, and inf (which LAPACK would accept).
-            if not (d > 0.0 and d < math.inf) and info[l] == 0:
-                info[l] = j + 1
-        # Column j of L: L[j + t, j] = A~[j + t, j] * (1 / L[j, j]), as in LAPACK.
-        for t in range(1, m + 1):
-            lane_mul(W, p + t * L, W, p + t * L, recip, 0, lanes)
         # Rank-1 update of the trailing (m x m) triangle:
-        # A~[j + s + r, j + s] -= L[j + s + r, j] * L[j + s, j],  s >= 1, r >= 0.
-        for s in range(1, m + 1):
-            lane_fnmadd_run(W, (j + s) * R, L, W, p + s * L, L, W, p + s * L, m - s + 1, lanes)
-        if nrhs > 0:
+        # A~[j + s + r, j + s] -= L[j + s + r, j] * L[j + s, j],  s >= 1, r >= 0,
+        # column s = 1 (the next pivot's) first.
+        if m > 0:
+            lane_fnmadd_run(W, p + R, L, W, p + L, L, W, p + L, m, lanes)
+        if nrhs > 0:  # (before the next pivot overwrites recip)
             _forward_column(W, Y, j, m, bw, nrhs, recip, lanes)
+        if j + 1 < j1:
+            _pivot_column(W, j + 1, n, bw, info, recip, lanes)
+        if unrolled and j + 1 < j1 and j + 1 + bw < n:
+            # Columns j and j + 1 together: column j + 2 (the next pivot's)
+            # from both, the pivot, then one pass over the rest, each element
+            # updated by both columns in registers.
+            lane_fnmadd_run(W, p + 2 * R, L, W, p + 2 * L, L, W, p + 2 * L, m - 1, lanes)
+            lane_fnmadd_run(W, p + 2 * R, L, W, p + R + L, L, W, p + R + L, m, lanes)
+            if nrhs > 0:
+                _forward_column(W, Y, j + 1, m, bw, nrhs, recip, lanes)
+            if j + 2 < j1:
+                _pivot_column(W, j + 2, n, bw, info, recip, lanes)
+            lane_pair_update(W, p, bw, lanes)
+            j += 2
+            continue
+        if m < bw or not lane_trailing_update(W, p, bw, lanes):
+            for s in range(2, m + 1):
+                lane_fnmadd_run(W, (j + s) * R, L, W, p + s * L, L, W, p + s * L, m - s + 1,
+                                lanes)  # fmt: skip
+        j += 1
 
 
 @njit(cache=True, nogil=True)
