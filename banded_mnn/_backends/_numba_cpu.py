@@ -101,7 +101,7 @@ def _driver(
                 )
                 if check and not finite:
                     nonfinite[0] = 1
-                finite = _gather_rhs(
+                finite = lane_gather_rhs(
                     Y, rhs, rhs_off[first:], rhs_sj, rhs_sk, nrhs, real, lanes, g0, g1
                 )
                 if check and not finite:
@@ -122,7 +122,7 @@ def _driver(
                     _scatter_band(
                         W, fout, fout_off[first:], fout_sj, fout_st, n, bw, real, lanes, g0, g1
                     )
-                _scatter_rhs(Y, out, out_off[first:], out_sj, out_sk, nrhs, real, lanes, g0, g1)
+                lane_scatter_rhs(Y, out, out_off[first:], out_sj, out_sk, nrhs, real, lanes, g0, g1)
 
 
 @njit(cache=True, nogil=True)
@@ -136,7 +136,7 @@ def _solve_chunk(W, Y, band, offs, sj, st, n, bw, rhs, roffs, rsj, rsk, nrhs, re
     cache.)"""
     for g0 in range(0, n, ROW_BLOCK):
         g1 = min(n, g0 + ROW_BLOCK)
-        if not _gather_rhs(Y, rhs, roffs, rsj, rsk, nrhs, real, lanes, g0, g1) and check:
+        if not lane_gather_rhs(Y, rhs, roffs, rsj, rsk, nrhs, real, lanes, g0, g1) and check:
             nonfinite[1] = 1
     for g0 in range(0, n, ROW_BLOCK):
         g1 = min(n, g0 + ROW_BLOCK)
@@ -176,7 +176,7 @@ def _solve_driver(
                          check, nonfinite)  # fmt: skip
             for g0 in range(0, n, ROW_BLOCK):  # (info stays 0: nothing is factored)
                 g1 = min(n, g0 + ROW_BLOCK)
-                _scatter_rhs(Y, out, out_off[first:], out_sj, out_sk, nrhs, real, lanes, g0, g1)
+                lane_scatter_rhs(Y, out, out_off[first:], out_sj, out_sk, nrhs, real, lanes, g0, g1)
 
 
 def _column_driver(
@@ -386,7 +386,7 @@ def _rhs_tiles(real, lanes, sj, nrhs, j0, j1):
 
 
 @njit(cache=True, nogil=True)
-def _gather_rhs(Y, rhs, offs, sj, sk, nrhs, real, lanes, j0, j1):
+def lane_gather_rhs(Y, rhs, offs, sj, sk, nrhs, real, lanes, j0, j1):
     L = len(lanes)
     probe = 0.0
     tiled = _rhs_tiles(real, lanes, sj, nrhs, j0, j1)
@@ -406,7 +406,7 @@ def _gather_rhs(Y, rhs, offs, sj, sk, nrhs, real, lanes, j0, j1):
 
 
 @njit(cache=True, nogil=True)
-def _scatter_rhs(Y, out, offs, sj, sk, nrhs, real, lanes, j0, j1):
+def lane_scatter_rhs(Y, out, offs, sj, sk, nrhs, real, lanes, j0, j1):
     L = len(lanes)
     tiled = _rhs_tiles(real, lanes, sj, nrhs, j0, j1)
     for j in range(j0, tiled, L):

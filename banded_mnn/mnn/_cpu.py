@@ -17,6 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._backends._band_kernels import backward, factor, forward, stream_columns
+from .._backends._numba_cpu import lane_gather_rhs, lane_scatter_rhs
 from ._kernels import lhs_steps, rhs_steps, vjp_steps
 
 #: Steps assembled before the factorisation catches up (rows stay in cache).
@@ -50,6 +51,7 @@ def factor_lanes(
     rs0, rs1 = rhs_st
     vs0, vs1, vs2 = init_st
     nrhs = 1 if solve else 0
+    x_flat = x_out.reshape(-1)
     for c in prange(W_all.shape[0]):
         first = c * L
         real = min(L, nsys - first)
@@ -115,16 +117,16 @@ def factor_lanes(
             done = ready
         if solve:
             backward(W, Y, M, bw, 1, lanes)
+        if solve:
+            offs = np.arange(first, first + L) * M  # each system's row in x_out
+            lane_scatter_rhs(Y, x_flat, offs, 1, 0, 1, real, lanes, 0, M)
         for l in range(real):
             info[first + l] = linfo[l]
-            failed = linfo[l] != 0
-            if failed:
+            if linfo[l] != 0:  # failed: NaN factor and solution
                 for k in range(M * w):
                     W[k * L + l] = np.nan
-            if solve:
-                value = np.nan if failed else 0.0
-                for j in range(M):
-                    x_out[first + l, j] = Y[j * L + l] + value
+                if solve:
+                    x_out[first + l, :] = np.nan
 
 
 @njit(parallel=True, cache=True)
@@ -178,16 +180,17 @@ def vjp_lanes(
     solve = W_all.shape[0] > 0
     chunks = (nsys + L - 1) // L
     grad_coef_flat = grad_coef.reshape(-1)
+    x_flat, lam_flat = x.reshape(-1), lam.reshape(-1)
     for c in prange(chunks):
         first = c * L
         real = min(L, nsys - first)
-        X = np.zeros(M * L, dtype=x.dtype)
-        LAM = np.zeros(M * L, dtype=x.dtype)
-        for l in range(real):
-            for j in range(M):
-                X[j * L + l] = x[first + l, j]
-                LAM[j * L + l] = lam[first + l, j]
+        X = np.empty(M * L, dtype=x.dtype)
+        LAM = np.empty(M * L, dtype=x.dtype)
+        offs = np.arange(first, first + L) * M  # each system's row in x and lam
+        lane_gather_rhs(X, x_flat, offs, 1, 0, 1, real, lanes, 0, M)
+        lane_gather_rhs(LAM, lam_flat, offs, 1, 0, 1, real, lanes, 0, M)
         scratch = np.empty((n + 4 * O * O + 2 * O + 8) * L, dtype=x.dtype)
+        grad_block = np.empty((STEP_BLOCK * E * n * L) if lhs else 0, dtype=x.dtype)
         if solve:
             recip = np.empty(L, dtype=x.dtype)
             forward(W_all[c], LAM, M, bw, 1, recip, lanes, 0, M)
@@ -204,7 +207,8 @@ def vjp_lanes(
             vjp_steps(
                 coef, coef_off, cs0, cs1, cs2, cs3, rhs, rhs_off, rs0, rs1, steps_buf, steps_off,
                 steps_st, X, LAM, first, real, t0, t1, T, E, D, O, weq2, ws2, central,
-                tab0, tab1, tabq, lhs, grad_coef_flat, grad_rhs, grad_steps, scratch, lanes,
+                tab0, tab1, tabq, lhs, grad_coef_flat, grad_rhs, grad_steps, scratch, grad_block,
+                lanes,
             )  # fmt: skip
         for l in range(real):
             for j in range(lam_head.shape[1]):

@@ -31,6 +31,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._backends._band_kernels import lane_dot, lane_fmadd, lane_fmadd_run, lane_mul
+from .._backends._numba_cpu import lane_scatter_rhs
 
 #: Steps handled by one parallel job.
 STEP_CHUNK = 256
@@ -258,7 +259,7 @@ def assemble_rhs(
 def vjp_steps(
     coef, coef_off, cs0, cs1, cs2, cs3, rhs, rhs_off, rs0, rs1, steps_buf, steps_off, steps_st,
     X, LAM, first, real, t0, t1, T, E, D, O, weq2, ws2, central, tab0, tab1, tabq, lhs,
-    grad_coef, grad_rhs, grad_steps, scratch, lanes,
+    grad_coef, grad_rhs, grad_steps, scratch, grad_block, lanes,
 ):  # fmt: skip
     """Gradients of steps ``t0 <= t < t1`` of ``L`` systems (``first ..
     first+real-1``) from the solution ``X`` and ``LAM = A^{-1} dL/du``, both
@@ -270,7 +271,9 @@ def vjp_steps(
     lam - (lam . r) x)``; step sizes enter through the smoothness entries
     ``w^2 h^(o1+o2) P[o1, o2]`` (``tab*``, already scaled by ``w_s^2`` and
     repeated over the lanes) and the central ones.  ``scratch`` holds at
-    least ``(n + 4 O^2 + 2 O + 8) L`` elements.
+    least ``(n + 4 O^2 + 2 O + 8) L`` elements, ``grad_block`` (with ``lhs``)
+    ``(t1 - t0) E n L``: the block's coefficient gradients, lanes innermost,
+    before they are transposed into ``grad_coef`` (flat, (systems, T, E, n)).
     """
     L = len(lanes)
     n = D * O
@@ -294,14 +297,19 @@ def vjp_steps(
             lane_dot(scratch, cl, scratch, crow, L, LAM, col0 * L, L, n, lanes)
             for l in range(real):
                 grad_rhs[first + l, t, e] = weq2 * scratch[cl + l]
-            if lhs:  # grad_coef is flat: (systems, T, E, n), C order
-                for l in range(real):
+            if lhs:  # into the block's buffer, lanes innermost
+                g = ((t - t0) * E + e) * n * L
+                for l in range(L):
                     res = scratch[rl + l] - scratch[cx + l]
                     c_lam = scratch[cl + l]
-                    out = (((first + l) * T + t) * E + e) * n
                     for p in range(n):
                         j = (col0 + p) * L + l
-                        grad_coef[out + p] = weq2 * (res * LAM[j] - c_lam * X[j])
+                        grad_block[g + p * L + l] = weq2 * (res * LAM[j] - c_lam * X[j])
+        if lhs and t == t1 - 1:  # the block's coefficient gradients, transposed
+            offs = (np.arange(first, first + L) * T + t0) * E * n  # (systems, T, E, n)
+            lane_scatter_rhs(
+                grad_block, grad_coef, offs, 1, 0, 1, real, lanes, 0, (t1 - t0) * E * n
+            )
         if not lhs or t + 1 >= T:
             continue
         # Step size h_t: -lam^T (dA/dh) x over the pair (t, t+1), summed over dims.
