@@ -117,7 +117,6 @@ def factor_lanes(
             done = ready
         if solve:
             backward(W, Y, M, bw, 1, lanes)
-        if solve:
             offs = np.arange(first, first + L) * M  # each system's row in x_out
             lane_scatter_rhs(Y, x_flat, offs, 1, 0, 1, real, lanes, 0, M)
         for l in range(real):
