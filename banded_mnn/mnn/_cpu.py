@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .._backends._band_kernels import backward, factor, forward, stream_columns
+from .._backends._band_kernels import backward, factor, forward, lane_copy_run, stream_columns
 from .._backends._numba_cpu import lane_gather_rhs, lane_scatter_rhs
 from ._kernels import lhs_steps, rhs_steps, vjp_steps
 
@@ -81,9 +81,9 @@ def factor_lanes(
                 target, first, real, bw, t0, t1, T, E, D, O, S, I, weq2, wiv2, ws2, central,
                 tab0, tab1, tabq, rows, scratch, lanes, base,
             )  # fmt: skip
-            for j in range(t0 * n, t1 * n):
-                k = (j - base) * w * L
-                diag[j * L : (j + 1) * L] = target[k : k + L]
+            # diag[j*L + l] = A_l[j, j], the block's columns (stride w*L in the band)
+            lane_copy_run(diag, t0 * n * L, L, target, (t0 * n - base) * w * L, w * L, 0.0, 0,
+                          (t1 - t0) * n, lanes)  # fmt: skip
             if solve:
                 rhs_steps(
                     coef, coef_off, cs0, cs1, cs2, cs3, rhs, rhs_off, rs0, rs1,
@@ -101,6 +101,12 @@ def factor_lanes(
                 if linfo[l] != before[l]:  # (the factor numbers its columns from 0 too)
                     linfo[l] += done
             for j in range(done, ready):  # the singularity test, while in cache
+                p = (j - done) * w * L
+                suspect = False  # any lane (the padding lanes' identity never is)
+                for l in range(L):
+                    suspect |= window[p + l] * window[p + l] <= singular_tol * diag[j * L + l]
+                if not suspect:
+                    continue
                 for l in range(real):
                     pivot = window[(j - done) * w * L + l]
                     # (a pivot test failed later in the block is superseded)
