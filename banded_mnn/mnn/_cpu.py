@@ -186,6 +186,7 @@ def vjp_lanes(
     chunks = (nsys + L - 1) // L
     grad_coef_flat = grad_coef.reshape(-1)
     x_flat, lam_flat = x.reshape(-1), lam.reshape(-1)
+    tabs = np.concatenate((tab0, tab1, tabq, tabq))  # see vjp_steps
     for c in prange(chunks):
         first = c * L
         real = min(L, nsys - first)
@@ -194,7 +195,7 @@ def vjp_lanes(
         offs = np.arange(first, first + L) * M  # each system's row in x and lam
         lane_gather_rhs(X, x_flat, offs, 1, 0, 1, real, lanes, 0, M)
         lane_gather_rhs(LAM, lam_flat, offs, 1, 0, 1, real, lanes, 0, M)
-        scratch = np.empty((n + 4 * O * O + 2 * O + 8) * L, dtype=x.dtype)
+        scratch = np.empty((n + 6 * O * O + 2 * O + 8) * L, dtype=x.dtype)
         grad_block = np.empty((STEP_BLOCK * E * n * L) if lhs else 0, dtype=x.dtype)
         if solve:
             recip = np.empty(L, dtype=x.dtype)
@@ -212,7 +213,7 @@ def vjp_lanes(
             vjp_steps(
                 coef, coef_off, cs0, cs1, cs2, cs3, rhs, rhs_off, rs0, rs1, steps_buf, steps_off,
                 steps_st, X, LAM, first, real, t0, t1, T, E, D, O, weq2, ws2, central,
-                tab0, tab1, tabq, lhs, grad_coef_flat, grad_rhs, grad_steps, scratch, grad_block,
+                tabs, lhs, grad_coef_flat, grad_rhs, grad_steps, scratch, grad_block,
                 lanes,
             )  # fmt: skip
         for l in range(real):

@@ -30,7 +30,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .._backends._band_kernels import lane_dot, lane_fmadd, lane_fmadd_run, lane_mul
+from .._backends._band_kernels import lane_copy_run, lane_dot, lane_fmadd, lane_fmadd_run, lane_mul
 from .._backends._numba_cpu import lane_scatter_rhs
 
 #: Steps handled by one parallel job.
@@ -258,7 +258,7 @@ def assemble_rhs(
 @njit(cache=True, nogil=True)
 def vjp_steps(
     coef, coef_off, cs0, cs1, cs2, cs3, rhs, rhs_off, rs0, rs1, steps_buf, steps_off, steps_st,
-    X, LAM, first, real, t0, t1, T, E, D, O, weq2, ws2, central, tab0, tab1, tabq, lhs,
+    X, LAM, first, real, t0, t1, T, E, D, O, weq2, ws2, central, tabs, lhs,
     grad_coef, grad_rhs, grad_steps, scratch, grad_block, lanes,
 ):  # fmt: skip
     """Gradients of steps ``t0 <= t < t1`` of ``L`` systems (``first ..
@@ -269,9 +269,10 @@ def vjp_steps(
     ``dL = lam . d(beta) - lam^T d(A) x``: for an equation row ``r`` with
     target ``b_r``, ``dL/db_r = w^2 (lam . r)`` and ``dL/dr = w^2 ((b_r - r . x)
     lam - (lam . r) x)``; step sizes enter through the smoothness entries
-    ``w^2 h^(o1+o2) P[o1, o2]`` (``tab*``, already scaled by ``w_s^2`` and
+    ``w^2 h^(o1+o2) P[o1, o2]`` (``tabs``: ``tab0, tab1, tabq, tabq`` of
+    :func:`lhs_steps` one after another, already scaled by ``w_s^2`` and
     repeated over the lanes) and the central ones.  ``scratch`` holds at
-    least ``(n + 4 O^2 + 2 O + 8) L`` elements, ``grad_block`` (with ``lhs``)
+    least ``(n + 6 O^2 + 2 O + 8) L`` elements, ``grad_block`` (with ``lhs``)
     ``(t1 - t0) E n L``: the block's coefficient gradients, lanes innermost,
     before they are transposed into ``grad_coef`` (flat, (systems, T, E, n)).
     """
@@ -283,8 +284,9 @@ def vjp_steps(
     cl = cx + L  # c . lam
     mat = cl + L  # sum_d lam (x) x products of the pair (t, t+1): (4, O, O, L)
     dp = mat + 4 * O * O * L  # d(h^m)/dh: (2 O, L)
-    tmp = dp + 2 * O * L
-    acc = tmp + L
+    tmp = dp + 2 * O * L  # the sums per (o1, o2): (O, O, L)
+    dpx = tmp + O * O * L  # dp[o1 + o2] per (o1, o2): (O, O, L)
+    acc = dpx + O * O * L
     for t in range(t0, t1):
         col0 = t * n
         for e in range(E):
@@ -333,18 +335,18 @@ def vjp_steps(
             for k in range(1, 2 * O - 1):
                 scratch[dp + k * L + l] = k * power
                 power *= h
-            scratch[acc + l] = 0.0
+        # acc = sum over (o1, o2) of dp[o1 + o2] (tab0 m0 + tab1 m1 + tabq m2 +
+        # tabq m3), each sum accumulated in a register (``tabs`` is the four
+        # tables one after another; a chain of lane_fmadd on one scratch
+        # vector would go through memory at every step).
         for o1 in range(O):
             for o2 in range(O):
-                for l in range(L):
-                    scratch[tmp + l] = 0.0
-                m = mat + (o1 * O + o2) * L
                 entry = (o1 * O + o2) * L
-                lane_fmadd(scratch, tmp, tab0, entry, scratch, m, lanes)
-                lane_fmadd(scratch, tmp, tab1, entry, scratch, m + O * O * L, lanes)
-                lane_fmadd(scratch, tmp, tabq, entry, scratch, m + 2 * O * O * L, lanes)
-                lane_fmadd(scratch, tmp, tabq, entry, scratch, m + 3 * O * O * L, lanes)
-                lane_fmadd(scratch, acc, scratch, dp + (o1 + o2) * L, scratch, tmp, lanes)
+                lane_dot(scratch, tmp + entry, tabs, entry, O * O * L, scratch, mat + entry,
+                         O * O * L, 4, lanes)  # fmt: skip
+                lane_copy_run(scratch, dpx + entry, 0, scratch, dp + (o1 + o2) * L, 0, 0.0, 0, 1,
+                              lanes)  # fmt: skip
+        lane_dot(scratch, acc, scratch, dpx, L, scratch, tmp, L, O * O, lanes)
         for l in range(real):
             g = -scratch[acc + l]
             if central:  # h_t is in H of the triples starting at t-1 and at t
