@@ -34,9 +34,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from ._band_kernels import (
+    _fnmadd,
+    _index_values,
     lane_copy_run,
     lane_fnmadd_run,
     lane_fnmadd_sum,
@@ -230,17 +235,147 @@ def rows_to_band(ring, Rp, mask, band, off, sj, st, n, bw, j0, j1):
             band[dst + j * sj] = ring[(j & mask) * Rp + t]
 
 
+#: Widest band whose substitutions keep their window of pending rows in
+#: registers (:func:`window_substitution`); wider bands use the loops.
+WINDOW_BANDWIDTH = 24
+
+
+def _window_substitution(divide: bool):
+    """An intrinsic ``f(band, base, cs, ts, Y, yi, ys, count, bw, check)``:
+    ``count`` steps of a triangular substitution by columns, the ``bw``
+    rows still pending held in registers.  Step ``c`` reads the factor column
+    ``band[base + c*cs + t*ts]`` (``t = 0`` its diagonal, ``t = 1..bw`` the
+    rows it updates, in the order of the steps) and the right-hand side
+    ``Y[yi + c*ys]``, and does::
+
+        x = w[0] * (1 / band[base + c*cs]);  Y[yi + c*ys] = x   (divide: w[0] / band[...])
+        w[t] = w[t + 1] - band[base + c*cs + (t + 1)*ts] * x   (t < bw - 1)
+        w[bw - 1] = Y[yi + (c + bw)*ys] - band[base + c*cs + bw*ts] * x
+
+    from ``w[t] = Y[yi + t*ys]``; at the end the window goes back to
+    ``Y[yi + (count + t)*ys]``.  These are the operations, in the same order,
+    of the loops ``Y[row] -= L * x`` over the rows, so the rounding is the
+    same, but the pending rows never go through memory: a step costs ``bw +
+    1`` loads and ``bw`` fused multiply-adds, and its chain (the next ``x``
+    waits for one multiply and one multiply-add) has no store-to-load
+    forwarding in it.
+
+    The forward substitution ``L y = b`` is ``base = off, cs = sj, ts = st,
+    ys = 1``; the backward ``L^T x = y``, from the last row, ``base = off +
+    (n-1) sj, cs = -sj, ts = st - sj, ys = -1``.  Needs ``1 <= bw <=``
+    :data:`WINDOW_BANDWIDTH` (otherwise nothing is done) and every index
+    named above inside the arrays.
+
+    Returns ``check + sum((d - d) + (x - x))`` over the steps' diagonals
+    ``d`` and results ``x``: not finite exactly when one of them is not
+    (see :func:`forward_strided`).
+    """
+
+    def typer(typingctx, band, base, cs, ts, Y, yi, ys, count, bw, check):
+        def codegen(context, builder, signature, args):
+            (base_, cs_, ts_, yi_, ys_, count_, bw_), intp = _index_values(
+                context, builder, signature, args, (1, 2, 3, 5, 6, 7, 8)
+            )
+            bty, yty = signature.args[0], signature.args[4]
+            ftype = context.get_data_type(bty.dtype)
+            align = bty.dtype.bitwidth // 8
+            bdata = context.make_array(bty)(context, builder, args[0]).data
+            ydata = context.make_array(yty)(context, builder, args[4]).data
+            one = ir.Constant(ftype, 1.0)
+            check_in = args[9]
+            function = builder.function
+            done = function.append_basic_block("window.done")
+            default = function.append_basic_block("window.other")
+            switch = builder.switch(bw_, default)
+            incoming = []
+
+            def load(data, index):
+                return builder.load(builder.gep(data, [index], inbounds=True), align=align)
+
+            def store(value, data, index):
+                builder.store(value, builder.gep(data, [index], inbounds=True), align=align)
+
+            def times(k, stride):
+                return builder.mul(ir.Constant(intp, k), stride)
+
+            for m in range(1, WINDOW_BANDWIDTH + 1):
+                entry = function.append_basic_block(f"window.bw{m}")
+                switch.add_case(ir.Constant(intp, m), entry)
+                builder.position_at_end(entry)
+                window = [load(ydata, builder.add(yi_, times(t, ys_))) for t in range(m)]
+                header = function.append_basic_block(f"window.bw{m}.head")
+                body = function.append_basic_block(f"window.bw{m}.body")
+                leave = function.append_basic_block(f"window.bw{m}.leave")
+                builder.branch(header)
+                builder.position_at_end(header)
+                step = builder.phi(intp)
+                pending = [builder.phi(ftype) for _ in range(m)]
+                checked = builder.phi(ftype)
+                step.add_incoming(ir.Constant(intp, 0), entry)
+                for phi, value in zip(pending, window):
+                    phi.add_incoming(value, entry)
+                checked.add_incoming(check_in, entry)
+                builder.cbranch(builder.icmp_signed("<", step, count_), body, leave)
+                builder.position_at_end(body)
+                column = builder.add(base_, builder.mul(step, cs_))
+                diagonal = load(bdata, column)
+                if divide:
+                    x = builder.fdiv(pending[0], diagonal)
+                else:
+                    x = builder.fmul(pending[0], builder.fdiv(one, diagonal))
+                row = builder.add(yi_, builder.mul(step, ys_))
+                store(x, ydata, row)
+                updated = []
+                for t in range(1, m + 1):
+                    factor = load(bdata, builder.add(column, times(t, ts_)))
+                    if t < m:
+                        target = pending[t]
+                    else:
+                        target = load(ydata, builder.add(row, times(m, ys_)))
+                    updated.append(_fnmadd(builder, target, factor, x))
+                residue = builder.fadd(builder.fsub(diagonal, diagonal), builder.fsub(x, x))
+                step.add_incoming(builder.add(step, ir.Constant(intp, 1)), body)
+                for phi, value in zip(pending, updated):
+                    phi.add_incoming(value, body)
+                checked.add_incoming(builder.fadd(checked, residue), body)
+                builder.branch(header)
+                builder.position_at_end(leave)
+                last = builder.add(yi_, builder.mul(count_, ys_))
+                for t, value in enumerate(pending):
+                    store(value, ydata, builder.add(last, times(t, ys_)))
+                builder.branch(done)
+                incoming.append((checked, leave))
+            builder.position_at_end(default)
+            builder.branch(done)
+            incoming.append((check_in, default))
+            builder.position_at_end(done)
+            result = builder.phi(ftype)
+            for value, block in incoming:
+                result.add_incoming(value, block)
+            return result
+
+        dtype = band.dtype
+        return dtype(band, base, cs, ts, Y, yi, ys, count, bw, dtype), codegen
+
+    return intrinsic(typer)
+
+
+#: The substitution of :func:`_window_substitution`, ``x = w[0] * (1 / d)``.
+window_substitution = _window_substitution(divide=False)
+#: The same with ``x = w[0] / d``.
+window_substitution_divide = _window_substitution(divide=True)
+
+
 @njit(cache=True, nogil=True, fastmath={"contract"})
 def backward_compact(F, n, bw, Y, ny, nrhs, solved):
     """``Y <- L^{-T} Y`` with the factor in ``F`` (see :func:`rows_to_compact`),
-    by columns of ``L^T``: x[j] = y[j] / L[j, j], then y[j - t] -= L[j, j - t] x[j]
-    for t = 1..bw, from the last row up.  Each x[j] waits for one update
-    only, not for a sum over the band.
+    by columns of ``L^T`` as :func:`backward_strided`.
 
     Rows ``j >= solved`` already hold ``x`` (the interface of the twisted
     factorisation, :func:`solve_interface`; ``solved = n`` for a whole
     factor): they only update the rows above them, through the columns
-    ``< solved`` of ``F``."""
+    ``< solved`` of ``F``; the rows above are then the backward substitution
+    of the leading ``solved`` rows."""
     w = bw + 1
     for k in range(nrhs):
         y0 = k * ny
@@ -248,11 +383,50 @@ def backward_compact(F, n, bw, Y, ny, nrhs, solved):
             xj = Y[y0 + j]
             for t in range(j - solved + 1, min(bw, j) + 1):
                 Y[y0 + j - t] -= F[(j - t) * w + t] * xj
-        for j in range(solved - 1, -1, -1):
-            xj = Y[y0 + j] / F[j * w]
-            Y[y0 + j] = xj
-            for t in range(1, min(bw, j) + 1):
-                Y[y0 + j - t] -= F[(j - t) * w + t] * xj
+    # L[j + t, j] = F[j*w + t]: the strided form with sj = w, st = 1.
+    backward_strided(F, 0, w, 1, solved, bw, Y, ny, nrhs)
+
+
+@njit(cache=True, nogil=True)
+def band_finite(band, off, sj, st, n, bw):
+    """Whether every element of the factor (``band[off + j*sj + t*st] = L[j +
+    t, j]``, ``j + t < n``) is finite."""
+    for j in range(n):
+        col = off + j * sj
+        for t in range(min(bw, n - 1 - j) + 1):
+            value = band[col + t * st]
+            if value - value != 0.0:  # inf or NaN
+                return False
+    return True
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def forward_columns(band, off, sj, st, n, bw, Y, y0, j0, j1, check):
+    """Columns ``[j0, j1)`` of :func:`forward_strided` for the right-hand side
+    at ``Y[y0:]``, in loops; returns ``check`` plus the residues of
+    :func:`window_substitution`."""
+    unit = np.ones(1, dtype=band.dtype)[0]
+    for j in range(j0, j1):
+        m = min(bw, n - 1 - j)
+        col = off + j * sj
+        d = band[col]
+        yj = Y[y0 + j] * (unit / d)
+        Y[y0 + j] = yj
+        check += (d - d) + (yj - yj)
+        for t in range(1, m + 1):
+            Y[y0 + j + t] -= band[col + t * st] * yj
+    return check
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def backward_columns(band, off, sj, st, bw, Y, y0, j0, j1):
+    """Columns ``j1 - 1`` down to ``j0`` of :func:`backward_strided` for the
+    right-hand side at ``Y[y0:]``, in loops."""
+    for j in range(j1 - 1, j0 - 1, -1):
+        xj = Y[y0 + j] / band[off + j * sj]
+        Y[y0 + j] = xj
+        for t in range(1, min(bw, j) + 1):
+            Y[y0 + j - t] -= band[off + (j - t) * sj + t * st] * xj
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"})
@@ -260,38 +434,49 @@ def forward_strided(band, off, sj, st, n, bw, Y, ny, nrhs):
     """``Y <- L^{-1} Y`` reading the caller's factor in place
     (``band[off + j*sj + t*st] = L[j + t, j]``), column by column:
     y[j] *= 1 / L[j, j]; y[j + t] -= L[j + t, j] y[j].  Returns False if a factor
-    value read is not finite."""
-    finite = True
-    unit = np.ones(1, dtype=band.dtype)[0]
-    for j in range(n):
-        m = min(bw, n - 1 - j)
-        col = off + j * sj
-        d = band[col]
-        for t in range(m + 1):
-            value = band[col + t * st]
-            if value - value != 0.0:  # inf or NaN
-                finite = False
-        r = unit / d  # as the factorisation: y[j] * (1 / L[j, j])
-        for k in range(nrhs):
-            y = k * ny + j
-            yj = Y[y] * r
-            Y[y] = yj
-            for t in range(1, m + 1):
-                Y[y + t] -= band[col + t * st] * yj
-    return finite
+    value read is not finite.
+
+    Bands up to :data:`WINDOW_BANDWIDTH` go through
+    :func:`window_substitution` but for the last ``bw`` columns.  The
+    finiteness test then costs nothing extra, unless it fails: a factor value
+    that is not finite makes its diagonal, or the result of a row it updates,
+    not finite (``x * (1/d)`` with ``d`` finite is finite only if ``x`` is;
+    ``inf * y`` is ``inf`` or NaN for any ``y``), so only when a diagonal or a
+    result is not finite -- which finite overflow can also cause -- is the
+    factor read again element by element (:func:`band_finite`).
+    """
+    zero = np.zeros(1, dtype=band.dtype)[0]
+    check = zero
+    windowed = 1 <= bw <= WINDOW_BANDWIDTH and n > bw
+    for k in range(nrhs):
+        head = 0
+        if windowed:
+            head = n - bw
+            check = window_substitution(band, off, sj, st, Y, k * ny, 1, head, bw, check)
+        check = forward_columns(band, off, sj, st, n, bw, Y, k * ny, head, n, check)
+    if nrhs > 0 and check - check == 0.0:
+        return True
+    return band_finite(band, off, sj, st, n, bw)
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"})
 def backward_strided(band, off, sj, st, n, bw, Y, ny, nrhs):
     """``Y <- L^{-T} Y`` reading the caller's factor in place (as
-    :func:`forward_strided`), by columns as :func:`backward_compact`."""
+    :func:`forward_strided`), by columns of ``L^T``, from the last row up:
+    x[j] = y[j] / L[j, j] (as LAPACK, and as the lane kernels), then y[j - t] -= L[j, j - t] x[j] for t =
+    1..bw.  Each x[j] waits for one update only, not for a sum over the band.
+    Bands up to :data:`WINDOW_BANDWIDTH` keep the pending rows in registers
+    (:func:`window_substitution`) but for the first ``bw`` rows."""
+    zero = np.zeros(1, dtype=band.dtype)[0]
+    windowed = 1 <= bw <= WINDOW_BANDWIDTH and n > bw
     for k in range(nrhs):
-        y0 = k * ny
-        for j in range(n - 1, -1, -1):
-            xj = Y[y0 + j] / band[off + j * sj]
-            Y[y0 + j] = xj
-            for t in range(1, min(bw, j) + 1):
-                Y[y0 + j - t] -= band[off + (j - t) * sj + t * st] * xj
+        rest = n
+        if windowed:
+            rest = bw
+            # L[j, j - t] = band[off + (j - t)*sj + t*st]: from the last column down.
+            window_substitution_divide(band, off + (n - 1) * sj, -sj, st - sj, Y, k * ny + n - 1,
+                                       -1, n - bw, bw, zero)  # fmt: skip
+        backward_columns(band, off, sj, st, bw, Y, k * ny, 0, rest)
 
 
 @njit(cache=True, nogil=True)
