@@ -35,8 +35,7 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
-from numba.core import cgutils
+from numba import njit
 from numba.extending import intrinsic
 
 from ._band_kernels import (
@@ -312,7 +311,7 @@ def _window_substitution(divide: bool):
                 pending = [builder.phi(ftype) for _ in range(m)]
                 checked = builder.phi(ftype)
                 step.add_incoming(ir.Constant(intp, 0), entry)
-                for phi, value in zip(pending, window):
+                for phi, value in zip(pending, window, strict=True):
                     phi.add_incoming(value, entry)
                 checked.add_incoming(check_in, entry)
                 builder.cbranch(builder.icmp_signed("<", step, count_), body, leave)
@@ -328,14 +327,12 @@ def _window_substitution(divide: bool):
                 updated = []
                 for t in range(1, m + 1):
                     factor = load(bdata, builder.add(column, times(t, ts_)))
-                    if t < m:
-                        target = pending[t]
-                    else:
-                        target = load(ydata, builder.add(row, times(m, ys_)))
+                    # The last row enters the window from the right-hand side.
+                    target = pending[t] if t < m else load(ydata, builder.add(row, times(m, ys_)))
                     updated.append(_fnmadd(builder, target, factor, x))
                 residue = builder.fadd(builder.fsub(diagonal, diagonal), builder.fsub(x, x))
                 step.add_incoming(builder.add(step, ir.Constant(intp, 1)), body)
-                for phi, value in zip(pending, updated):
+                for phi, value in zip(pending, updated, strict=True):
                     phi.add_incoming(value, body)
                 checked.add_incoming(builder.fadd(checked, residue), body)
                 builder.branch(header)
