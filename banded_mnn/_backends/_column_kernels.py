@@ -35,7 +35,8 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import njit
+from numba import njit, types
+from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
 from ._band_kernels import (
@@ -271,6 +272,13 @@ def _window_substitution(divide: bool):
     """
 
     def typer(typingctx, band, base, cs, ts, Y, yi, ys, count, bw, check):
+        # The code indexes the arrays' data directly: contiguous, one dtype.
+        if not all(
+            isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" and a.dtype == band.dtype
+            for a in (band, Y)
+        ):
+            raise TypingError("window_substitution: band and Y must be 1-D C arrays of one dtype")
+
         def codegen(context, builder, signature, args):
             (base_, cs_, ts_, yi_, ys_, count_, bw_), intp = _index_values(
                 context, builder, signature, args, (1, 2, 3, 5, 6, 7, 8)
