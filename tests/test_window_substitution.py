@@ -18,12 +18,14 @@ import numpy as np
 import pytest
 from numba import njit
 
+import banded_mnn as bm
 from banded_mnn._backends._column_kernels import (
     WINDOW_BANDWIDTH,
     backward_compact,
     backward_strided,
     forward_strided,
 )
+from banded_mnn.problems import random_spd_band
 
 
 @njit(cache=False, fastmath={"contract"})  # the library's loops contract to FMAs
@@ -151,3 +153,22 @@ def test_finiteness_flag(rng, bw, dtype):
         y = big.copy()
         assert forward_strided(tiny, off, sj, st, n, bw, y, n, 1)
     assert not np.isfinite(y).all()
+
+
+@pytest.mark.parametrize("bw", [3, 17, WINDOW_BANDWIDTH + 3])
+def test_blockwise_forward_in_solveh_bitwise_as_lanes(rng, monkeypatch, bw):
+    """The one-system ``solveh_banded`` substitutes forward block by block of
+    gathered rows (:func:`forward_compact`, the window carried over in ``Y``
+    between blocks): across several blocks its solution is bit for bit that
+    of the 2-lane kernel, which substitutes column by column."""
+    from banded_mnn._backends import _numba_cpu
+
+    n = 3 * _numba_cpu.ROW_BLOCK + 37
+    ab = random_spd_band((3,), n, bw, lower=True, rng=rng)
+    b = rng.standard_normal((3, n, 2))
+    results = []
+    for lanes in (1, 2):
+        monkeypatch.setattr(_numba_cpu, "choose_lanes", lambda nsys, lanes=lanes, **_: lanes)
+        monkeypatch.setattr(_numba_cpu, "use_twisted", lambda *args: False)
+        results.append(bm.solveh_banded(ab, b, lower=True))
+    np.testing.assert_array_equal(results[0], results[1])

@@ -20,7 +20,8 @@ overrun its count up to the next multiple of ``V``: it reads zeros and leaves
 the cells it overruns unchanged.  No masks, no scalar tails.
 
 The right-hand sides are held one per row of ``Y`` (``Y[k * ny + j]``,
-``ny >= n``); the substitutions run in scalars.  The finished factor rows
+``ny >= n``); the substitutions run in scalars, by columns, with the rows
+still pending held in registers (:func:`window_substitution`).  The finished factor rows
 go to the caller's array, or (to be read again by the backward substitution)
 to a compact workspace ``F[j * (bw + 1) + t] = L[j + t, j]``.
 
@@ -137,9 +138,10 @@ def ring_shape(bw, rows, width):
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"})
-def factor_columns(ring, Rp, mask, n, bw, j0, j1, Y, ny, nrhs, info, vec):
-    """Columns ``[j0, j1)`` of the right-looking band Cholesky, in the ring;
-    with ``nrhs > 0`` the forward substitution ``L y = b`` fused.
+def factor_columns(ring, Rp, mask, n, bw, j0, j1, info, vec):
+    """Columns ``[j0, j1)`` of the right-looking band Cholesky, in the ring
+    (the forward substitution follows each block of rows, from the compact
+    factor: :func:`forward_compact`).
 
     Rows up to ``min(j1 + bw, n)`` must be in the ring.  Columns go in blocks
     of :data:`BLOCK_COLUMNS`: within a block, each column updates the block's
@@ -183,15 +185,6 @@ def factor_columns(ring, Rp, mask, n, bw, j0, j1, Y, ny, nrhs, info, vec):
             for s in range(1, reach + 1):
                 lane_fnmadd_run(ring, ((c + s) & mask) * Rp, V, ring, p + s, V, ring[p + s], 0,
                                 (m - s + V) // V, vec)  # fmt: skip
-            # y[c] *= 1 / L[c, c]; y[c + t] -= L[c + t, c] y[c], in scalars:
-            # scalar loads of row c are served from the vector stores above
-            # at once (a vector load across two of them would wait).
-            for k in range(nrhs):
-                y = k * ny + c
-                yc = Y[y] * r
-                Y[y] = yc
-                for t in range(1, m + 1):
-                    Y[y + t] -= ring[p + t] * yc
         if full:
             # Rows q below the block: row q -= sum_i row (j + i) from q - j - i,
             # times L[q, j + i].  Offsets past bw read the rows' zero padding.
@@ -435,6 +428,22 @@ def backward_columns(band, off, sj, st, bw, Y, y0, j0, j1):
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"})
+def forward_compact(F, n, bw, Y, ny, nrhs, j0, j1):
+    """Columns ``[j0, j1)`` of ``Y <- L^{-1} Y`` with the factor in ``F``
+    (:func:`rows_to_compact`), as :func:`forward_strided`; the rows below
+    ``j1`` keep the updates from these columns.  Called block by block as
+    the factorisation finishes rows, while they are still in the caches."""
+    w = bw + 1
+    zero = np.zeros(1, dtype=F.dtype)[0]
+    # Columns whose updates stay above row n: the window; the rest in loops.
+    mid = min(j1, n - bw) if 1 <= bw <= WINDOW_BANDWIDTH and n > bw else j0
+    for k in range(nrhs):
+        if mid > j0:
+            window_substitution(F, j0 * w, w, 1, Y, k * ny + j0, 1, mid - j0, bw, zero)
+        forward_columns(F, 0, w, 1, n, bw, Y, k * ny, max(j0, mid), j1, zero)
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
 def forward_strided(band, off, sj, st, n, bw, Y, ny, nrhs):
     """``Y <- L^{-1} Y`` reading the caller's factor in place
     (``band[off + j*sj + t*st] = L[j + t, j]``), column by column:
@@ -522,8 +531,8 @@ def factor_leading(
     ring, Rp, F, Y, ny, nrhs, block, vec,
 ):  # fmt: skip
     """Pivot the first ``npiv`` columns of one system's ``n``-row band
-    (``npiv = n``: the whole factorisation), the forward substitution of the
-    right-hand sides in ``Y`` fused.
+    (``npiv = n``: the whole factorisation), and the forward substitution of
+    the right-hand sides in ``Y`` after each block of columns.
 
     Rows are gathered ``block`` at a time; the columns whose updates stay
     inside the gathered rows are factored, and the finished factor rows go to
@@ -549,11 +558,12 @@ def factor_leading(
         # Whole column blocks only, except at the end.
         ready = n if g1 == n else done + max(0, g1 - bw - done) // BLOCK_COLUMNS * BLOCK_COLUMNS
         ready = min(ready, npiv)
-        info = factor_columns(ring, Rp, mask, n, bw, done, ready, Y, ny, nrhs, info, vec)
+        info = factor_columns(ring, Rp, mask, n, bw, done, ready, info, vec)
         if store_factor:
             rows_to_band(ring, Rp, mask, fout, foff, fsj, fst, n, bw, done, ready)
         if nrhs > 0:
             rows_to_compact(ring, Rp, mask, F, bw, done, ready, vec)
+            forward_compact(F, n, bw, Y, ny, nrhs, done, ready)
         done = ready
     return info, finite_band
 
