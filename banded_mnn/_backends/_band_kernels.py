@@ -317,13 +317,14 @@ def lane_fnmadd_sum(typingctx, dst, di, src, offsets, mults, count, lanes):
     return types.void(dst, di, src, offsets, mults, count, lanes), codegen
 
 
-def _lane_dot(subtract: bool):
+def _lane_dot(subtract: bool, splat: bool = False):
     """An intrinsic ``f(dst, di, a, ai, as_, b, bi, bs, count, lanes)`` that
     sets ``dst[di : di+L]`` to ``sum_k a[ai + k*as_ : +L] * b[bi + k*bs : +L]``
-    over ``0 <= k < count`` (``subtract``: ``dst`` minus that sum),
-    accumulated in a register and stored once.  A chain of
-    :func:`lane_fnmadd` on one ``dst`` would go through memory at every step.
-    Loads and stores as :func:`lane_fnmadd`.
+    over ``0 <= k < count`` in that order (``subtract``: ``dst`` minus that
+    sum; ``splat``: the scalar ``b[bi + k*bs]`` in every lane), accumulated
+    in a register and stored once.  A chain of :func:`lane_fnmadd` on one
+    ``dst`` would go through memory at every step.  Loads and stores as
+    :func:`lane_fnmadd`.
     """
 
     def typer(typingctx, dst, di, a, ai, as_, b, bi, bs, count, lanes):
@@ -342,9 +343,14 @@ def _lane_dot(subtract: bool):
             with cgutils.for_range(builder, count_, intp=intp) as loop:
                 k = loop.index
                 ap = _strided_pointer(context, builder, aty, args[2], ai_, as__, k, width)
-                bp = _strided_pointer(context, builder, bty, args[5], bi_, bs_, k, width)
                 x = builder.load(ap, align=align)
-                y = builder.load(bp, align=align)
+                if splat:
+                    bp = _strided_pointer(context, builder, bty, args[5], bi_, bs_, k, 1)
+                    y = _splat(builder, builder.extract_element(
+                        builder.load(bp, align=align), ir.IntType(32)(0)), width)  # fmt: skip
+                else:
+                    bp = _strided_pointer(context, builder, bty, args[5], bi_, bs_, k, width)
+                    y = builder.load(bp, align=align)
                 update = _fnmadd if subtract else _fmadd
                 builder.store(update(builder, builder.load(acc), x, y), acc)
             builder.store(builder.load(acc), dp, align=align)
@@ -359,6 +365,9 @@ def _lane_dot(subtract: bool):
 lane_dot = _lane_dot(subtract=False)
 #: dst[di] -= sum_k a[ai + k*as_] * b[bi + k*bs], k < count (a back-substitution row).
 lane_dot_sub = _lane_dot(subtract=True)
+#: dst[di : di+L] -= sum_k a[ai + k*as_ : +L] * b[bi + k*bs], k < count (a
+#: left-looking update: rows of finished columns times their scalars).
+lane_dot_sub_splat = _lane_dot(subtract=True, splat=True)
 
 
 def _splat(builder, value, width):

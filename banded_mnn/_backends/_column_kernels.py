@@ -5,19 +5,24 @@ thread to fill a vector; with fewer systems than ``2 L`` per thread (one long
 sequence, a handful of them) these cores work on one system at a time and
 vectorise *within* a column instead.  Column ``j`` of the lower factor is
 contiguous in the working rows (``row j`` holds ``L[j + t, j]``, ``t = 0..bw``),
-so the rank-1 update of the trailing triangle,
+and the factorisation is left-looking: row ``c`` receives all its updates at
+once,
 
-    A~[j + s + r, j + s] -= L[j + s + r, j] * L[j + s, j],   1 <= s <= m, r >= 0,
+    A~[c + t, c] = A[c + t, c] - sum_k L[c + t, k] * L[c, k],   c - bw <= k < c,
 
-is, for each ``s``, one run of vector multiply-adds: row ``j + s`` from
-position 0 minus row ``j`` from position ``s`` times the scalar ``L[j + s, j]``.
+each ``k`` one vector multiply-add per vector of the row: row ``k`` from cell
+``c - k`` times the scalar ``L[c, k]`` (row ``k``, cell ``c - k``),
+accumulated in registers in increasing ``k`` -- every element receives the
+right-looking loop's fused multiply-adds in the same order, so the results
+are bit for bit those of the lane kernels.  Then the pivot, the square root
+and the scaling of the row (:func:`factor_columns`).
 
 Working rows live in a *ring*: ``K`` (a power of two) rows of ``Rp`` elements,
-row ``j`` at ``(j & (K - 1)) * Rp``.  ``Rp`` is at least ``bw +
-BLOCK_COLUMNS + V - 1`` (``V`` the vector width), and the cells of a row past
-``bw`` and past the end of the matrix hold zeros, so every vector run may
-overrun its count up to the next multiple of ``V``: it reads zeros and leaves
-the cells it overruns unchanged.  No masks, no scalar tails.
+row ``j`` at ``(j & (K - 1)) * Rp``.  ``Rp`` is at least ``bw + V`` (``V``
+the vector width), and the cells of a row past ``bw`` and past the end of
+the matrix hold zeros, so every vector may reach past the band: it reads
+zeros and leaves the cells it overruns unchanged (zero).  No masks, no scalar
+tails.
 
 The right-hand sides are held one per row of ``Y`` (``Y[k * ny + j]``,
 ``ny >= n``); the substitutions run in scalars, by columns, with the rows
@@ -43,9 +48,9 @@ from numba.extending import intrinsic
 from ._band_kernels import (
     _fnmadd,
     _index_values,
+    _splat,
     lane_copy_run,
-    lane_fnmadd_run,
-    lane_fnmadd_sum,
+    lane_dot_sub_splat,
     lane_mul_run,
     lane_transpose,
 )
@@ -119,90 +124,207 @@ def gather_ring(ring, Rp, mask, band, off, sj, st, n, bw, j0, j1, vec):
     return finite
 
 
-#: Columns per block: each block's updates of the rows below it are applied
-#: together, loading and storing every row vector once per block, not once
-#: per column (``lane_fnmadd_sum``).
-BLOCK_COLUMNS = 4
+def _row_length(bw: int, width: int) -> int:
+    """Padded row length of the ring (see :func:`ring_shape`)."""
+    return -(-(bw + width) // width) * width
 
 
 @njit(cache=True, nogil=True)
 def ring_shape(bw, rows, width):
-    """``(K, Rp)``: ring rows (a power of two, more than ``rows + bw +
-    BLOCK_COLUMNS`` so that a gathered block, the rows it still updates and a
-    column block fit) and padded row length (``>= bw + BLOCK_COLUMNS + width
-    - 1``, so that vector runs stay inside their row; see the module notes)."""
+    """``(K, Rp)``: ring rows (a power of two, more than ``rows + bw`` and
+    ``2 bw`` so that a gathered block of ``rows`` rows, or the ``bw`` rows
+    left unpivoted by a twisted part, and the ``bw`` finished rows before
+    them fit) and padded row length (``>= bw + width``, so that vectors stay
+    inside their row; see the module notes; :func:`_row_length`)."""
     k = 1
-    while k < rows + bw + BLOCK_COLUMNS + 1:
+    while k < max(rows, bw) + bw + 1:
         k *= 2
-    return k, -(-(bw + BLOCK_COLUMNS + width - 1) // width) * width
+    return k, -(-(bw + width) // width) * width
+
+
+@njit(cache=True, nogil=True)
+def update_row(ring, Rp, mask, c, k0, k1, bw, nvec, vec):
+    """Row ``c`` of the ring minus the finished rows ``k0 <= k < k1`` (only
+    those with ``c - bw <= k``), in increasing ``k``, its first ``nvec``
+    vectors:
+
+        A~[c + t, c] -= L[c + t, k] * L[c, k],   L[c + t, k] = row k, cell c - k + t
+
+    (the left-looking form of the update; every element receives the
+    right-looking loop's fused multiply-adds in the same order).  Each
+    vector accumulates in a register over a run of rows adjacent in the
+    ring, the multiplier ``L[c, k]`` broadcast (``lane_dot_sub_splat``):
+    consecutive rows are ``Rp - 1`` apart in the cell they read.  Cells
+    past ``bw`` read the rows' zero padding."""
+    V = len(vec)
+    p = (c & mask) * Rp
+    for v in range(nvec):
+        first = max(k0, c - bw + v * V)  # rows whose cells reach vector v
+        k = first
+        while k < k1:
+            stop = min(k1, (k | mask) + 1)  # the ring's rows wrap at K
+            q = (k & mask) * Rp + c - k
+            lane_dot_sub_splat(ring, p + v * V, ring, q + v * V, Rp - 1, ring, q, Rp - 1,
+                               stop - k, vec)  # fmt: skip
+            k = stop
+
+
+#: Widest band whose row updates :func:`lane_row_update_early` and
+#: :func:`lane_row_update_late` unroll.
+UNROLLED_ROW_BANDWIDTH = 24
+
+
+def _row_update(nearest: int, farthest: int | None):
+    """An intrinsic ``f(ring, p, Rp, bw, lanes) -> bool``: :func:`update_row`
+    of a row ``r`` (at ``p``) by the rows ``r - s`` for ``nearest <= s <=
+    farthest`` (``None``: ``bw``), when the ``bw`` rows before it lie just
+    before it in the ring (no wrap) and ``r + bw < n``.  Unrolled, one case
+    per bandwidth from 1 to :data:`UNROLLED_ROW_BANDWIDTH`: each of the
+    row's vectors accumulates in a register, oldest row first, every offset
+    a constant; the same fused multiply-adds in the same order.  Returns
+    False, having done nothing, for other bandwidths or when ``Rp`` is not
+    :func:`ring_shape`'s for ``bw``."""
+
+    def typer(typingctx, ring, p, Rp, bw, lanes):
+        width = lanes.count
+
+        def codegen(context, builder, signature, args):
+            (p_, rp_, bw_), intp = _index_values(context, builder, signature, args, (1, 2, 3))
+            rty = signature.args[0]
+            align = rty.dtype.bitwidth // 8
+            data = context.make_array(rty)(context, builder, args[0]).data
+            vector = ir.VectorType(context.get_data_type(rty.dtype), width)
+            function = builder.function
+            done = function.append_basic_block("rowupdate.done")
+            default = function.append_basic_block("rowupdate.other")
+            switch = builder.switch(bw_, default)
+            bit = ir.IntType(1)
+            incoming = []
+
+            def pointer(offset, vector_type=None):
+                at = builder.gep(data, [builder.add(p_, ir.Constant(intp, offset))], inbounds=True)
+                return builder.bitcast(at, vector_type.as_pointer()) if vector_type else at
+
+            for m in range(1, UNROLLED_ROW_BANDWIDTH + 1):
+                rp = _row_length(m, width)
+                case = function.append_basic_block(f"rowupdate.bw{m}")
+                switch.add_case(ir.Constant(intp, m), case)
+                builder.position_at_end(case)
+                body = function.append_basic_block(f"rowupdate.bw{m}.body")
+                same = builder.icmp_signed("==", rp_, ir.Constant(intp, rp))
+                builder.cbranch(same, body, default)
+                builder.position_at_end(body)
+                top = m if farthest is None else min(m, farthest)
+                for v in range(m // width + 1):
+                    terms = range(min(top, m - v * width), nearest - 1, -1)
+                    if not terms:
+                        continue
+                    target = pointer(v * width, vector)
+                    acc = builder.load(target, align=align)
+                    for s_ in terms:  # row r - s_, oldest first
+                        row = -s_ * rp + s_  # cell s_ of row r - s_: L[r, r - s_]
+                        x = builder.load(pointer(row + v * width, vector), align=align)
+                        y = _splat(builder, builder.load(pointer(row), align=align), width)
+                        acc = _fnmadd(builder, acc, x, y)
+                    builder.store(acc, target, align=align)
+                builder.branch(done)
+                incoming.append((ir.Constant(bit, 1), body))
+            builder.position_at_end(default)
+            builder.branch(done)
+            incoming.append((ir.Constant(bit, 0), default))
+            builder.position_at_end(done)
+            result = builder.phi(bit)
+            for value, block in incoming:
+                result.add_incoming(value, block)
+            return result
+
+        return types.boolean(ring, p, Rp, bw, lanes), codegen
+
+    return intrinsic(typer)
+
+
+#: A row's updates by all but the two rows just before it.
+lane_row_update_early = _row_update(3, None)
+#: A row's updates by the two rows just before it.
+lane_row_update_late = _row_update(1, 2)
+
+
+@njit(cache=True, nogil=True)
+def _unrolled_row(r, n, bw, mask):
+    """Whether row ``r``'s updates can take the unrolled intrinsics: a whole
+    band below it and the ``bw`` rows before it adjacent in the ring."""
+    return r + bw < n and r >= bw and (r & mask) >= bw
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"})
 def factor_columns(ring, Rp, mask, n, bw, j0, j1, info, vec):
-    """Columns ``[j0, j1)`` of the right-looking band Cholesky, in the ring
-    (the forward substitution follows each block of rows, from the compact
-    factor: :func:`forward_compact`).
+    """Columns ``[j0, j1)`` of the band Cholesky, in the ring, left-looking
+    (row ``c`` receives all its updates, then its pivot and scaling) and
+    pipelined two rows ahead.
 
-    Rows up to ``min(j1 + bw, n)`` must be in the ring.  Columns go in blocks
-    of :data:`BLOCK_COLUMNS`: within a block, each column updates the block's
-    own rows at once (the next pivots need them); the rows below the block
-    get the block's rank-4 update in one pass.  A last, shorter block updates
-    all its rows column by column.
+    Rows ``[j0, j1)`` must be in the ring as gathered, with the ``bw`` rows
+    before ``j0`` finished; rows from ``j1`` on are not touched.  When row
+    ``c`` has been pivoted and scaled, row ``c + 1`` receives its updates by
+    rows ``c - 1`` and ``c`` (the last two), and row ``c + 2`` those by the
+    rows before ``c``.  A row's updates are ``bw`` fused multiply-adds into
+    one accumulator per element, in the order of the rows (so the results
+    are bit for bit the right-looking loop's); begun two pivots early, that
+    chain runs alongside the pivots, and the chain from one pivot to the
+    next is two updates, the square root and the reciprocal.  The updates
+    go through :func:`lane_row_update_early` / :func:`lane_row_update_late`
+    (unrolled), or :func:`update_row` where the ring wraps, near the ends and
+    for wide bands.  The forward substitution follows each block of rows,
+    from the compact factor (:func:`forward_compact`).
 
     ``info`` is the status so far (LAPACK's: the first leading minor that is
     not positive definite, 0 if none); a failed pivot (not ``0 < x < inf``)
     becomes 1 so that the sweep stays finite.  Returns the updated ``info``.
     """
     V = len(vec)
-    pivot = ring[(j0 & mask) * Rp]
     unit = np.ones(1, dtype=ring.dtype)[0]  # float32 arithmetic stays float32
-    for j in range(j0, j1, BLOCK_COLUMNS):
-        full = j + BLOCK_COLUMNS <= j1
-        for c in range(j, min(j + BLOCK_COLUMNS, j1)):
-            m = min(bw, n - 1 - c)
-            p = (c & mask) * Rp
-            q = ((c + 1) & mask) * Rp
-            if pivot > 0.0 and pivot < math.inf:
-                d = math.sqrt(pivot)
-            else:
-                d = unit
-                if info == 0:
-                    info = c + 1
-            r = unit / d
-            # The next pivot, A~[c+1, c+1] - L[c+1, c]^2, in scalars: the
-            # chain from pivot to pivot does not wait for the vector updates.
-            if m > 0:
-                below = ring[p + 1] * r
-                pivot = ring[q] - below * below
-            else:  # bw == 0 (or the last column): nothing to subtract
-                pivot = ring[q]
-            # Column c of L: L[c + t, c] = A~[c + t, c] * (1 / L[c, c]) (as LAPACK).
-            lane_mul_run(ring, p, V, ring, p, V, r, 0, (m + V) // V, vec)
-            ring[p] = d
-            # A~[c + s + t, c + s] -= L[c + s + t, c] * L[c + s, c]: row c + s
-            # minus row c from s, for the block's rows (all rows if not full).
-            reach = min(m, j + BLOCK_COLUMNS - 1 - c) if full else m
-            for s in range(1, reach + 1):
-                lane_fnmadd_run(ring, ((c + s) & mask) * Rp, V, ring, p + s, V, ring[p + s], 0,
-                                (m - s + V) // V, vec)  # fmt: skip
-        if full:
-            # Rows q below the block: row q -= sum_i row (j + i) from q - j - i,
-            # times L[q, j + i].  Offsets past bw read the rows' zero padding.
-            last = min(n - 1, j + BLOCK_COLUMNS - 1 + bw)
-            p0 = (j & mask) * Rp - j
-            p1 = ((j + 1) & mask) * Rp - j - 1
-            p2 = ((j + 2) & mask) * Rp - j - 2
-            p3 = ((j + 3) & mask) * Rp - j - 3
-            if last >= j + BLOCK_COLUMNS:  # the next block's first pivot, in scalars
-                q = j + BLOCK_COLUMNS
-                l0, l1, l2, l3 = ring[p0 + q], ring[p1 + q], ring[p2 + q], ring[p3 + q]
-                pivot = ring[(q & mask) * Rp] - l0 * l0 - l1 * l1 - l2 * l2 - l3 * l3
-            for q in range(j + BLOCK_COLUMNS, last + 1):
-                offsets = (p0 + q, p1 + q, p2 + q, p3 + q)
-                mults = (ring[p0 + q], ring[p1 + q], ring[p2 + q], ring[p3 + q])
-                lane_fnmadd_sum(
-                    ring, (q & mask) * Rp, ring, offsets, mults, (last - q + V) // V, vec
-                )
+    # Rows j0 and j0 + 1: their updates by the rows before j0.
+    for r in range(j0, min(j0 + 2, j1)):
+        update_row(ring, Rp, mask, r, 0, j0, bw, min(bw, n - 1 - r) // V + 1, vec)
+    pivot = ring[(j0 & mask) * Rp]
+    for c in range(j0, j1):
+        m = min(bw, n - 1 - c)
+        p = (c & mask) * Rp
+        if pivot > 0.0 and pivot < math.inf:
+            d = math.sqrt(pivot)
+        else:
+            d = unit
+            if info == 0:
+                info = c + 1
+        # Column c of L: L[c + t, c] = A~[c + t, c] * (1 / L[c, c]) (as LAPACK),
+        # in vectors from cell 1: the very vectors that row c + 1's update
+        # loads next, so that they are forwarded from these stores (a load
+        # across two stores would wait for them to retire, and retirement
+        # waits for every older instruction: the pipelining would be lost).
+        recip = unit / d
+        below = ring[p + 1]  # A~[c + 1, c], before the scaling
+        lane_mul_run(ring, p + 1, V, ring, p + 1, V, recip, 0, (m + V - 1) // V, vec)
+        ring[p] = d
+        r = c + 1  # its updates by rows c - 1 and c (only c if c = j0: see above)
+        if r < j1:
+            q = (r & mask) * Rp
+            # Its pivot in scalars, the same fused multiply-adds as its cell 0
+            # receives below: the chain to the next square root does not go
+            # through the vector stores and loads.  (Cells past bw are zero.)
+            pivot = ring[q]
+            if c > j0:
+                older = ring[((c - 1) & mask) * Rp + 2]  # L[c + 1, c - 1]
+                pivot -= older * older
+            newest = below * recip  # L[c + 1, c], as the vector scaling rounds it
+            pivot -= newest * newest
+            if not (c > j0 and _unrolled_row(r, n, bw, mask)
+                    and lane_row_update_late(ring, q, Rp, bw, vec)):  # fmt: skip
+                update_row(ring, Rp, mask, r, max(j0, c - 1), r, bw, min(bw, n - 1 - r) // V + 1,
+                           vec)  # fmt: skip
+        r = c + 2  # its updates by the rows before c
+        if r < j1:
+            q = (r & mask) * Rp
+            if not (_unrolled_row(r, n, bw, mask) and lane_row_update_early(ring, q, Rp, bw, vec)):
+                update_row(ring, Rp, mask, r, 0, c, bw, min(bw, n - 1 - r) // V + 1, vec)
     return info
 
 
@@ -555,9 +677,7 @@ def factor_leading(
         g1 = min(n, g0 + block)
         if not gather_ring(ring, Rp, mask, band, off, sj, st, n, bw, g0, g1, vec):
             finite_band = False
-        # Whole column blocks only, except at the end.
-        ready = n if g1 == n else done + max(0, g1 - bw - done) // BLOCK_COLUMNS * BLOCK_COLUMNS
-        ready = min(ready, npiv)
+        ready = min(g1, npiv)  # a row is factored as soon as it is gathered
         info = factor_columns(ring, Rp, mask, n, bw, done, ready, info, vec)
         if store_factor:
             rows_to_band(ring, Rp, mask, fout, foff, fsj, fst, n, bw, done, ready)
@@ -565,6 +685,9 @@ def factor_leading(
             rows_to_compact(ring, Rp, mask, F, bw, done, ready, vec)
             forward_compact(F, n, bw, Y, ny, nrhs, done, ready)
         done = ready
+    # Rows left unpivoted receive the pivoted rows' updates: A22 - L21 L21^T.
+    for c in range(npiv, n):
+        update_row(ring, Rp, mask, c, 0, npiv, bw, min(bw, n - 1 - c) // len(vec) + 1, vec)
     return info, finite_band
 
 

@@ -1,5 +1,4 @@
-"""The one-system substitutions with their pending rows in registers against
-the plain loops.
+"""The one-system kernel against the plain loops and the lane kernels.
 
 ``_column_kernels.forward_strided`` / ``backward_strided`` (``cho_solve_banded``
 on one or two systems, and through ``backward_compact`` the one-system and
@@ -9,7 +8,9 @@ same order as in the loops written out below, so the results agree bit for
 bit -- for every bandwidth around the unrolled range, orders from one row to
 several bands, the strided views of both band forms, and several right-hand
 sides.  The finiteness test that rides on the results must flag exactly the
-factors with an element that is not finite.
+factors with an element that is not finite.  The left-looking, pipelined
+factorisation (``factor_columns``) must give the lane kernels' factor and
+solution bit for bit.
 """
 
 from __future__ import annotations
@@ -155,20 +156,25 @@ def test_finiteness_flag(rng, bw, dtype):
     assert not np.isfinite(y).all()
 
 
-@pytest.mark.parametrize("bw", [3, 17, WINDOW_BANDWIDTH + 3])
-def test_blockwise_forward_in_solveh_bitwise_as_lanes(rng, monkeypatch, bw):
-    """The one-system ``solveh_banded`` substitutes forward block by block of
-    gathered rows (:func:`forward_compact`, the window carried over in ``Y``
-    between blocks): across several blocks its solution is bit for bit that
-    of the 2-lane kernel, which substitutes column by column."""
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("bw", [0, 1, 3, 17, WINDOW_BANDWIDTH, WINDOW_BANDWIDTH + 3])
+def test_one_system_kernel_bitwise_as_lanes(rng, monkeypatch, bw, dtype):
+    """The one-system kernel -- left-looking, pipelined two rows ahead, its
+    row updates unrolled up to ``UNROLLED_ROW_BANDWIDTH`` and in loops where
+    the ring of rows wraps, near the ends and beyond; the forward
+    substitution block by block of gathered rows (:func:`forward_compact`,
+    the window carried over in ``Y``) -- gives bit for bit the 2-lane
+    kernel's factor and solution (right-looking, column by column), over
+    several blocks and laps of the ring."""
     from banded_mnn._backends import _numba_cpu
 
     n = 3 * _numba_cpu.ROW_BLOCK + 37
-    ab = random_spd_band((3,), n, bw, lower=True, rng=rng)
-    b = rng.standard_normal((3, n, 2))
+    ab = random_spd_band((3,), n, bw, lower=True, dtype=dtype, rng=rng)
+    b = rng.standard_normal((3, n, 2)).astype(dtype)
     results = []
     for lanes in (1, 2):
         monkeypatch.setattr(_numba_cpu, "choose_lanes", lambda nsys, lanes=lanes, **_: lanes)
         monkeypatch.setattr(_numba_cpu, "use_twisted", lambda *args: False)
-        results.append(bm.solveh_banded(ab, b, lower=True))
-    np.testing.assert_array_equal(results[0], results[1])
+        results.append((bm.solveh_banded(ab, b, lower=True), bm.cholesky_banded(ab, lower=True)))
+    for one, two in zip(*results, strict=True):
+        np.testing.assert_array_equal(one, two)
