@@ -157,18 +157,24 @@ def test_finiteness_flag(rng, bw, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("bw", [0, 1, 3, 17, WINDOW_BANDWIDTH, WINDOW_BANDWIDTH + 3])
-def test_one_system_kernel_bitwise_as_lanes(rng, monkeypatch, bw, dtype):
+@pytest.mark.parametrize(
+    ("bw", "extra"),
+    [(0, 37), (1, 1), (3, 2), (17, 37), (17, 1), (WINDOW_BANDWIDTH, 2),
+     (WINDOW_BANDWIDTH + 3, 37), (70, 5)],
+)  # fmt: skip
+def test_one_system_kernel_bitwise_as_lanes(rng, monkeypatch, bw, extra, dtype):
     """The one-system kernel -- left-looking, pipelined two rows ahead, its
     row updates unrolled up to ``UNROLLED_ROW_BANDWIDTH`` and in loops where
     the ring of rows wraps, near the ends and beyond; the forward
     substitution block by block of gathered rows (:func:`forward_compact`,
     the window carried over in ``Y``) -- gives bit for bit the 2-lane
     kernel's factor and solution (right-looking, column by column), over
-    several blocks and laps of the ring."""
+    several blocks and laps of the ring, with a last block of 1, 2 or more
+    rows, and a band wider than a block (the ring then holds ``2 bw``
+    rows)."""
     from banded_mnn._backends import _numba_cpu
 
-    n = 3 * _numba_cpu.ROW_BLOCK + 37
+    n = max(3, bw // _numba_cpu.ROW_BLOCK + 3) * _numba_cpu.ROW_BLOCK + extra
     ab = random_spd_band((3,), n, bw, lower=True, dtype=dtype, rng=rng)
     b = rng.standard_normal((3, n, 2)).astype(dtype)
     results = []

@@ -268,13 +268,14 @@ def factor_columns(ring, Rp, mask, n, bw, j0, j1, info, vec):
     rows ``c - 1`` and ``c`` (the last two), and row ``c + 2`` those by the
     rows before ``c``.  A row's updates are ``bw`` fused multiply-adds into
     one accumulator per element, in the order of the rows (so the results
-    are bit for bit the right-looking loop's); begun two pivots early, that
+    are bit for bit the right-looking loop's; the early and late parts meet
+    through the ring, exactly); begun two pivots early, that
     chain runs alongside the pivots, and the chain from one pivot to the
     next is two updates, the square root and the reciprocal.  The updates
     go through :func:`lane_row_update_early` / :func:`lane_row_update_late`
     (unrolled), or :func:`update_row` where the ring wraps, near the ends and
-    for wide bands.  The forward substitution follows each block of rows,
-    from the compact factor (:func:`forward_compact`).
+    for wide bands.  (The forward substitution is :func:`factor_leading`'s,
+    block by block, from the compact factor.)
 
     ``info`` is the status so far (LAPACK's: the first leading minor that is
     not positive definite, 0 if none); a failed pivot (not ``0 < x < inf``)
@@ -310,7 +311,7 @@ def factor_columns(ring, Rp, mask, n, bw, j0, j1, info, vec):
             # Its pivot in scalars, the same fused multiply-adds as its cell 0
             # receives below: the chain to the next square root does not go
             # through the vector stores and loads.  (Cells past bw are zero.)
-            pivot = ring[q]
+            pivot = ring[q]  # (Rp >= bw + 8: cells 1 and 2 exist, zero past bw)
             if c > j0:
                 older = ring[((c - 1) & mask) * Rp + 2]  # L[c + 1, c - 1]
                 pivot -= older * older
@@ -656,9 +657,11 @@ def factor_leading(
     (``npiv = n``: the whole factorisation), and the forward substitution of
     the right-hand sides in ``Y`` after each block of columns.
 
-    Rows are gathered ``block`` at a time; the columns whose updates stay
-    inside the gathered rows are factored, and the finished factor rows go to
-    ``fout`` (with ``store_factor``) and to ``F`` (with ``nrhs > 0``).  With
+    Rows are gathered ``block`` at a time and factored at once (the
+    factorisation is left-looking: a row needs only the ``bw`` rows before
+    it); the finished factor rows go to ``fout`` (with ``store_factor``) and
+    to ``F`` (with ``nrhs > 0``, then the forward substitution of those
+    columns, :func:`forward_compact`).  With
     ``npiv < n`` the rows ``[npiv, n)`` are left in the ring holding their
     Schur complement ``A22 - L21 L21^T``, and ``Y[npiv:n]`` holds
     ``b2 - L21 y1``.  Returns ``(info, band finite)``.
@@ -671,8 +674,7 @@ def factor_leading(
     # non-finite input cannot leave NaN there for the next one.
     ring[: min(n, mask + 1) * Rp] = 0.0
     done = 0
-    # Gather a block of rows, then factor the columns whose updates stay
-    # inside the gathered rows, and send the finished rows on.
+    # Gather a block of rows, factor them, and send the finished rows on.
     for g0 in range(0, n, block):
         g1 = min(n, g0 + block)
         if not gather_ring(ring, Rp, mask, band, off, sj, st, n, bw, g0, g1, vec):
