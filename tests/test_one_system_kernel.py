@@ -184,3 +184,19 @@ def test_one_system_kernel_bitwise_as_lanes(rng, monkeypatch, bw, extra, dtype):
         results.append((bm.solveh_banded(ab, b, lower=True), bm.cholesky_banded(ab, lower=True)))
     for one, two in zip(*results, strict=True):
         np.testing.assert_array_equal(one, two)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_workspaces_start_on_a_cache_line(dtype):
+    """The drivers' workspaces (``aligned_empty``) start at a multiple of
+    ``WORKSPACE_ALIGNMENT`` bytes whatever Numba's allocator returns, and
+    hold the size asked for."""
+    from banded_mnn._backends import WORKSPACE_ALIGNMENT
+    from banded_mnn._backends._numba_cpu import aligned_empty
+
+    like = np.zeros(1, dtype=dtype)
+    for size in (0, 1, 7, 1000, 123457):
+        for _ in range(3):
+            work = aligned_empty(size, like)
+            assert work.shape == (size,) and work.dtype == dtype
+            assert work.ctypes.data % WORKSPACE_ALIGNMENT == 0

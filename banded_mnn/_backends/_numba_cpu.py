@@ -29,6 +29,7 @@ import numpy as np
 from numba import njit, prange, types
 
 from .._strided import StridedBatch
+from . import WORKSPACE_ALIGNMENT
 from ._band_kernels import backward, factor, forward, lane_marker, lane_transpose
 from ._column_kernels import (
     backward_compact,
@@ -50,6 +51,17 @@ LANE_COUNTS = (1, 2, 4, 8)
 #: Rows gathered per step: the block of W being filled stays in cache until
 #: it is factored.
 ROW_BLOCK = 64
+
+
+@njit(cache=True, nogil=True)
+def aligned_empty(size, like):
+    """An uninitialised 1-D workspace of ``size`` elements of ``like``'s
+    dtype, its data at a multiple of ``WORKSPACE_ALIGNMENT`` bytes
+    (:mod:`banded_mnn._backends`)."""
+    item = like.itemsize
+    buffer = np.empty(size + WORKSPACE_ALIGNMENT // item, dtype=like.dtype)
+    start = (-buffer.ctypes.data) % WORKSPACE_ALIGNMENT // item
+    return buffer[start : start + size]
 
 
 def _driver(
@@ -83,8 +95,8 @@ def _driver(
         # where malloc maps large blocks afresh (Dask's Nanny sets
         # MALLOC_TRIM_THRESHOLD_ in its workers, which does that: 35% slower
         # at u = 17).  The gathers write every cell they are read from.
-        W = np.empty(n * (bw + 1) * L, dtype=band.dtype)
-        Y = np.empty(n * nrhs * L, dtype=band.dtype)
+        W = aligned_empty(n * (bw + 1) * L, band)
+        Y = aligned_empty(n * nrhs * L, band)
         linfo = np.empty(L, dtype=np.int32)
         recip = np.empty(2 * L, dtype=band.dtype)
         for c in range(worker, nchunks, workers):
@@ -165,8 +177,8 @@ def _solve_driver(
     nchunks = (nsys + L - 1) // L
     workers = max(1, min(threads, nchunks))
     for worker in prange(workers):
-        W = np.empty(min(n, ROW_BLOCK) * (bw + 1) * L, dtype=band.dtype)
-        Y = np.empty(n * nrhs * L, dtype=band.dtype)
+        W = aligned_empty(min(n, ROW_BLOCK) * (bw + 1) * L, band)
+        Y = aligned_empty(n * nrhs * L, band)
         recip = np.empty(2 * L, dtype=band.dtype)
         for c in range(worker, nchunks, workers):
             first = c * L
@@ -199,7 +211,7 @@ def _column_driver(
     ny = n
     workers = max(1, min(threads, nsys))
     for worker in prange(workers):
-        ring = np.empty(K * Rp, dtype=band.dtype)
+        ring = aligned_empty(K * Rp, band)
         F = np.empty(n * (bw + 1) + V if do_factor and nrhs > 0 else 0, dtype=band.dtype)
         Y = np.empty(nrhs * ny, dtype=band.dtype)
         for i in range(worker, nsys, workers):
@@ -248,7 +260,7 @@ def _twisted_driver(
     rows_bottom = twisted_part(0, 1, 1, n, bw, True)[3]
     ny = rows_bottom  # the larger part: the workspaces' row count
     parts = 2 * nsys
-    rings = np.empty((parts, K * Rp), dtype=band.dtype)
+    rings = aligned_empty(parts * K * Rp, band).reshape((parts, K * Rp))
     F = np.empty((parts, ny * (bw + 1) + V), dtype=band.dtype)
     Y = np.empty((parts, nrhs * ny), dtype=band.dtype)
     status = np.zeros(parts, dtype=np.int32)

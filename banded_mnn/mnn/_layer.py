@@ -19,17 +19,12 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import _api, _backends
+from .._backends import WORKSPACE_ALIGNMENT
 from .._errors import NotPositiveDefiniteError
 from .._strided import StridedBatch, flat_batch, is_dask_array, to_numpy
 
 #: Allocator of kernel outputs (tests fill it with NaN to catch unwritten cells).
 _empty = np.empty
-
-#: Byte alignment of the factor workspace: one cache line, so that no L-wide
-#: vector access of the band kernels straddles two (NumPy aligns large arrays
-#: to 16 bytes only; split accesses made the factorisation 25% and the
-#: substitutions 30% slower with 8 float64 lanes on AVX-512).
-WORKSPACE_ALIGNMENT = 64
 
 
 def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
