@@ -405,6 +405,34 @@ def stream_columns(typingctx, dst, di, src, si, count, lanes):
     return types.void(dst, di, src, si, count, lanes), codegen
 
 
+def bandwidth_switch(builder, bw, intp, widths, case, default):
+    """Emit ``switch bw`` with one block per bandwidth in ``widths``, each
+    filled by ``case(m, other)``, which returns the result's value (after
+    branching to the block ``other`` itself where it gives up), the cases
+    joined in a phi whose value from ``other`` (no case for ``bw``) is
+    ``default``.  The scaffolding of the intrinsics unrolled per bandwidth."""
+    function = builder.function
+    done = function.append_basic_block("bandwidth.done")
+    other = function.append_basic_block("bandwidth.other")
+    switch = builder.switch(bw, other)
+    incoming = []
+    for m in widths:
+        block = function.append_basic_block(f"bandwidth.{m}")
+        switch.add_case(ir.Constant(intp, m), block)
+        builder.position_at_end(block)
+        value = case(m, other)
+        incoming.append((value, builder.block))
+        builder.branch(done)
+    builder.position_at_end(other)
+    builder.branch(done)
+    incoming.append((default, other))
+    builder.position_at_end(done)
+    result = builder.phi(default.type)
+    for value, block in incoming:
+        result.add_incoming(value, block)
+    return result
+
+
 #: Widest band whose trailing update :func:`lane_trailing_update` unrolls.
 UNROLLED_BANDWIDTH = 24
 
@@ -439,21 +467,12 @@ def _unrolled_update(rank: int):
             (p_, bw_), intp = _index_values(context, builder, signature, args, (1, 2))
             wty = signature.args[0]
             align = wty.dtype.bitwidth // 8
-            function = builder.function
-            done = function.append_basic_block("unrolled.done")
-            default = function.append_basic_block("unrolled.other")
-            switch = builder.switch(bw_, default)
-            bit = ir.IntType(1)
-            incoming = []
 
             def element(offset):
                 at = builder.add(p_, ir.Constant(intp, offset))
                 return _vector_pointer(context, builder, wty, args[0], at, width)
 
-            for m in range(2, UNROLLED_BANDWIDTH + 1):
-                block = function.append_basic_block(f"unrolled.bw{m}")
-                switch.add_case(ir.Constant(intp, m), block)
-                builder.position_at_end(block)
+            def case(m, other):
                 row = (m + 1) * width
                 columns = [
                     [None] + [builder.load(element(i * row + t * width), align=align)
@@ -468,16 +487,10 @@ def _unrolled_update(rank: int):
                             if k - i + r <= m:
                                 value = _fnmadd(builder, value, column[k - i + r], column[k - i])
                         builder.store(value, pointer, align=align)
-                builder.branch(done)
-                incoming.append((ir.Constant(bit, 1), builder.block))
-            builder.position_at_end(default)
-            builder.branch(done)
-            incoming.append((ir.Constant(bit, 0), default))
-            builder.position_at_end(done)
-            result = builder.phi(bit)
-            for value, block in incoming:
-                result.add_incoming(value, block)
-            return result
+                return ir.Constant(ir.IntType(1), 1)
+
+            widths = range(2, UNROLLED_BANDWIDTH + 1)
+            return bandwidth_switch(builder, bw_, intp, widths, case, ir.Constant(ir.IntType(1), 0))
 
         return types.boolean(W, p, bw, lanes), codegen
 

@@ -49,6 +49,7 @@ from ._band_kernels import (
     _fnmadd,
     _index_values,
     _splat,
+    bandwidth_switch,
     lane_copy_run,
     lane_dot_sub_splat,
     lane_mul_run,
@@ -194,25 +195,16 @@ def _row_update(nearest: int, farthest: int | None):
             align = rty.dtype.bitwidth // 8
             data = context.make_array(rty)(context, builder, args[0]).data
             vector = ir.VectorType(context.get_data_type(rty.dtype), width)
-            function = builder.function
-            done = function.append_basic_block("rowupdate.done")
-            default = function.append_basic_block("rowupdate.other")
-            switch = builder.switch(bw_, default)
-            bit = ir.IntType(1)
-            incoming = []
 
             def pointer(offset, vector_type=None):
                 at = builder.gep(data, [builder.add(p_, ir.Constant(intp, offset))], inbounds=True)
                 return builder.bitcast(at, vector_type.as_pointer()) if vector_type else at
 
-            for m in range(1, UNROLLED_ROW_BANDWIDTH + 1):
+            def case(m, other):
                 rp = _row_length(m, width)
-                case = function.append_basic_block(f"rowupdate.bw{m}")
-                switch.add_case(ir.Constant(intp, m), case)
-                builder.position_at_end(case)
-                body = function.append_basic_block(f"rowupdate.bw{m}.body")
+                body = builder.function.append_basic_block(f"rowupdate.bw{m}.body")
                 same = builder.icmp_signed("==", rp_, ir.Constant(intp, rp))
-                builder.cbranch(same, body, default)
+                builder.cbranch(same, body, other)
                 builder.position_at_end(body)
                 top = m if farthest is None else min(m, farthest)
                 for v in range(m // width + 1):
@@ -227,16 +219,10 @@ def _row_update(nearest: int, farthest: int | None):
                         y = _splat(builder, builder.load(pointer(row), align=align), width)
                         acc = _fnmadd(builder, acc, x, y)
                     builder.store(acc, target, align=align)
-                builder.branch(done)
-                incoming.append((ir.Constant(bit, 1), body))
-            builder.position_at_end(default)
-            builder.branch(done)
-            incoming.append((ir.Constant(bit, 0), default))
-            builder.position_at_end(done)
-            result = builder.phi(bit)
-            for value, block in incoming:
-                result.add_incoming(value, block)
-            return result
+                return ir.Constant(ir.IntType(1), 1)
+
+            widths = range(1, UNROLLED_ROW_BANDWIDTH + 1)
+            return bandwidth_switch(builder, bw_, intp, widths, case, ir.Constant(ir.IntType(1), 0))
 
         return types.boolean(ring, p, Rp, bw, lanes), codegen
 
@@ -407,10 +393,6 @@ def _window_substitution(divide: bool):
             one = ir.Constant(ftype, 1.0)
             check_in = args[9]
             function = builder.function
-            done = function.append_basic_block("window.done")
-            default = function.append_basic_block("window.other")
-            switch = builder.switch(bw_, default)
-            incoming = []
 
             def load(data, index):
                 return builder.load(builder.gep(data, [index], inbounds=True), align=align)
@@ -421,10 +403,8 @@ def _window_substitution(divide: bool):
             def times(k, stride):
                 return builder.mul(ir.Constant(intp, k), stride)
 
-            for m in range(1, WINDOW_BANDWIDTH + 1):
-                entry = function.append_basic_block(f"window.bw{m}")
-                switch.add_case(ir.Constant(intp, m), entry)
-                builder.position_at_end(entry)
+            def case(m, other):
+                entry = builder.block
                 window = [load(ydata, builder.add(yi_, times(t, ys_))) for t in range(m)]
                 header = function.append_basic_block(f"window.bw{m}.head")
                 body = function.append_basic_block(f"window.bw{m}.body")
@@ -464,16 +444,10 @@ def _window_substitution(divide: bool):
                 last = builder.add(yi_, builder.mul(count_, ys_))
                 for t, value in enumerate(pending):
                     store(value, ydata, builder.add(last, times(t, ys_)))
-                builder.branch(done)
-                incoming.append((checked, leave))
-            builder.position_at_end(default)
-            builder.branch(done)
-            incoming.append((check_in, default))
-            builder.position_at_end(done)
-            result = builder.phi(ftype)
-            for value, block in incoming:
-                result.add_incoming(value, block)
-            return result
+                return checked
+
+            widths = range(1, WINDOW_BANDWIDTH + 1)
+            return bandwidth_switch(builder, bw_, intp, widths, case, check_in)
 
         dtype = band.dtype
         return dtype(band, base, cs, ts, Y, yi, ys, count, bw, dtype), codegen
