@@ -275,48 +275,6 @@ lane_fnmadd_run = _lane_run(lambda builder, d, x, m: _fnmadd(builder, d, x, m))
 lane_fmadd_run = _lane_run(lambda builder, d, x, m: _fmadd(builder, d, x, m))
 
 
-@intrinsic
-def lane_fnmadd_sum(typingctx, dst, di, src, offsets, mults, count, lanes):
-    """``dst[di + k*L : +L] -= sum_i src[offsets[i] + k*L : +L] * mults[i]``
-    for ``0 <= k < count``: a rank-``len(offsets)`` update of one run, each
-    ``dst`` vector loaded and stored once (``offsets`` a tuple of integers,
-    ``mults`` a tuple of scalars of the same length, held in registers).
-    Loads and stores as :func:`lane_fnmadd`."""
-    width = lanes.count
-    rank = len(offsets)
-
-    def codegen(context, builder, signature, args):
-        (di_, count_), intp = _index_values(context, builder, signature, args, (1, 5))
-        dty, sty, oty, mty = (
-            signature.args[0],
-            signature.args[2],
-            signature.args[3],
-            signature.args[4],
-        )
-        align = dty.dtype.bitwidth // 8
-        starts = [
-            context.cast(builder, builder.extract_value(args[3], i), oty[i], types.intp)
-            for i in range(rank)
-        ]
-        factors = [
-            _splat(builder, context.cast(builder, builder.extract_value(args[4], i), mty[i],
-                                         dty.dtype), width)
-            for i in range(rank)
-        ]  # fmt: skip
-        step = ir.Constant(intp, width)
-        with cgutils.for_range(builder, count_, intp=intp) as loop:
-            k = builder.mul(loop.index, step)
-            dp = _vector_pointer(context, builder, dty, args[0], builder.add(di_, k), width)
-            acc = builder.load(dp, align=align)
-            for start, factor in zip(starts, factors, strict=True):
-                sp = _vector_pointer(context, builder, sty, args[2], builder.add(start, k), width)
-                acc = _fnmadd(builder, acc, builder.load(sp, align=align), factor)
-            builder.store(acc, dp, align=align)
-        return context.get_dummy_value()
-
-    return types.void(dst, di, src, offsets, mults, count, lanes), codegen
-
-
 def _lane_dot(subtract: bool, splat: bool = False):
     """An intrinsic ``f(dst, di, a, ai, as_, b, bi, bs, count, lanes)`` that
     sets ``dst[di : di+L]`` to ``sum_k a[ai + k*as_ : +L] * b[bi + k*bs : +L]``

@@ -125,8 +125,10 @@ def gather_ring(ring, Rp, mask, band, off, sj, st, n, bw, j0, j1, vec):
     return finite
 
 
-def _row_length(bw: int, width: int) -> int:
-    """Padded row length of the ring (see :func:`ring_shape`)."""
+@njit(cache=True, nogil=True)
+def row_length(bw, width):
+    """Padded row length of the ring (see :func:`ring_shape`): at least ``bw
+    + width``, a multiple of ``width``."""
     return -(-(bw + width) // width) * width
 
 
@@ -136,18 +138,18 @@ def ring_shape(bw, rows, width):
     ``2 bw`` so that a gathered block of ``rows`` rows, or the ``bw`` rows
     left unpivoted by a twisted part, and the ``bw`` finished rows before
     them fit) and padded row length (``>= bw + width``, so that vectors stay
-    inside their row; see the module notes; :func:`_row_length`)."""
+    inside their row; see the module notes; :func:`row_length`)."""
     k = 1
     while k < max(rows, bw) + bw + 1:
         k *= 2
-    return k, -(-(bw + width) // width) * width
+    return k, row_length(bw, width)
 
 
 @njit(cache=True, nogil=True)
-def update_row(ring, Rp, mask, c, k0, k1, bw, nvec, vec):
+def update_row(ring, Rp, mask, c, k0, k1, n, bw, vec):
     """Row ``c`` of the ring minus the finished rows ``k0 <= k < k1`` (only
-    those with ``c - bw <= k``), in increasing ``k``, its first ``nvec``
-    vectors:
+    those with ``c - bw <= k``), in increasing ``k``, its vectors up to cell
+    ``min(bw, n - 1 - c)``:
 
         A~[c + t, c] -= L[c + t, k] * L[c, k],   L[c + t, k] = row k, cell c - k + t
 
@@ -159,7 +161,7 @@ def update_row(ring, Rp, mask, c, k0, k1, bw, nvec, vec):
     past ``bw`` read the rows' zero padding."""
     V = len(vec)
     p = (c & mask) * Rp
-    for v in range(nvec):
+    for v in range(min(bw, n - 1 - c) // V + 1):
         first = max(k0, c - bw + v * V)  # rows whose cells reach vector v
         k = first
         while k < k1:
@@ -201,7 +203,7 @@ def _row_update(nearest: int, farthest: int | None):
                 return builder.bitcast(at, vector_type.as_pointer()) if vector_type else at
 
             def case(m, other):
-                rp = _row_length(m, width)
+                rp = row_length(m, width)
                 body = builder.function.append_basic_block(f"rowupdate.bw{m}.body")
                 same = builder.icmp_signed("==", rp_, ir.Constant(intp, rp))
                 builder.cbranch(same, body, other)
@@ -271,7 +273,7 @@ def factor_columns(ring, Rp, mask, n, bw, j0, j1, info, vec):
     unit = np.ones(1, dtype=ring.dtype)[0]  # float32 arithmetic stays float32
     # Rows j0 and j0 + 1: their updates by the rows before j0.
     for r in range(j0, min(j0 + 2, j1)):
-        update_row(ring, Rp, mask, r, 0, j0, bw, min(bw, n - 1 - r) // V + 1, vec)
+        update_row(ring, Rp, mask, r, 0, j0, n, bw, vec)
     pivot = ring[(j0 & mask) * Rp]
     for c in range(j0, j1):
         m = min(bw, n - 1 - c)
@@ -305,13 +307,12 @@ def factor_columns(ring, Rp, mask, n, bw, j0, j1, info, vec):
             pivot -= newest * newest
             if not (c > j0 and _unrolled_row(r, n, bw, mask)
                     and lane_row_update_late(ring, q, Rp, bw, vec)):  # fmt: skip
-                update_row(ring, Rp, mask, r, max(j0, c - 1), r, bw, min(bw, n - 1 - r) // V + 1,
-                           vec)  # fmt: skip
+                update_row(ring, Rp, mask, r, max(j0, c - 1), r, n, bw, vec)
         r = c + 2  # its updates by the rows before c
         if r < j1:
             q = (r & mask) * Rp
             if not (_unrolled_row(r, n, bw, mask) and lane_row_update_early(ring, q, Rp, bw, vec)):
-                update_row(ring, Rp, mask, r, 0, c, bw, min(bw, n - 1 - r) // V + 1, vec)
+                update_row(ring, Rp, mask, r, 0, c, n, bw, vec)
     return info
 
 
@@ -524,23 +525,41 @@ def backward_columns(band, off, sj, st, bw, Y, y0, j0, j1):
             Y[y0 + j - t] -= band[off + (j - t) * sj + t * st] * xj
 
 
+@njit(cache=True, nogil=True)
+def windowed(n, bw):
+    """Whether the substitutions of an order-``n`` factor of bandwidth ``bw``
+    go through :func:`window_substitution` (for all but ``bw`` columns)."""
+    return 1 <= bw <= WINDOW_BANDWIDTH and n > bw
+
+
 @njit(cache=True, nogil=True, fastmath={"contract"})
-def forward_compact(F, n, bw, Y, ny, nrhs, j0, j1):
-    """Columns ``[j0, j1)`` of ``Y <- L^{-1} Y`` with the factor in ``F``
-    (:func:`rows_to_compact`), as :func:`forward_strided`; the rows below
-    ``j1`` keep the updates from these columns.  Called block by block as
-    the factorisation finishes rows, while they are still in the caches."""
-    w = bw + 1
-    zero = np.zeros(1, dtype=F.dtype)[0]
-    # Columns whose updates stay above row n: the window; the rest in loops.
-    mid = min(j1, n - bw) if 1 <= bw <= WINDOW_BANDWIDTH and n > bw else j0
+def forward_range(band, off, sj, st, n, bw, Y, ny, nrhs, j0, j1):
+    """Columns ``[j0, j1)`` of ``Y <- L^{-1} Y`` (the factor as in
+    :func:`forward_strided`); the rows below ``j1`` keep the updates from
+    these columns.  The columns whose updates stay above row ``n`` go
+    through :func:`window_substitution`, the rest in loops.  Returns the
+    residue sum of :func:`window_substitution`."""
+    check = np.zeros(1, dtype=band.dtype)[0]
+    mid = min(j1, n - bw) if windowed(n, bw) else j0
     for k in range(nrhs):
         if mid > j0:
-            window_substitution(F, j0 * w, w, 1, Y, k * ny + j0, 1, mid - j0, bw, zero)
-        forward_columns(F, 0, w, 1, n, bw, Y, k * ny, max(j0, mid), j1, zero)
+            check = window_substitution(band, off + j0 * sj, sj, st, Y, k * ny + j0, 1, mid - j0,
+                                        bw, check)  # fmt: skip
+        check = forward_columns(band, off, sj, st, n, bw, Y, k * ny, max(j0, mid), j1, check)
+    return check
 
 
-@njit(cache=True, nogil=True, fastmath={"contract"})
+@njit(cache=True, nogil=True)
+def forward_compact(F, n, bw, Y, ny, nrhs, j0, j1):
+    """Columns ``[j0, j1)`` of ``Y <- L^{-1} Y`` with the factor in ``F``
+    (:func:`rows_to_compact`: ``L[j + t, j] = F[j*(bw + 1) + t]``, the
+    strided form with ``sj = bw + 1``, ``st = 1``), :func:`forward_range`.
+    Called block by block as the factorisation finishes rows, while they
+    are still in the caches."""
+    forward_range(F, 0, bw + 1, 1, n, bw, Y, ny, nrhs, j0, j1)
+
+
+@njit(cache=True, nogil=True)
 def forward_strided(band, off, sj, st, n, bw, Y, ny, nrhs):
     """``Y <- L^{-1} Y`` reading the caller's factor in place
     (``band[off + j*sj + t*st] = L[j + t, j]``), column by column:
@@ -548,23 +567,16 @@ def forward_strided(band, off, sj, st, n, bw, Y, ny, nrhs):
     value read is not finite.
 
     Bands up to :data:`WINDOW_BANDWIDTH` go through
-    :func:`window_substitution` but for the last ``bw`` columns.  The
-    finiteness test then costs nothing extra, unless it fails: a factor value
-    that is not finite makes its diagonal, or the result of a row it updates,
-    not finite (``x * (1/d)`` with ``d`` finite is finite only if ``x`` is;
-    ``inf * y`` is ``inf`` or NaN for any ``y``), so only when a diagonal or a
-    result is not finite -- which finite overflow can also cause -- is the
-    factor read again element by element (:func:`band_finite`).
+    :func:`window_substitution` but for the last ``bw`` columns
+    (:func:`forward_range`).  The finiteness test then costs nothing extra,
+    unless it fails: a factor value that is not finite makes its diagonal,
+    or the result of a row it updates, not finite (``x * (1/d)`` with ``d``
+    finite is finite only if ``x`` is; ``inf * y`` is ``inf`` or NaN for any
+    ``y``), so only when a diagonal or a result is not finite -- which finite
+    overflow can also cause -- is the factor read again element by element
+    (:func:`band_finite`).
     """
-    zero = np.zeros(1, dtype=band.dtype)[0]
-    check = zero
-    windowed = 1 <= bw <= WINDOW_BANDWIDTH and n > bw
-    for k in range(nrhs):
-        head = 0
-        if windowed:
-            head = n - bw
-            check = window_substitution(band, off, sj, st, Y, k * ny, 1, head, bw, check)
-        check = forward_columns(band, off, sj, st, n, bw, Y, k * ny, head, n, check)
+    check = forward_range(band, off, sj, st, n, bw, Y, ny, nrhs, 0, n)
     if nrhs > 0 and check - check == 0.0:
         return True
     return band_finite(band, off, sj, st, n, bw)
@@ -579,10 +591,9 @@ def backward_strided(band, off, sj, st, n, bw, Y, ny, nrhs):
     Bands up to :data:`WINDOW_BANDWIDTH` keep the pending rows in registers
     (:func:`window_substitution`) but for the first ``bw`` rows."""
     zero = np.zeros(1, dtype=band.dtype)[0]
-    windowed = 1 <= bw <= WINDOW_BANDWIDTH and n > bw
     for k in range(nrhs):
         rest = n
-        if windowed:
+        if windowed(n, bw):
             rest = bw
             # L[j, j - t] = band[off + (j - t)*sj + t*st]: from the last column down.
             window_substitution_divide(band, off + (n - 1) * sj, -sj, st - sj, Y, k * ny + n - 1,
@@ -663,7 +674,7 @@ def factor_leading(
         done = ready
     # Rows left unpivoted receive the pivoted rows' updates: A22 - L21 L21^T.
     for c in range(npiv, n):
-        update_row(ring, Rp, mask, c, 0, npiv, bw, min(bw, n - 1 - c) // len(vec) + 1, vec)
+        update_row(ring, Rp, mask, c, 0, npiv, n, bw, vec)
     return info, finite_band
 
 
