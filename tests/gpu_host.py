@@ -51,10 +51,15 @@ PARAMETERS = {
                   "long long", "long long", "int", "int", "int*", "const int*", "long long"],
     "band_factor_solve": _FACTOR,
     "band_factor_solve_warp": _FACTOR,
+    "band_factor_window": ["T*", "const long long*", "long long", "long long", "long long",
+                           "T*", "const long long*", "long long", "int", "int*", "long long"],
+    "band_substitute_window": ["const T*", "const long long*", "long long", "long long",
+                               "long long", "T*", "const long long*", "long long", "long long",
+                               "long long", "int", "long long"],
 }  # fmt: skip
 
 #: Kernels that synchronise their threads (launched with one host thread per CUDA thread).
-COOPERATIVE = {"band_factor_solve_warp"}
+COOPERATIVE = {"band_factor_solve_warp", *_cupy.WINDOW_KERNELS}
 
 
 def kind(parameter: str) -> str:
@@ -65,9 +70,10 @@ def c_type(dtype: np.dtype) -> str:
     return _cupy._C_TYPES[np.dtype(dtype)]
 
 
-def instantiation(kernel: str, dtype: np.dtype, fixed_bw: int) -> str:
-    """The template instantiation the backend asks NVRTC for (its own name expression)."""
-    return _cupy.name_expressions(np.dtype(dtype), fixed_bw)[kernel]
+def instantiation(kernel: str, dtype: np.dtype, fixed_bw: int) -> str | None:
+    """The template instantiation the backend asks NVRTC for (its own name
+    expression), or None where the backend compiles no such kernel."""
+    return _cupy.name_expressions(np.dtype(dtype), fixed_bw).get(kernel)
 
 
 def signature(kernel: str, c_type: str) -> str:
@@ -97,7 +103,11 @@ def library(dtype: np.dtype, fixed_bw: int) -> ctypes.CDLL:
     unit = _BUILD / f"host_{c_type(dtype)}_{fixed_bw}.cpp"
     unit.write_text(
         f'#include "{HOST / "shim.h"}"\n#include "{_cupy.SOURCE_PATH}"\n'
-        + "".join(_wrapper(kernel, dtype, fixed_bw) for kernel in PARAMETERS)
+        + "".join(
+            _wrapper(kernel, dtype, fixed_bw)
+            for kernel in PARAMETERS
+            if instantiation(kernel, dtype, fixed_bw) is not None
+        )
     )
     so = unit.with_suffix(".so")
     subprocess.run(
@@ -106,7 +116,8 @@ def library(dtype: np.dtype, fixed_bw: int) -> ctypes.CDLL:
     )  # fmt: skip
     lib = ctypes.CDLL(str(so))
     for kernel in PARAMETERS:
-        getattr(lib, f"host_{kernel}").restype = None
+        if instantiation(kernel, dtype, fixed_bw) is not None:
+            getattr(lib, f"host_{kernel}").restype = None
     return lib
 
 
@@ -134,7 +145,7 @@ class HostKernels(_cupy.CupyKernels):
         return contextlib.nullcontext()
 
     def launch(self, kernel, dtype, bw, grid, block, args) -> None:
-        if kernel == "band_factor_solve_warp":
+        if kernel in COOPERATIVE:
             assert block == 32
         typed = _cupy._kernel_arguments(_cupy.SIGNATURES[kernel], args)  # the production typing
         fixed = _cupy.specialised_bandwidth(bw)

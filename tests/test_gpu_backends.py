@@ -362,8 +362,13 @@ def test_regime_follows_the_batch_size_host(rng, monkeypatch):
     kernels = HostKernels(multiprocessors=1)
     monkeypatch.setattr(_cupy, "_kernels", kernels)
     few = _gpu.WARP_REGIME_SYSTEMS_PER_SM - 1
-    for nsys, expected in ((few, "band_factor_solve_warp"), (few + 1, "band_factor_solve")):
-        ab = make_band(rng, (nsys,), 4, 1, False)
+    for nsys, u, expected in (
+        (few, 1, "band_factor_window"),  # the band in a warp's registers
+        (few, 31, "band_factor_window"),
+        (few, 32, "band_factor_solve_warp"),  # 33 diagonals: wider than a warp
+        (few + 1, 1, "band_factor_solve"),
+    ):
+        ab = make_band(rng, (nsys,), 40, u, False)
         bm.cholesky_banded(ab, backend="cupy")
         assert [k for k, _, _ in kernels.launches if k.startswith("band_factor")][-1] == expected
 
@@ -447,3 +452,89 @@ def test_on_stream_accepts_every_stream_spelling(monkeypatch, kind):
     with _cupy.on_stream(2, stream):
         events.append("inside")
     assert events == [("device", 2), ("stream", (0, 0xABC)), "inside", ("exit device", 2)]
+
+
+# --------------------------------------------------------------------------
+# The register-window kernels (warp regime, 1 <= u < 32), host build
+# --------------------------------------------------------------------------
+
+
+def _ill_conditioned_band(rng, nsys: int, m: int, u: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Lower-form bands of D^T D + delta I, D the lower band Toeplitz matrix of
+    a random zero-sum stencil of length u + 1 (a random difference operator,
+    nearly singular), delta set for a condition number near 10^4 (float32) or
+    10^8 (float64); and the dense matrices."""
+    target = 1e4 if np.dtype(dtype) == np.float32 else 1e8
+    dense = np.zeros((nsys, m, m))
+    for i in range(nsys):
+        stencil = rng.uniform(-1, 1, u + 1)
+        stencil -= stencil.mean()
+        difference = sum(np.diag(np.full(m - t, stencil[t]), -t) for t in range(min(u + 1, m)))
+        gram = difference.T @ difference
+        dense[i] = gram + np.linalg.norm(gram, 2) / target * np.eye(m)
+    ab = np.zeros((nsys, u + 1, m))
+    for t in range(min(u + 1, m)):
+        ab[:, t, : m - t] = np.diagonal(dense, -t, axis1=1, axis2=2)
+    return ab.astype(dtype), dense
+
+
+@pytest.mark.skipif(SIMULATED, reason="uses the host runner of the .cu")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("u", [1, 4, 23, 31])
+def test_window_kernels_host(rng, monkeypatch, dtype, u):
+    """The warp regime's register-window kernels against SciPy: factor, solve
+    with one right-hand side (forward substitution fused) and with three (a
+    warp per right-hand side), solve with a given factor; orders from one row
+    to several windows and not a multiple of the window; ill-conditioned
+    systems with the tolerance scaled by the condition number (errors seen
+    over many seeds: below 1 eps cond for the solutions, below 1.1
+    eps sqrt(cond) for the factor)."""
+    from gpu_host import HostKernels
+
+    from banded_mnn._backends import _cupy
+
+    kernels = HostKernels()
+    monkeypatch.setattr(_cupy, "_kernels", kernels)
+    monkeypatch.setattr(_gpu, "choose_regime", lambda nsys, sms: "warp")
+    eps = np.finfo(dtype).eps
+    for m in sorted({1, u, u + 1, 3 * (u + 1) + 5}):
+        ab, dense = _ill_conditioned_band(rng, 2, m, u, dtype)
+        cond = np.linalg.cond(dense).max()
+        b = rng.standard_normal((2, m, 3)).astype(dtype)
+        reference = np.linalg.solve(dense, b.astype(np.float64))
+        scale = np.abs(reference).max()
+        for k in (1, 3):
+            x = bm.solveh_banded(ab, b[..., :k], lower=True, backend="cupy")
+            assert np.abs(x - reference[..., :k]).max() <= 8 * eps * cond * scale, (m, k)
+        c = bm.cholesky_banded(ab, lower=True, backend="cupy")
+        expected = scipy_cholesky(ab.astype(np.float64), True)
+        assert np.abs(c - expected).max() <= 16 * eps * np.sqrt(cond) * np.abs(expected).max()
+        x = bm.cho_solve_banded((c, True), b, backend="cupy")
+        assert np.abs(x - reference).max() <= 8 * eps * cond * scale, m
+    launched = {kernel for kernel, _, _ in kernels.launches}
+    assert {"band_factor_window", "band_substitute_window"} <= launched
+    assert "band_factor_solve" not in launched
+    # (m = 1 trims the band to u = 0, which the window kernels leave to the
+    # general warp kernel)
+
+
+@pytest.mark.skipif(SIMULATED, reason="uses the host runner of the .cu")
+@pytest.mark.parametrize("u", [3, 23])
+def test_window_kernels_report_the_first_failed_minor_host(rng, monkeypatch, u):
+    from gpu_host import HostKernels
+
+    from banded_mnn._backends import _cupy
+
+    monkeypatch.setattr(_cupy, "_kernels", HostKernels())
+    monkeypatch.setattr(_gpu, "choose_regime", lambda nsys, sms: "warp")
+    m = 3 * (u + 1) + 2
+    ab = make_band(rng, (4,), m, u, True)
+    ab[1, 0, m - 1] = -1.0  # the last minor
+    ab[2, 0, u + 5] = 0.0  # a minor in the second window
+    ab[2, 0, 2 * u + 7] = -1.0  # a later one does not count
+    ab[3, 0, 0] = np.nan
+    b = rng.standard_normal((4, m, 1))
+    x, info = bm.solveh_banded_ex(ab, b, lower=True, check_finite=False, backend="cupy")
+    assert info.tolist() == [0, m, u + 6, 1]
+    assert np.isnan(x[1:]).all()
+    np.testing.assert_allclose(x[0], scipy_solve(ab[0], b[0], True), rtol=1e-10)

@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     import cupy
 
     import banded_mnn as bm
-    from banded_mnn._backends import _gpu
+    from banded_mnn._backends import _cupy, _gpu
     from banded_mnn.problems import mnn_normal_band
 
     device = cupy.cuda.Device()
@@ -413,6 +413,12 @@ def main(argv: list[str] | None = None) -> int:
                 reference = bm.solveh_banded(ab, b, lower=True)
                 error = float(abs(cupy.asnumpy(x) - reference).max() / abs(reference).max())
                 mark = "*" if regime == automatic else ""
+                if (
+                    backend == "cupy"
+                    and regime == "warp"
+                    and _cupy.window_applies(ab.shape[-2] - 1)
+                ):
+                    mark += " (window)"  # the register-window kernels
                 if regime == automatic:
                     fractions[(label, backend)] = minimal_bytes / seconds / bandwidth
                 print(

@@ -38,7 +38,12 @@ SIGNATURES = {
     "band_copy": "ppqqppqqqqiippq",
     "band_factor_solve": "ppqqqqippqqqpq",
     "band_factor_solve_warp": "ppqqqqippqqqpq",
+    "band_factor_window": "ppqqqppqipq",
+    "band_substitute_window": "ppqqqppqqqiq",
 }
+
+#: The register-window kernels (the warp regime up to this half-bandwidth).
+WINDOW_KERNELS = ("band_factor_window", "band_substitute_window")
 
 #: Threads per block of the copy and the thread-per-system kernels.
 COPY_BLOCK = 256
@@ -52,15 +57,25 @@ def specialised_bandwidth(bw: int) -> int:
     return bw if 0 < bw <= SPECIALISED_MAX_BW else 0
 
 
+def window_applies(bw: int) -> bool:
+    """Whether the warp regime runs the register-window kernels for ``bw``: the
+    band's ``bw + 1`` diagonals must fit in a warp's lanes, with ``bw`` fixed
+    at compile time (the window's registers are indexed by constants)."""
+    return 1 <= bw < _gpu.WARP and specialised_bandwidth(bw) == bw
+
+
 def name_expressions(dtype: np.dtype, bw: int) -> dict[str, str]:
     """Kernel name -> the template instantiation compiled for (dtype, bw)."""
     c_type = _C_TYPES[np.dtype(dtype)]
     fixed = specialised_bandwidth(bw)
-    return {
+    names = {
         "band_copy": f"band_copy<{c_type}>",
         "band_factor_solve": f"band_factor_solve<{c_type}, {fixed}>",
         "band_factor_solve_warp": f"band_factor_solve_warp<{c_type}, {fixed}>",
     }
+    if window_applies(bw):
+        names.update({kernel: f"{kernel}<{c_type}, {fixed}>" for kernel in WINDOW_KERNELS})
+    return names
 
 
 @functools.cache
@@ -137,6 +152,9 @@ class CupyKernels:
         nsys = band.offsets.shape[0]
         if nsys == 0:
             return
+        if regime == "warp" and window_applies(bw):
+            self._factor_solve_window(band, bw, do_factor, rhs, nrhs, info)
+            return
         if regime == "thread":
             kernel, grid, block = "band_factor_solve", -(-nsys // THREAD_BLOCK), THREAD_BLOCK
         else:
@@ -146,6 +164,26 @@ class CupyKernels:
             (band.buf, band.offsets, *band.strides, band.shape[0], bw, int(do_factor),
              rhs.buf, rhs.offsets, *rhs.strides, nrhs, info, nsys),
         )  # fmt: skip
+
+    def _factor_solve_window(self, band, bw, do_factor, rhs, nrhs, info) -> None:
+        """The warp regime with the band window in registers: the factorisation
+        (a warp per system; one right-hand side's forward substitution fused),
+        then the substitutions (a warp per system and right-hand side)."""
+        nsys, n, dtype = band.offsets.shape[0], band.shape[0], band.buf.dtype
+        fused = do_factor and nrhs == 1
+        if do_factor:
+            self.launch(
+                "band_factor_window", dtype, bw, nsys, _gpu.WARP,
+                (band.buf, band.offsets, *band.strides, n,
+                 rhs.buf if fused else None, rhs.offsets if fused else None,
+                 rhs.strides[0] if fused else 0, int(fused), info, nsys),
+            )  # fmt: skip
+        if nrhs > 0:
+            self.launch(
+                "band_substitute_window", dtype, bw, nsys * nrhs, _gpu.WARP,
+                (band.buf, band.offsets, *band.strides, n, rhs.buf, rhs.offsets,
+                 *rhs.strides, nrhs, int(not fused), nsys),
+            )  # fmt: skip
 
     def device(self, x: Any):
         """A context that makes ``x``'s device current."""

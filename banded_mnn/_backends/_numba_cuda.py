@@ -166,13 +166,13 @@ def factor_kernels(fixed_bw: int, dtype: np.dtype):
                 for t in range(1 + lane, m + 1, warp):
                     band[p + t * band_st] *= r
                 cuda.syncthreads()
-                # Cell (s, q) of the triangle is number (s - 1) m + q of an m x m square.
-                for e in range(lane, m * m, warp):
-                    s = e // m + 1
-                    q = e % m
-                    if q <= m - s:
+                # Column s of the trailing triangle, cells q = 0 .. m - s, dealt
+                # round the threads (no division per cell).
+                for s in range(1, m + 1):
+                    ls = band[p + s * band_st]
+                    for q in range(lane, m - s + 1, warp):
                         band[a0 + (j + s) * band_sj + q * band_st] -= (
-                            band[p + (s + q) * band_st] * band[p + s * band_st]
+                            band[p + (s + q) * band_st] * ls
                         )
             for k in range(nrhs):
                 yj = rhs[y0 + j * rhs_sj + k * rhs_sk] * r

@@ -1,6 +1,7 @@
-// Test-only: runs the warp-per-system kernel of band_cholesky.cu under
-// ThreadSanitizer (built with -fsanitize=thread by tests/test_cuda_kernels.py)
-// and compares it with the one-thread-per-system kernel.  Every CUDA thread
+// Test-only: runs the warp-per-system kernels of band_cholesky.cu (the
+// general one and the register-window pair) under ThreadSanitizer (built with
+// -fsanitize=thread by tests/test_cuda_kernels.py) and compares them with the
+// one-thread-per-system kernel.  Every CUDA thread
 // is a host thread (shim.h), so a missing __syncthreads between a write and a
 // read of another thread shows up as a reported data race.
 #include "shim.h"
@@ -11,8 +12,30 @@
 #include <cstdlib>
 #include <random>
 
+// The window kernels for a bandwidth fixed at compile time, as the backend launches them.
+template <int BW>
+int run_window(std::vector<double>& band, std::vector<double>& rhs, long long n, long long nrhs,
+               int do_factor) {
+    const long long width = BW + 1, offset = 0;
+    const bool fused = do_factor && nrhs == 1;
+    int info = 0;
+    if (do_factor)
+        launch(1, 32, true, [&] {
+            band_factor_window<double, BW>(band.data(), &offset, width, 1, n,
+                                           fused ? rhs.data() : nullptr, &offset, nrhs,
+                                           fused ? 1 : 0, &info, 1);
+        });
+    if (nrhs > 0)
+        launch((unsigned)nrhs, 32, true, [&] {
+            band_substitute_window<double, BW>(band.data(), &offset, width, 1, n, rhs.data(),
+                                               &offset, nrhs, 1, nrhs, fused ? 0 : 1, 1);
+        });
+    return info;
+}
+
 int main() {
-    const long long cases[][4] = {{50, 40, 2, 1}, {37, 5, 1, 1}, {70, 33, 3, 0}, {9, 3, 0, 1}};
+    const long long cases[][4] = {{50, 40, 2, 1}, {37, 5, 1, 1}, {70, 33, 3, 0}, {9, 3, 0, 1},
+                                  {61, 23, 1, 1}, {40, 5, 2, 1}, {30, 3, 2, 0}};
     std::mt19937 generator(1);
     std::uniform_real_distribution<double> uniform(-1, 1);
     double worst = 0;
@@ -33,6 +56,7 @@ int main() {
             });
         }
         for (auto& v : rhs) v = uniform(generator);
+        const std::vector<double> band0 = band, rhs0 = rhs;
         std::vector<double> band2 = band, rhs2 = rhs;
         long long offset = 0;
         int info = -1, info2 = -1;
@@ -44,6 +68,20 @@ int main() {
             band_factor_solve<double, 0>(band2.data(), &offset, width, 1, n, bw, do_factor,
                                          rhs2.data(), &offset, nrhs, 1, nrhs, &info2, 1);
         });
+        if (bw == 3 || bw == 5 || bw == 23) {
+            std::vector<double> band3 = band0, rhs3 = rhs0;
+            const int info3 = bw == 3    ? run_window<3>(band3, rhs3, n, nrhs, do_factor)
+                              : bw == 5 ? run_window<5>(band3, rhs3, n, nrhs, do_factor)
+                                        : run_window<23>(band3, rhs3, n, nrhs, do_factor);
+            for (size_t k = 0; k < rhs.size(); ++k)
+                worst = std::max(worst, std::abs(rhs3[k] - rhs2[k]));
+            for (size_t k = 0; k < band.size(); ++k)
+                worst = std::max(worst, std::abs(band3[k] - band2[k]));
+            if (do_factor && info3 != info2) {
+                std::printf("window info differs: %d %d\n", info3, info2);
+                return 1;
+            }
+        }
         for (size_t k = 0; k < rhs.size(); ++k) worst = std::max(worst, std::abs(rhs[k] - rhs2[k]));
         for (size_t k = 0; k < band.size(); ++k)
             worst = std::max(worst, std::abs(band[k] - band2[k]));

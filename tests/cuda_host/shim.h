@@ -1,8 +1,11 @@
 // Test-only shim: compiles CUDA kernel sources as host C++ and runs them on
 // host threads.  Covers what the kernels of banded_mnn/_backends/cuda/ use:
 // threadIdx, blockIdx, blockDim and gridDim in x; __shared__ variables
-// (function-local statics: one block runs at a time); __syncthreads (a
-// std::barrier over the block's threads).  Never part of the package.
+// (function-local statics: one block runs at a time); __syncthreads and
+// __syncwarp (a std::barrier over the block's threads: the kernels that use
+// __syncwarp run one warp per block); the warp shuffles __shfl_sync and
+// __shfl_down_sync over the full warp (through a buffer and two barriers).
+// Never part of the package.
 //
 // A cooperative launch (kernels that call __syncthreads) runs every CUDA
 // thread of a block as its own std::thread; other launches run the threads
@@ -26,6 +29,7 @@ inline dim3 blockDim, gridDim;
 #define __device__
 #define __host__
 #define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
 
 inline std::barrier<>* shim_block_barrier = nullptr;
 inline void __syncthreads() {
@@ -34,6 +38,40 @@ inline void __syncthreads() {
         std::abort();
     }
     shim_block_barrier->arrive_and_wait();
+}
+
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+    if (mask != 0xffffffffu || blockDim.x != 32) {
+        std::fprintf(stderr, "shim: __syncwarp supports the full mask in one-warp blocks\n");
+        std::abort();
+    }
+    __syncthreads();
+}
+
+// Lane `source`'s value of v, for every lane of the (one-warp) block.
+inline unsigned char shim_lane_values[32][8];
+template <typename T>
+T shim_shuffle(unsigned mask, T v, unsigned source) {
+    static_assert(sizeof(T) <= 8);
+    if (mask != 0xffffffffu || blockDim.x != 32) {
+        std::fprintf(stderr, "shim: shuffles support the full mask in one-warp blocks\n");
+        std::abort();
+    }
+    std::memcpy(shim_lane_values[threadIdx.x], &v, sizeof(T));
+    __syncthreads();
+    T out;
+    std::memcpy(&out, shim_lane_values[source], sizeof(T));
+    __syncthreads();  // every lane has read before the next shuffle writes
+    return out;
+}
+template <typename T>
+T __shfl_sync(unsigned mask, T v, int source) {
+    return shim_shuffle(mask, v, (unsigned)source % 32u);
+}
+template <typename T>
+T __shfl_down_sync(unsigned mask, T v, unsigned delta) {
+    const unsigned source = threadIdx.x + delta;  // past the last lane: the lane's own value
+    return shim_shuffle(mask, v, source < 32u ? source : threadIdx.x);
 }
 
 using std::isfinite;

@@ -8,7 +8,13 @@
 //   band_factor_solve<T, BW>      one thread per system (many short systems;
 //                                 workspace interleaved by system: coalesced)
 //   band_factor_solve_warp<T, BW> one warp (a 32-thread block) per system (few
-//                                 long systems; workspace contiguous per system)
+//                                 long systems; workspace contiguous per system),
+//                                 any bandwidth
+//   band_factor_window<T, BW>     the same regime for 1 <= BW < 32 with the band
+//   band_substitute_window<T, BW> window in registers: the factorisation (with
+//                                 the forward substitution of one right-hand
+//                                 side fused) and the substitutions, a warp per
+//                                 system or per (system, right-hand side)
 //
 // Operands are addressed like the CPU kernels' (banded_mnn/_strided.py): a
 // flat buffer, one element offset per system and two element strides.  The
@@ -146,8 +152,8 @@ __global__ void band_factor_solve(
 
 // Few long systems: one block of BAND_WARP threads per system.  The same
 // algorithm with the work of each column spread over the threads: the scaling
-// of column j, the rank-1 update of the whole trailing triangle (its
-// m (m + 1) / 2 cells dealt round the threads), the forward substitution's
+// of column j, the rank-1 update of the trailing triangle (each of its columns
+// dealt round the threads), the forward substitution's
 // updates, and the backward substitution's dot products (partial sums in
 // shared memory, added up by every thread).  Thread 0 computes the pivots.
 constexpr int BAND_WARP = 32;
@@ -191,11 +197,11 @@ __global__ void band_factor_solve_warp(
         if (do_factor) {
             for (long long t = 1 + lane; t <= m; t += BAND_WARP) A(j, t) *= r;
             __syncthreads();
-            // Cell (s, q) of the triangle, 1 <= s <= m, 0 <= q <= m - s, is
-            // number e = (s - 1) m + q of an m x m square; the rest is skipped.
-            for (long long e = lane; e < m * m; e += BAND_WARP) {
-                const long long s = e / m + 1, q = e % m;
-                if (q <= m - s) A(j + s, q) -= A(j, s + q) * A(j, s);
+            // Column s of the trailing triangle, cells q = 0 .. m - s, dealt
+            // round the threads (no division per cell).
+            for (long long s = 1; s <= m; ++s) {
+                const T ls = A(j, s);
+                for (long long q = lane; q <= m - s; q += BAND_WARP) A(j + s, q) -= A(j, s + q) * ls;
             }
         }
         for (long long k = 0; k < nrhs; ++k) {
@@ -223,6 +229,196 @@ __global__ void band_factor_solve_warp(
         }
     }
     if (lane == 0) info[i] = s_failed;  // (the scatter writes NaN for a failed system)
+#undef A
+#undef Y
+}
+
+// ---------------------------------------------------------------------------
+// The register window (few long systems, 1 <= BW < 32).
+//
+// A warp per system; lane s holds diagonal s of the band: cell (C + s, C) of
+// the trailing matrix for the W = BW + 1 columns C = j .. j + BW of the
+// window, in register x[C % W].  Indexed by column, every lane finds the
+// pivot column j in the same register, and a column entering the window is
+// one coalesced load (lane s reads A[C + s, C]).  The column loop is
+// unrolled W times, so C % W is a constant and the window never leaves the
+// registers.  Step j of the right-looking band Cholesky is
+//
+//   d = sqrt(A~[j, j]),  l_s = L[j + s, j] = A~[j + s, j] / d  (lane s),
+//   A~[j + c + s, j + c] -= l_{c + s} l_c    for 1 <= c <= BW, c + s <= BW,
+//
+// with l_{c + s} brought from lane c + s by __shfl_down_sync and l_c read
+// from shared memory (one store per lane, 16-byte broadcast reads).  Then column j
+// leaves (its factor is stored, one coalesced store) and column j + W,
+// loaded W steps earlier, takes its register.  Same operations as
+// band_factor_solve, in the same order per cell.
+//
+// The substitutions keep a window of the right-hand side: lane s holds
+// ybar_{j + s} going forward (ybar_{j - s} going back), updated by an axpy
+// with the factor's column (row going back) and moved one lane per step by
+// __shfl_down_sync.
+//
+// Both kernels run one warp per 32-thread block.
+
+enum : unsigned { FULL_WARP = 0xffffffffu };  // every lane takes part in the shuffles
+
+// The window's width: BW + 1 where the band fits in a warp, else 1 (the
+// kernels are then never launched; the instantiation only has to compile).
+template <int BW>
+constexpr int window_width = (BW >= 1 && BW < BAND_WARP) ? BW + 1 : 1;
+
+// One value per lane, 16-byte aligned, so that a copy from shared memory is
+// made of 16-byte loads.
+template <typename T>
+struct __align__(16) Lanes {
+    T t[BAND_WARP];
+};
+
+// Factor each system in place (L[j + s, j] in A(j, s)); with forward != 0
+// also the forward substitution of its right-hand side, column 0 of rhs
+// (y_j in Y(j)), fused.  info as band_factor_solve's.
+template <typename T, int BW>
+__global__ void band_factor_window(
+    T* band, const long long* band_off, long long band_sj, long long band_st,
+    long long n, T* rhs, const long long* rhs_off, long long rhs_sj, int forward,
+    int* info, long long nsys)
+{
+    constexpr int W = window_width<BW>;
+    const long long i = blockIdx.x;
+    const int s = threadIdx.x;  // the lane: diagonal s
+    if (i >= nsys) return;      // the whole warp leaves together
+    T* a = band + band_off[i];
+    T* y = forward ? rhs + rhs_off[i] : nullptr;
+#define A(j, t) a[(j) * band_sj + (t) * band_st]
+#define Y(j) y[(j) * rhs_sj]
+    // Lane s's cell of column c (0 outside the band and below row n - 1).
+    auto column = [&](long long c) -> T { return (s < W && c + s < n) ? A(c, s) : T(0); };
+    // Row r of the right-hand side for the lanes that load it (0 past the end).
+    auto rhs_row = [&](long long r) -> T { return (forward && s < W && r < n) ? Y(r) : T(0); };
+    __shared__ Lanes<T> s_l;
+    T x[W], next[W];
+#pragma unroll
+    for (int q = 0; q < W; ++q) {
+        x[q] = column(q);
+        next[q] = column(q + W);
+    }
+    T ybar = rhs_row(s);       // ybar_{j + s}
+    T ahead = rhs_row(W + s);  // row j0 + W + s: enters lane BW at step j0 + s
+    int failed = 0;
+    for (long long j0 = 0; j0 < n; j0 += W) {
+        const T ahead_next = rhs_row(j0 + 2 * W + s);
+#pragma unroll
+        for (int p = 0; p < W; ++p) {
+            const long long j = j0 + p;
+            if (j >= n) break;  // uniform over the warp
+            const T d2 = __shfl_sync(FULL_WARP, x[p], 0);
+            T d;
+            if (band_pivot_ok(d2)) {
+                d = sqrt(d2);
+            } else {
+                if (!failed) failed = (int)(j + 1);
+                d = T(1);
+            }
+            const T r = T(1) / d;
+            const T l = s == 0 ? d : x[p] * r;  // L[j + s, j] (0 for s >= W)
+            if (s < W && j + s < n) A(j, s) = l;
+            s_l.t[s] = l;
+            __syncwarp();
+            const Lanes<T> across = s_l;  // l_0 .. l_31: 16-byte broadcast loads
+#pragma unroll
+            for (int c = 1; c < W; ++c) {
+                const T below = __shfl_down_sync(FULL_WARP, l, c);  // l_{c + s}
+                if (s + c < W) x[(p + c) % W] -= below * across.t[c];
+            }
+            if (forward) {  // uniform
+                const T yj = __shfl_sync(FULL_WARP, ybar, 0) * r;
+                if (s == 0) Y(j) = yj;
+                ybar -= l * yj;
+                const T incoming = __shfl_sync(FULL_WARP, ahead, p);  // row j + W
+                ybar = __shfl_down_sync(FULL_WARP, ybar, 1);
+                if (s == W - 1) ybar = incoming;
+            }
+            x[p] = next[p];  // column j + W takes column j's register
+            next[p] = column(j + 2 * W);
+            __syncwarp();  // every lane has read s_l before the next step writes it
+        }
+        ahead = ahead_next;
+    }
+    if (s == 0) info[i] = failed;  // (the scatter writes NaN for a failed system)
+#undef A
+#undef Y
+}
+
+// Substitute with a factor from band_factor_window (or any band Cholesky
+// factor): a warp per (system, right-hand side column), forward (if forward
+// != 0) then backward, in place in rhs.
+template <typename T, int BW>
+__global__ void band_substitute_window(
+    const T* band, const long long* band_off, long long band_sj, long long band_st,
+    long long n, T* rhs, const long long* rhs_off, long long rhs_sj, long long rhs_sk,
+    long long nrhs, int forward, long long nsys)
+{
+    constexpr int W = window_width<BW>;
+    const long long g = blockIdx.x;
+    const int s = threadIdx.x;
+    if (nrhs <= 0 || g >= nsys * nrhs) return;  // the whole warp leaves together
+    const long long i = g / nrhs, k = g % nrhs;
+    const T* a = band + band_off[i];
+    T* y = rhs + rhs_off[i] + k * rhs_sk;
+#define A(j, t) a[(j) * band_sj + (t) * band_st]
+#define Y(j) y[(j) * rhs_sj]
+    auto rhs_row = [&](long long r) -> T { return (s < W && r >= 0 && r < n) ? Y(r) : T(0); };
+    T ring[W];  // the factor's columns (rows going back), loaded W steps ahead
+    if (forward) {
+        // Column j: lane s needs L[j + s, j] = A(j, s).
+        auto column = [&](long long c) -> T { return (s < W && c + s < n) ? A(c, s) : T(0); };
+#pragma unroll
+        for (int q = 0; q < W; ++q) ring[q] = column(q);
+        T ybar = rhs_row(s);
+        T ahead = rhs_row(W + s);
+        for (long long j0 = 0; j0 < n; j0 += W) {
+            const T ahead_next = rhs_row(j0 + 2 * W + s);
+#pragma unroll
+            for (int p = 0; p < W; ++p) {
+                const long long j = j0 + p;
+                if (j >= n) break;
+                const T l = ring[p];
+                ring[p] = column(j + W);
+                const T yj = __shfl_sync(FULL_WARP, ybar, 0) * (T(1) / __shfl_sync(FULL_WARP, l, 0));
+                if (s == 0) Y(j) = yj;
+                ybar -= l * yj;
+                const T incoming = __shfl_sync(FULL_WARP, ahead, p);
+                ybar = __shfl_down_sync(FULL_WARP, ybar, 1);
+                if (s == W - 1) ybar = incoming;
+            }
+            ahead = ahead_next;
+        }
+        __syncwarp();  // lane 0's stores of y are seen by the lanes that reload them
+    }
+    // Backward, j = n - 1 .. 0: lane s needs L[j, j - s] = A(j - s, s) and
+    // holds ybar_{j - s}; x_j = ybar_j / L[j, j].
+    auto row = [&](long long r) -> T { return (s < W && r - s >= 0 && r < n) ? A(r - s, s) : T(0); };
+#pragma unroll
+    for (int q = 0; q < W; ++q) ring[q] = row(n - 1 - q);
+    T ybar = rhs_row(n - 1 - s);
+    T ahead = rhs_row(n - 1 - W - s);
+    for (long long k0 = 0; k0 < n; k0 += W) {
+        const T ahead_next = rhs_row(n - 1 - k0 - 2 * W - s);
+#pragma unroll
+        for (int p = 0; p < W; ++p) {
+            const long long j = n - 1 - (k0 + p);
+            if (j < 0) break;
+            const T l = ring[p];
+            ring[p] = row(j - W);
+            const T xj = __shfl_sync(FULL_WARP, ybar, 0) / __shfl_sync(FULL_WARP, l, 0);
+            if (s == 0) Y(j) = xj;
+            ybar -= l * xj;
+            const T incoming = __shfl_sync(FULL_WARP, ahead, p);  // row j - W
+            ybar = __shfl_down_sync(FULL_WARP, ybar, 1);
+            if (s == W - 1) ybar = incoming;
+        }
+        ahead = ahead_next;
+    }
 #undef A
 #undef Y
 }
