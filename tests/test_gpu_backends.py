@@ -496,6 +496,12 @@ def test_window_kernels_host(rng, monkeypatch, dtype, u):
     kernels = HostKernels()
     monkeypatch.setattr(_cupy, "_kernels", kernels)
     monkeypatch.setattr(_gpu, "choose_regime", lambda nsys, sms: "warp")
+    copies = []  # (mask, writes): the window kernels read the band where it is
+    copy = kernels.copy
+    monkeypatch.setattr(
+        kernels, "copy", lambda src, dst, *a, **k: copies.append((a[2], dst is not None))
+        or copy(src, dst, *a, **k)
+    )  # fmt: skip
     eps = np.finfo(dtype).eps
     for m in sorted({1, u, u + 1, 3 * (u + 1) + 5}):
         ab, dense = _ill_conditioned_band(rng, 2, m, u, dtype)
@@ -515,7 +521,9 @@ def test_window_kernels_host(rng, monkeypatch, dtype, u):
     assert {"band_factor_window", "band_substitute_window"} <= launched
     assert "band_factor_solve" not in launched
     # (m = 1 trims the band to u = 0, which the window kernels leave to the
-    # general warp kernel)
+    # general warp kernel: one gather of the band)
+    assert copies.count((_gpu.GATHER_BAND, True)) == 4  # m = 1: solveh twice, cholesky, cho_solve
+    assert (_gpu.GATHER_BAND, False) in copies  # the non-finite probe alone
 
 
 @pytest.mark.skipif(SIMULATED, reason="uses the host runner of the .cu")

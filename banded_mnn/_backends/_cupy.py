@@ -38,7 +38,7 @@ SIGNATURES = {
     "band_copy": "ppqqppqqqqiippq",
     "band_factor_solve": "ppqqqqippqqqpq",
     "band_factor_solve_warp": "ppqqqqippqqqpq",
-    "band_factor_window": "ppqqqppqipq",
+    "band_factor_window": "ppqqppqqqppqipq",
     "band_substitute_window": "ppqqqppqqqiq",
 }
 
@@ -148,13 +148,21 @@ class CupyKernels:
              rows, cols, mask, int(system_fastest), nonfinite, status, nsys),
         )  # fmt: skip
 
-    def factor_solve(self, regime, band, bw, do_factor, rhs, nrhs, info) -> None:
+    def reads_operands(self, regime: str, bw: int) -> bool:
+        """Whether :meth:`factor_solve` reads the band from the caller's array
+        (``source``) itself, so that the driver skips the gather: the
+        register-window kernels do."""
+        return regime == "warp" and window_applies(bw)
+
+    def factor_solve(self, regime, band, bw, do_factor, rhs, nrhs, info, source=None) -> None:
         nsys = band.offsets.shape[0]
         if nsys == 0:
             return
-        if regime == "warp" and window_applies(bw):
-            self._factor_solve_window(band, bw, do_factor, rhs, nrhs, info)
+        if self.reads_operands(regime, bw):
+            self._factor_solve_window(band, bw, do_factor, rhs, nrhs, info, source or band)
             return
+        if source is not None:
+            raise ValueError(f"internal: the {regime} kernels take no source array")
         if regime == "thread":
             kernel, grid, block = "band_factor_solve", -(-nsys // THREAD_BLOCK), THREAD_BLOCK
         else:
@@ -165,23 +173,27 @@ class CupyKernels:
              rhs.buf, rhs.offsets, *rhs.strides, nrhs, info, nsys),
         )  # fmt: skip
 
-    def _factor_solve_window(self, band, bw, do_factor, rhs, nrhs, info) -> None:
+    def _factor_solve_window(self, band, bw, do_factor, rhs, nrhs, info, source) -> None:
         """The warp regime with the band window in registers: the factorisation
-        (a warp per system; one right-hand side's forward substitution fused),
-        then the substitutions (a warp per system and right-hand side)."""
+        (a warp per system, reading ``source`` and writing the factor to
+        ``band``; one right-hand side's forward substitution fused), then the
+        substitutions (a warp per system and right-hand side, reading the
+        factor from ``band``, or from ``source`` when only solving)."""
         nsys, n, dtype = band.offsets.shape[0], band.shape[0], band.buf.dtype
         fused = do_factor and nrhs == 1
         if do_factor:
             self.launch(
                 "band_factor_window", dtype, bw, nsys, _gpu.WARP,
-                (band.buf, band.offsets, *band.strides, n,
+                (source.buf, source.offsets, *source.strides,
+                 band.buf, band.offsets, *band.strides, n,
                  rhs.buf if fused else None, rhs.offsets if fused else None,
                  rhs.strides[0] if fused else 0, int(fused), info, nsys),
             )  # fmt: skip
+        factor = band if do_factor else source
         if nrhs > 0:
             self.launch(
                 "band_substitute_window", dtype, bw, nsys * nrhs, _gpu.WARP,
-                (band.buf, band.offsets, *band.strides, n, rhs.buf, rhs.offsets,
+                (factor.buf, factor.offsets, *factor.strides, n, rhs.buf, rhs.offsets,
                  *rhs.strides, nrhs, int(not fused), nsys),
             )  # fmt: skip
 

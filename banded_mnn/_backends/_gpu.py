@@ -11,7 +11,9 @@ One call of :func:`run` is
 1. a *gather*: the band (and the right-hand sides) are copied from the
    caller's arrays, at any strides and with broadcast batch axes, into a
    workspace laid out for the regime; the copy also probes for non-finite
-   values when asked to check;
+   values when asked to check.  Kernels that read the caller's band
+   themselves (:meth:`KernelSet.reads_operands`: the CUDA C++ backend's
+   register window) skip the band's gather, leaving only the probe;
 2. the factor-and-solve kernel, in place on the workspace;
 3. a *scatter* of the factor and the solutions into the outputs, with NaN
    for every value of a system that failed.
@@ -78,6 +80,11 @@ class KernelSet(Protocol):
         """A context manager that makes the device of array ``x`` current."""
         ...
 
+    def reads_operands(self, regime: str, bw: int) -> bool:
+        """Whether :meth:`factor_solve` reads the caller's band (``source``)
+        itself, so that :func:`run` skips the gather into the workspace."""
+        ...
+
     def factor_solve(
         self,
         regime: str,
@@ -87,7 +94,12 @@ class KernelSet(Protocol):
         rhs: StridedBatch,
         nrhs: int,
         info: Any,
-    ) -> None: ...
+        source: StridedBatch | None = None,
+    ) -> None:
+        """Factor ``band`` in place and/or solve; with ``source`` (only where
+        :meth:`reads_operands`), read the band (or, solving only, the factor)
+        from ``source`` and write the factor to ``band``."""
+        ...
 
 
 def choose_regime(nsys: int, multiprocessors: int) -> str:
@@ -151,9 +163,15 @@ def run(
     system_fastest = regime == "thread"
     info = xp.zeros(nsys, dtype=np.int32)
     flags = xp.zeros(2, dtype=np.int32) if check_finite else None
-    work = workspace(xp, dtype, nsys, n, width, regime)
     probe = flags[0:1] if check_finite else None
-    kernels.copy(band, work, n, width, GATHER_BAND, system_fastest, probe)
+    direct = kernels.reads_operands(regime, bw)
+    if direct:  # the kernels read the caller's band: no gather (a probe when checking)
+        work = workspace(xp, dtype, nsys, n, width, regime) if factor else band
+        if check_finite:
+            kernels.copy(band, None, n, width, GATHER_BAND, system_fastest, probe)
+    else:
+        work = workspace(xp, dtype, nsys, n, width, regime)
+        kernels.copy(band, work, n, width, GATHER_BAND, system_fastest, probe)
     if rhs is not None:
         nrhs = rhs.shape[1]
         rhs_work = workspace(xp, dtype, nsys, n, nrhs, regime)
@@ -161,7 +179,10 @@ def run(
         kernels.copy(rhs, rhs_work, n, nrhs, COPY_ALL, system_fastest, probe)
     else:
         nrhs, rhs_work = 0, StridedBatch.dummy(dtype, nsys, xp)
-    kernels.factor_solve(regime, work, bw, factor, rhs_work, nrhs, info)
+    if direct:
+        kernels.factor_solve(regime, work, bw, factor, rhs_work, nrhs, info, source=band)
+    else:
+        kernels.factor_solve(regime, work, bw, factor, rhs_work, nrhs, info)
     # The scatters write NaN for the systems that failed (info != 0).
     if factor_out is not None:
         kernels.copy(work, factor_out, n, width, SCATTER_BAND, system_fastest, None, info)

@@ -359,7 +359,13 @@ class NumbaCudaKernels:
             failed, status is not None, nsys,
         )  # fmt: skip
 
-    def factor_solve(self, regime, band, bw, do_factor, rhs, nrhs, info) -> None:
+    def reads_operands(self, regime: str, bw: int) -> bool:
+        """False: these kernels work in place on the gathered workspace."""
+        return False
+
+    def factor_solve(self, regime, band, bw, do_factor, rhs, nrhs, info, source=None) -> None:
+        if source is not None:
+            raise ValueError("internal: the numba-cuda kernels take no source array")
         nsys = band.offsets.shape[0]
         if nsys == 0:
             return

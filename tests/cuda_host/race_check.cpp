@@ -21,7 +21,8 @@ int run_window(std::vector<double>& band, std::vector<double>& rhs, long long n,
     int info = 0;
     if (do_factor)
         launch(1, 32, true, [&] {
-            band_factor_window<double, BW>(band.data(), &offset, width, 1, n,
+            band_factor_window<double, BW>(band.data(), &offset, width, 1, band.data(), &offset,
+                                           width, 1, n,
                                            fused ? rhs.data() : nullptr, &offset, nrhs,
                                            fused ? 1 : 0, &info, 1);
         });

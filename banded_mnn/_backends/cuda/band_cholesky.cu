@@ -274,11 +274,15 @@ struct __align__(16) Lanes {
     T t[BAND_WARP];
 };
 
-// Factor each system in place (L[j + s, j] in A(j, s)); with forward != 0
-// also the forward substitution of its right-hand side, column 0 of rhs
-// (y_j in Y(j)), fused.  info as band_factor_solve's.
+// Factor each system: read the band from src (the caller's strided array,
+// or the workspace itself), write L[j + s, j] to A(j, s) of band; with
+// forward != 0 also the forward substitution of its right-hand side, column 0
+// of rhs (y_j in Y(j)), fused.  info as band_factor_solve's.  Reading the
+// caller's array directly saves the gather's pass over the band; src may be
+// band (in place: each column is read 2W steps before its factor is written).
 template <typename T, int BW>
 __global__ void band_factor_window(
+    const T* src, const long long* src_off, long long src_sj, long long src_st,
     T* band, const long long* band_off, long long band_sj, long long band_st,
     long long n, T* rhs, const long long* rhs_off, long long rhs_sj, int forward,
     int* info, long long nsys)
@@ -287,12 +291,16 @@ __global__ void band_factor_window(
     const long long i = blockIdx.x;
     const int s = threadIdx.x;  // the lane: diagonal s
     if (i >= nsys) return;      // the whole warp leaves together
+    const T* a_in = src + src_off[i];
     T* a = band + band_off[i];
     T* y = forward ? rhs + rhs_off[i] : nullptr;
 #define A(j, t) a[(j) * band_sj + (t) * band_st]
 #define Y(j) y[(j) * rhs_sj]
-    // Lane s's cell of column c (0 outside the band and below row n - 1).
-    auto column = [&](long long c) -> T { return (s < W && c + s < n) ? A(c, s) : T(0); };
+    // Lane s's cell of column c of the input (0 outside the band and below
+    // row n - 1, which are never read).
+    auto column = [&](long long c) -> T {
+        return (s < W && c + s < n) ? a_in[c * src_sj + s * src_st] : T(0);
+    };
     // Row r of the right-hand side for the lanes that load it (0 past the end).
     auto rhs_row = [&](long long r) -> T { return (forward && s < W && r < n) ? Y(r) : T(0); };
     __shared__ Lanes<T> s_l;
