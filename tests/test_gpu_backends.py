@@ -484,8 +484,10 @@ def _ill_conditioned_band(rng, nsys: int, m: int, u: int, dtype) -> tuple[np.nda
 def test_window_kernels_host(rng, monkeypatch, dtype, u):
     """The warp regime's register-window kernels against SciPy: factor, solve
     with one right-hand side (forward substitution fused) and with three (a
-    warp per right-hand side), solve with a given factor; orders from one row
-    to several windows and not a multiple of the window; ill-conditioned
+    warp per right-hand side), solve with a given factor (one and three
+    right-hand sides), the band read from the caller's array in both forms
+    and at strides; orders from one row to several windows, one step into a
+    second window, exact multiples of the window and not; ill-conditioned
     systems with the tolerance scaled by the condition number (errors seen
     over many seeds: below 1 eps cond for the solutions, below 1.1
     eps sqrt(cond) for the factor)."""
@@ -503,7 +505,8 @@ def test_window_kernels_host(rng, monkeypatch, dtype, u):
         or copy(src, dst, *a, **k)
     )  # fmt: skip
     eps = np.finfo(dtype).eps
-    for m in sorted({1, u, u + 1, 3 * (u + 1) + 5}):
+    w = u + 1
+    for m in sorted({1, u, w, w + 1, 2 * w, 2 * w + 1, 3 * w + 5}):
         ab, dense = _ill_conditioned_band(rng, 2, m, u, dtype)
         cond = np.linalg.cond(dense).max()
         b = rng.standard_normal((2, m, 3)).astype(dtype)
@@ -512,17 +515,23 @@ def test_window_kernels_host(rng, monkeypatch, dtype, u):
         for k in (1, 3):
             x = bm.solveh_banded(ab, b[..., :k], lower=True, backend="cupy")
             assert np.abs(x - reference[..., :k]).max() <= 8 * eps * cond * scale, (m, k)
+        # the upper form, Fortran-ordered and every other column of a wider array
+        upper = np.zeros((2, ab.shape[1], 2 * m), dtype, order="F")[..., ::2]
+        upper[...] = lower_to_upper(ab)
+        x = bm.solveh_banded(upper, b, backend="cupy")
+        assert np.abs(x - reference).max() <= 8 * eps * cond * scale, m
         c = bm.cholesky_banded(ab, lower=True, backend="cupy")
         expected = scipy_cholesky(ab.astype(np.float64), True)
         assert np.abs(c - expected).max() <= 16 * eps * np.sqrt(cond) * np.abs(expected).max()
-        x = bm.cho_solve_banded((c, True), b, backend="cupy")
-        assert np.abs(x - reference).max() <= 8 * eps * cond * scale, m
+        for k in (1, 3):
+            x = bm.cho_solve_banded((c, True), b[..., :k], backend="cupy")
+            assert np.abs(x - reference[..., :k]).max() <= 8 * eps * cond * scale, (m, k)
     launched = {kernel for kernel, _, _ in kernels.launches}
     assert {"band_factor_window", "band_substitute_window"} <= launched
     assert "band_factor_solve" not in launched
     # (m = 1 trims the band to u = 0, which the window kernels leave to the
     # general warp kernel: one gather of the band)
-    assert copies.count((_gpu.GATHER_BAND, True)) == 4  # m = 1: solveh twice, cholesky, cho_solve
+    assert copies.count((_gpu.GATHER_BAND, True)) == 6  # m = 1: three solveh, cholesky, 2 cho_solve
     assert (_gpu.GATHER_BAND, False) in copies  # the non-finite probe alone
 
 
@@ -535,14 +544,43 @@ def test_window_kernels_report_the_first_failed_minor_host(rng, monkeypatch, u):
 
     monkeypatch.setattr(_cupy, "_kernels", HostKernels())
     monkeypatch.setattr(_gpu, "choose_regime", lambda nsys, sms: "warp")
-    m = 3 * (u + 1) + 2
-    ab = make_band(rng, (4,), m, u, True)
+    w = u + 1
+    m = 3 * w + 2
+    ab = make_band(rng, (7,), m, u, True)
     ab[1, 0, m - 1] = -1.0  # the last minor
     ab[2, 0, u + 5] = 0.0  # a minor in the second window
     ab[2, 0, 2 * u + 7] = -1.0  # a later one does not count
     ab[3, 0, 0] = np.nan
-    b = rng.standard_normal((4, m, 1))
-    x, info = bm.solveh_banded_ex(ab, b, lower=True, check_finite=False, backend="cupy")
-    assert info.tolist() == [0, m, u + 6, 1]
-    assert np.isnan(x[1:]).all()
-    np.testing.assert_allclose(x[0], scipy_solve(ab[0], b[0], True), rtol=1e-10)
+    for system, column in ((4, w - 1), (5, w), (6, 2 * w - 1)):  # the windows' edges
+        ab[system, 0, column] = -1.0
+    expected = [0, m, u + 6, 1, w, w + 1, 2 * w]
+    for k in (0, 1, 3):  # factor only, fused forward substitution, a warp per column
+        b = rng.standard_normal((7, m, k))
+        if k == 0:
+            c, info = bm.cholesky_banded_ex(ab, lower=True, check_finite=False, backend="cupy")
+            inside = np.arange(m) < m - np.arange(u + 1)[:, None]  # cells of the matrix
+            assert np.isnan(c[1:, inside]).all() and not np.isnan(c[0]).any()
+        else:
+            x, info = bm.solveh_banded_ex(ab, b, lower=True, check_finite=False, backend="cupy")
+            assert np.isnan(x[1:]).all()
+            np.testing.assert_allclose(x[0], scipy_solve(ab[0], b[0], True), rtol=1e-10)
+        assert info.tolist() == expected, k
+
+
+@pytest.mark.skipif(SIMULATED, reason="uses the host runner of the .cu")
+def test_window_substitution_grid_in_chunks_host(rng, monkeypatch):
+    """Right-hand sides x systems beyond CUDA's grid limit go in chunks of systems."""
+    from gpu_host import HostKernels
+
+    from banded_mnn._backends import _cupy
+
+    kernels = HostKernels()
+    monkeypatch.setattr(_cupy, "_kernels", kernels)
+    monkeypatch.setattr(_cupy, "MAX_GRID", 7)  # two systems of three columns a launch
+    monkeypatch.setattr(_gpu, "choose_regime", lambda nsys, sms: "warp")
+    ab = make_band(rng, (5,), 11, 3, True)
+    b = rng.standard_normal((5, 11, 3))
+    x = bm.solveh_banded(ab, b, lower=True, backend="cupy")
+    np.testing.assert_allclose(x, scipy_solve(ab, b, True), rtol=1e-10)
+    grids = [grid for kernel, grid, _ in kernels.launches if kernel == "band_substitute_window"]
+    assert grids == [6, 6, 3]

@@ -45,6 +45,9 @@ SIGNATURES = {
 #: The register-window kernels (the warp regime up to this half-bandwidth).
 WINDOW_KERNELS = ("band_factor_window", "band_substitute_window")
 
+#: The most blocks a launch may have in x (CUDA's limit).
+MAX_GRID = 2**31 - 1
+
 #: Threads per block of the copy and the thread-per-system kernels.
 COPY_BLOCK = 256
 THREAD_BLOCK = 128
@@ -159,7 +162,8 @@ class CupyKernels:
         if nsys == 0:
             return
         if self.reads_operands(regime, bw):
-            self._factor_solve_window(band, bw, do_factor, rhs, nrhs, info, source or band)
+            source = band if source is None else source
+            self._factor_solve_window(band, bw, do_factor, rhs, nrhs, info, source)
             return
         if source is not None:
             raise ValueError(f"internal: the {regime} kernels take no source array")
@@ -190,11 +194,15 @@ class CupyKernels:
                  rhs.strides[0] if fused else 0, int(fused), info, nsys),
             )  # fmt: skip
         factor = band if do_factor else source
-        if nrhs > 0:
+        # A block per (system, right-hand side): systems in chunks that keep
+        # the grid within CUDA's 2^31 - 1 blocks.
+        chunk = max(1, MAX_GRID // max(nrhs, 1))
+        for first in range(0, nsys if nrhs > 0 else 0, chunk):
+            last = min(nsys, first + chunk)
             self.launch(
-                "band_substitute_window", dtype, bw, nsys * nrhs, _gpu.WARP,
-                (factor.buf, factor.offsets, *factor.strides, n, rhs.buf, rhs.offsets,
-                 *rhs.strides, nrhs, int(not fused), nsys),
+                "band_substitute_window", dtype, bw, (last - first) * nrhs, _gpu.WARP,
+                (factor.buf, factor.offsets[first:last], *factor.strides, n, rhs.buf,
+                 rhs.offsets[first:last], *rhs.strides, nrhs, int(not fused), last - first),
             )  # fmt: skip
 
     def device(self, x: Any):

@@ -49,6 +49,48 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) {
 }
 
 // Lane `source`'s value of v, for every lane of the (one-warp) block.
+#ifdef SHIM_RELAXED_SHUFFLES
+// (race_check.cpp under ThreadSanitizer) The values go through relaxed
+// atomics and a spinning barrier of relaxed atomics, which give the sanitizer
+// no happens-before edge: as on a GPU, only __syncthreads and __syncwarp
+// order the lanes' other memory accesses, so a missing __syncwarp shows up as
+// a race even where a shuffle lies between the write and the read.  (Correct
+// on x86: compiler fences keep the order, the hardware keeps the stores'.)
+#include <atomic>
+inline std::atomic<unsigned long long> shim_lane_slots[32];
+inline std::atomic<unsigned> shim_spin_arrived{0}, shim_spin_generation{0};
+inline void shim_spin_barrier() {
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    const unsigned generation = shim_spin_generation.load(std::memory_order_relaxed);
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    if (shim_spin_arrived.fetch_add(1, std::memory_order_relaxed) + 1 == blockDim.x) {
+        shim_spin_arrived.store(0, std::memory_order_relaxed);
+        std::atomic_signal_fence(std::memory_order_seq_cst);
+        shim_spin_generation.fetch_add(1, std::memory_order_relaxed);
+    } else {
+        while (shim_spin_generation.load(std::memory_order_relaxed) == generation)
+            std::this_thread::yield();
+    }
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+}
+template <typename T>
+T shim_shuffle(unsigned mask, T v, unsigned source) {
+    static_assert(sizeof(T) <= 8);
+    if (mask != 0xffffffffu || blockDim.x != 32) {
+        std::fprintf(stderr, "shim: shuffles support the full mask in one-warp blocks\n");
+        std::abort();
+    }
+    unsigned long long bits = 0;
+    std::memcpy(&bits, &v, sizeof(T));
+    shim_lane_slots[threadIdx.x].store(bits, std::memory_order_relaxed);
+    shim_spin_barrier();
+    bits = shim_lane_slots[source].load(std::memory_order_relaxed);
+    shim_spin_barrier();  // every lane has read before the next shuffle writes
+    T out;
+    std::memcpy(&out, &bits, sizeof(T));
+    return out;
+}
+#else
 inline unsigned char shim_lane_values[32][8];
 template <typename T>
 T shim_shuffle(unsigned mask, T v, unsigned source) {
@@ -64,6 +106,7 @@ T shim_shuffle(unsigned mask, T v, unsigned source) {
     __syncthreads();  // every lane has read before the next shuffle writes
     return out;
 }
+#endif
 template <typename T>
 T __shfl_sync(unsigned mask, T v, int source) {
     return shim_shuffle(mask, v, (unsigned)source % 32u);

@@ -384,6 +384,7 @@ __global__ void band_substitute_window(
         for (int q = 0; q < W; ++q) ring[q] = column(q);
         T ybar = rhs_row(s);
         T ahead = rhs_row(W + s);
+        __syncwarp();  // (every lane's reads of y before lane 0 writes)
         for (long long j0 = 0; j0 < n; j0 += W) {
             const T ahead_next = rhs_row(j0 + 2 * W + s);
 #pragma unroll
@@ -400,8 +401,9 @@ __global__ void band_substitute_window(
                 if (s == W - 1) ybar = incoming;
             }
             ahead = ahead_next;
+            __syncwarp();  // a block's reads of y (rows j0 + 2W ..) before their writes
         }
-        __syncwarp();  // lane 0's stores of y are seen by the lanes that reload them
+        // (and lane 0's stores of y are seen by the lanes that reload them)
     }
     // Backward, j = n - 1 .. 0: lane s needs L[j, j - s] = A(j - s, s) and
     // holds ybar_{j - s}; x_j = ybar_j / L[j, j].
@@ -410,6 +412,7 @@ __global__ void band_substitute_window(
     for (int q = 0; q < W; ++q) ring[q] = row(n - 1 - q);
     T ybar = rhs_row(n - 1 - s);
     T ahead = rhs_row(n - 1 - W - s);
+    __syncwarp();  // (every lane's reads of y before lane 0 writes)
     for (long long k0 = 0; k0 < n; k0 += W) {
         const T ahead_next = rhs_row(n - 1 - k0 - 2 * W - s);
 #pragma unroll
@@ -426,6 +429,7 @@ __global__ void band_substitute_window(
             if (s == W - 1) ybar = incoming;
         }
         ahead = ahead_next;
+        __syncwarp();  // a block's reads of y (rows j - 2W ..) before their writes
     }
 #undef A
 #undef Y
