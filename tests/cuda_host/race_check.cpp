@@ -88,6 +88,10 @@ int main() {
                 std::printf("window info differs: %d %d\n", info3, info2);
                 return 1;
             }
+            if (band3 != band2) {  // same operations per cell: the same factor, bit for bit
+                std::printf("window factor differs (n %lld, bw %lld)\n", n, bw);
+                return 1;
+            }
         }
         for (size_t k = 0; k < rhs.size(); ++k) worst = std::max(worst, std::abs(rhs[k] - rhs2[k]));
         for (size_t k = 0; k < band.size(); ++k)

@@ -248,7 +248,10 @@ __global__ void band_factor_solve_warp(
 //   A~[j + c + s, j + c] -= l_{c + s} l_c    for 1 <= c <= BW, c + s <= BW,
 //
 // with l_{c + s} brought from lane c + s by __shfl_down_sync and l_c read
-// from shared memory (one store per lane, 16-byte broadcast reads).  Then column j
+// from shared memory (one store per lane, 16-byte broadcast reads); every
+// lane computes the next pivot from l_1 and the diagonal cell it received
+// before the update, so the chain from one square root to the next holds no
+// shuffle.  Then column j
 // leaves (its factor is stored, one coalesced store) and column j + W,
 // loaded W steps earlier, takes its register.  Same operations as
 // band_factor_solve, in the same order per cell.
@@ -313,13 +316,17 @@ __global__ void band_factor_window(
     T ybar = rhs_row(s);       // ybar_{j + s}
     T ahead = rhs_row(W + s);  // row j0 + W + s: enters lane BW at step j0 + s
     int failed = 0;
+    T pivot = __shfl_sync(FULL_WARP, x[0], 0);  // A~[j, j], in every lane
     for (long long j0 = 0; j0 < n; j0 += W) {
         const T ahead_next = rhs_row(j0 + 2 * W + s);
 #pragma unroll
         for (int p = 0; p < W; ++p) {
             const long long j = j0 + p;
             if (j >= n) break;  // uniform over the warp
-            const T d2 = __shfl_sync(FULL_WARP, x[p], 0);
+            const T d2 = pivot;
+            // A~[j + 1, j + 1] before this step's update, from lane 0: off the
+            // chain from one square root to the next (see below).
+            const T diagonal = __shfl_sync(FULL_WARP, x[(p + 1) % W], 0);
             T d;
             if (band_pivot_ok(d2)) {
                 d = sqrt(d2);
@@ -338,6 +345,9 @@ __global__ void band_factor_window(
                 const T below = __shfl_down_sync(FULL_WARP, l, c);  // l_{c + s}
                 if (s + c < W) x[(p + c) % W] -= below * across.t[c];
             }
+            // The next pivot, as lane 0's update of it (below = across.t[1] =
+            // l_1 there), in every lane without a shuffle after the update.
+            pivot = diagonal - across.t[1] * across.t[1];
             if (forward) {  // uniform
                 const T yj = __shfl_sync(FULL_WARP, ybar, 0) * r;
                 if (s == 0) Y(j) = yj;
