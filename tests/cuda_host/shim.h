@@ -40,11 +40,16 @@ inline void __syncthreads() {
     shim_block_barrier->arrive_and_wait();
 }
 
-inline void __syncwarp(unsigned mask = 0xffffffffu) {
+// The warp-level operations are emulated for the full mask in one-warp blocks.
+inline void shim_full_warp(unsigned mask, const char* what) {
     if (mask != 0xffffffffu || blockDim.x != 32) {
-        std::fprintf(stderr, "shim: __syncwarp supports the full mask in one-warp blocks\n");
+        std::fprintf(stderr, "shim: %s support the full mask in one-warp blocks only\n", what);
         std::abort();
     }
+}
+
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+    shim_full_warp(mask, "__syncwarp");
     __syncthreads();
 }
 
@@ -76,10 +81,7 @@ inline void shim_spin_barrier() {
 template <typename T>
 T shim_shuffle(unsigned mask, T v, unsigned source) {
     static_assert(sizeof(T) <= 8);
-    if (mask != 0xffffffffu || blockDim.x != 32) {
-        std::fprintf(stderr, "shim: shuffles support the full mask in one-warp blocks\n");
-        std::abort();
-    }
+    shim_full_warp(mask, "shuffles");
     unsigned long long bits = 0;
     std::memcpy(&bits, &v, sizeof(T));
     shim_lane_slots[threadIdx.x].store(bits, std::memory_order_relaxed);
@@ -95,10 +97,7 @@ inline unsigned char shim_lane_values[32][8];
 template <typename T>
 T shim_shuffle(unsigned mask, T v, unsigned source) {
     static_assert(sizeof(T) <= 8);
-    if (mask != 0xffffffffu || blockDim.x != 32) {
-        std::fprintf(stderr, "shim: shuffles support the full mask in one-warp blocks\n");
-        std::abort();
-    }
+    shim_full_warp(mask, "shuffles");
     std::memcpy(shim_lane_values[threadIdx.x], &v, sizeof(T));
     __syncthreads();
     T out;

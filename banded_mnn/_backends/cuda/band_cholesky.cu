@@ -270,6 +270,15 @@ enum : unsigned { FULL_WARP = 0xffffffffu };  // every lane takes part in the sh
 template <int BW>
 constexpr int window_width = (BW >= 1 && BW < BAND_WARP) ? BW + 1 : 1;
 
+// The right-hand side's window moves one lane down (lane s takes lane s + 1's
+// row); the row entering it, held by lane p in `ahead`, goes to the last lane.
+template <typename T>
+__device__ inline T window_step(T ybar, T ahead, int p, int s, int W) {
+    const T incoming = __shfl_sync(FULL_WARP, ahead, p);
+    const T moved = __shfl_down_sync(FULL_WARP, ybar, 1);
+    return s == W - 1 ? incoming : moved;
+}
+
 // One value per lane, 16-byte aligned, so that a copy from shared memory is
 // made of 16-byte loads.
 template <typename T>
@@ -352,9 +361,7 @@ __global__ void band_factor_window(
                 const T yj = __shfl_sync(FULL_WARP, ybar, 0) * r;
                 if (s == 0) Y(j) = yj;
                 ybar -= l * yj;
-                const T incoming = __shfl_sync(FULL_WARP, ahead, p);  // row j + W
-                ybar = __shfl_down_sync(FULL_WARP, ybar, 1);
-                if (s == W - 1) ybar = incoming;
+                ybar = window_step(ybar, ahead, p, s, W);  // row j + W enters
             }
             x[p] = next[p];  // column j + W takes column j's register
             next[p] = column(j + 2 * W);
@@ -406,9 +413,7 @@ __global__ void band_substitute_window(
                 const T yj = __shfl_sync(FULL_WARP, ybar, 0) * (T(1) / __shfl_sync(FULL_WARP, l, 0));
                 if (s == 0) Y(j) = yj;
                 ybar -= l * yj;
-                const T incoming = __shfl_sync(FULL_WARP, ahead, p);
-                ybar = __shfl_down_sync(FULL_WARP, ybar, 1);
-                if (s == W - 1) ybar = incoming;
+                ybar = window_step(ybar, ahead, p, s, W);  // row j + W enters
             }
             ahead = ahead_next;
             __syncwarp();  // a block's reads of y (rows j0 + 2W ..) before their writes
@@ -434,9 +439,7 @@ __global__ void band_substitute_window(
             const T xj = __shfl_sync(FULL_WARP, ybar, 0) / __shfl_sync(FULL_WARP, l, 0);
             if (s == 0) Y(j) = xj;
             ybar -= l * xj;
-            const T incoming = __shfl_sync(FULL_WARP, ahead, p);  // row j - W
-            ybar = __shfl_down_sync(FULL_WARP, ybar, 1);
-            if (s == W - 1) ybar = incoming;
+            ybar = window_step(ybar, ahead, p, s, W);  // row j - W enters
         }
         ahead = ahead_next;
         __syncwarp();  // a block's reads of y (rows j - 2W ..) before their writes
