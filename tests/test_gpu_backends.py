@@ -485,8 +485,8 @@ def test_window_kernels_host(rng, monkeypatch, dtype, u):
     """The warp regime's register-window kernels against SciPy: factor, solve
     with one right-hand side (forward substitution fused) and with three (a
     warp per right-hand side), solve with a given factor (one and three
-    right-hand sides), the band read from the caller's array in both forms
-    and at strides; orders from one row to several windows, one step into a
+    right-hand sides), the band in both forms and at strides (gathered) and
+    with contiguous columns (read where it is, no gather); orders from one row to several windows, one step into a
     second window, exact multiples of the window and not; ill-conditioned
     systems with the tolerance scaled by the condition number (errors seen
     over many seeds: below 1 eps cond for the solutions, below 1.1
@@ -498,7 +498,7 @@ def test_window_kernels_host(rng, monkeypatch, dtype, u):
     kernels = HostKernels()
     monkeypatch.setattr(_cupy, "_kernels", kernels)
     monkeypatch.setattr(_gpu, "choose_regime", lambda nsys, sms: "warp")
-    copies = []  # (mask, writes): the window kernels read the band where it is
+    copies = []  # (mask, writes): contiguous columns are read where they are
     copy = kernels.copy
     monkeypatch.setattr(
         kernels, "copy", lambda src, dst, *a, **k: copies.append((a[2], dst is not None))
@@ -520,6 +520,14 @@ def test_window_kernels_host(rng, monkeypatch, dtype, u):
         upper[...] = lower_to_upper(ab)
         x = bm.solveh_banded(upper, b, backend="cupy")
         assert np.abs(x - reference).max() <= 8 * eps * cond * scale, m
+        # each column contiguous (the workspace's layout): read where it is
+        columns = np.ascontiguousarray(np.swapaxes(ab, -1, -2)).swapaxes(-1, -2)
+        before = len(copies)
+        x = bm.solveh_banded(columns, b, lower=True, backend="cupy")
+        assert np.abs(x - reference).max() <= 8 * eps * cond * scale, m
+        gathered = (_gpu.GATHER_BAND, True) in copies[before:]
+        assert gathered == (m == 1), m  # (m = 1 trims the band to u = 0: general kernel)
+        assert (_gpu.GATHER_BAND, False) in copies[before:] or m == 1  # the probe alone
         c = bm.cholesky_banded(ab, lower=True, backend="cupy")
         expected = scipy_cholesky(ab.astype(np.float64), True)
         assert np.abs(c - expected).max() <= 16 * eps * np.sqrt(cond) * np.abs(expected).max()
@@ -529,10 +537,6 @@ def test_window_kernels_host(rng, monkeypatch, dtype, u):
     launched = {kernel for kernel, _, _ in kernels.launches}
     assert {"band_factor_window", "band_substitute_window"} <= launched
     assert "band_factor_solve" not in launched
-    # (m = 1 trims the band to u = 0, which the window kernels leave to the
-    # general warp kernel: one gather of the band)
-    assert copies.count((_gpu.GATHER_BAND, True)) == 6  # m = 1: three solveh, cholesky, 2 cho_solve
-    assert (_gpu.GATHER_BAND, False) in copies  # the non-finite probe alone
 
 
 @pytest.mark.skipif(SIMULATED, reason="uses the host runner of the .cu")

@@ -5,8 +5,9 @@ wall-clock "events") is put in front of it, the "cupy" backend runs its CUDA
 source on the host (tests/gpu_host.py), "numba-cuda" runs in Numba's CUDA
 simulator, and the problem sizes are shrunk.  The numbers it prints mean
 nothing; what is checked is that every step of the script runs and that the
-table has a row per case, backend and regime (and the general warp kernel
-where the register window applies) -- so that the short time on a
+table has a row per case, backend and regime (and, where the register window
+applies, the window reading a column-contiguous band and the general warp
+kernel) -- so that the short time on a
 real GPU is not lost to a broken script.
 """
 
@@ -73,9 +74,10 @@ def test_gpu_check_script_runs_end_to_end():
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| tiny")]
-    # cases x (backends x regimes + the cupy warp regime's general kernel) + cyclic
-    assert len(rows) == 2 * (2 * 2 + 1) + 2, result.stdout
+    # cases x (backends x regimes + the window's two variants) + cyclic
+    assert len(rows) == 2 * (2 * 2 + 2) + 2, result.stdout
     assert sum("warp-general" in row for row in rows) == 2, result.stdout
+    assert sum("warp-columns" in row for row in rows) == 2, result.stdout
     layer = [line for line in result.stdout.splitlines() if line.startswith(("| MNN", "| long"))]
     assert len(layer) == 2 * 2, result.stdout  # the layer's cases x backends
     heads = ("| solveh_banded B=", "| ode_forward fwd+bwd")

@@ -16,8 +16,9 @@ It
 2. measures the device-to-device copy bandwidth (CuPy copy, CUDA events);
 3. times ``solveh_banded`` (fused factor and solve, no checks, the status
    left on the device) through both GPU backends in both regimes (and, where
-   the "cupy" backend's warp regime holds the band window in registers, its
-   general warp kernel too: the window's gain), against
+   the "cupy" backend's warp regime holds the band window in registers, the
+   window on a band with contiguous columns, read without the gather, and
+   the general warp kernel: what the window and the direct read gain), against
    (a) S-MNN's algorithm as batched torch ops -- per step ``cholesky_ex``,
    ``solve_triangular`` and matmul on ``n x n`` blocks -- captured in a CUDA
    graph (run eagerly past 20,000 steps, where capturing is impractical), and
@@ -402,8 +403,11 @@ def main(argv: list[str] | None = None) -> int:
         # also its general kernel where the register window applies, so that
         # one run measures what the window gains.
         window = _cupy.window_applies(ab.shape[-2] - 1)
+        # ("warp-columns": the window reading a band whose columns are
+        # contiguous where it lies, without the gather.)
         variants = [("cupy", "thread"), ("cupy", "warp")]
-        variants += [("cupy", "warp-general")] if window else []
+        variants += [("cupy", "warp-columns"), ("cupy", "warp-general")] if window else []
+        columns_d = cupy.asarray(np.ascontiguousarray(np.swapaxes(ab, -1, -2))).swapaxes(-1, -2)
         variants += [("numba-cuda", "thread"), ("numba-cuda", "warp")]
         for backend, variant in variants:
             regime = "warp" if variant.startswith("warp") else variant
@@ -411,19 +415,20 @@ def main(argv: list[str] | None = None) -> int:
             _gpu.choose_regime = lambda nsys, sms, regime=regime: regime
             if variant == "warp-general":
                 _cupy.window_applies = lambda bw: False
+            band_d = columns_d if variant == "warp-columns" else ab_d
             try:
                 seconds = gpu_events_median(
-                    lambda backend=backend, ab_d=ab_d, b_d=b_d: bm.solveh_banded_ex(
-                        ab_d, b_d, lower=True, check_finite=False, backend=backend
+                    lambda backend=backend, band_d=band_d, b_d=b_d: bm.solveh_banded_ex(
+                        band_d, b_d, lower=True, check_finite=False, backend=backend
                     ),
                     repeat,
                 )
-                x, info = bm.solveh_banded_ex(ab_d, b_d, lower=True, backend=backend)
+                x, info = bm.solveh_banded_ex(band_d, b_d, lower=True, backend=backend)
             finally:
                 _gpu.choose_regime, _cupy.window_applies = original, original_window
             reference = bm.solveh_banded(ab, b, lower=True)
             error = float(abs(cupy.asnumpy(x) - reference).max() / abs(reference).max())
-            chosen = regime == automatic and variant != "warp-general"
+            chosen = regime == automatic and variant in ("thread", "warp")
             mark = "*" if chosen else ""
             if backend == "cupy" and variant == "warp" and window:
                 mark += " (window)"  # the register-window kernels

@@ -151,17 +151,22 @@ class CupyKernels:
              rows, cols, mask, int(system_fastest), nonfinite, status, nsys),
         )  # fmt: skip
 
-    def reads_operands(self, regime: str, bw: int) -> bool:
-        """Whether :meth:`factor_solve` reads the band from the caller's array
-        (``source``) itself, so that the driver skips the gather: the
-        register-window kernels do."""
-        return regime == "warp" and window_applies(bw)
+    def reads_operands(self, regime: str, bw: int, band) -> bool:
+        """Whether :meth:`factor_solve` reads ``band`` (the caller's array,
+        as ``source``) itself, so that the driver skips the gather: the
+        register-window kernels do where each column of the band is
+        contiguous (unit stride along the diagonals, the workspace's own
+        layout), so that a column entering the window is one coalesced load.
+        NumPy's usual ``(..., u + 1, M)`` arrays are contiguous along rows of
+        the band instead; read directly, every column would touch ``u + 1``
+        cache lines, so they are gathered."""
+        return regime == "warp" and window_applies(bw) and band.strides[1] == 1
 
     def factor_solve(self, regime, band, bw, do_factor, rhs, nrhs, info, source=None) -> None:
         nsys = band.offsets.shape[0]
         if nsys == 0:
             return
-        if self.reads_operands(regime, bw):
+        if regime == "warp" and window_applies(bw):
             source = band if source is None else source
             self._factor_solve_window(band, bw, do_factor, rhs, nrhs, info, source)
             return

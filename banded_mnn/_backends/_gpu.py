@@ -13,8 +13,11 @@ One call of :func:`run` is
    workspace laid out for the regime; the copy also probes for non-finite
    values when asked to check.  Kernels that read the caller's band
    themselves (:meth:`KernelSet.reads_operands`: the CUDA C++ backend's
-   register window) skip the band's gather, leaving only the probe;
-2. the factor-and-solve kernel, in place on the workspace;
+   register window, where each column of the band is contiguous) skip the
+   band's gather, leaving only the probe;
+2. the factor-and-solve kernel, in place on the workspace (or reading the
+   caller's band and writing the factor to the workspace; solving only,
+   reading the caller's factor);
 3. a *scatter* of the factor and the solutions into the outputs, with NaN
    for every value of a system that failed.
 
@@ -80,9 +83,10 @@ class KernelSet(Protocol):
         """A context manager that makes the device of array ``x`` current."""
         ...
 
-    def reads_operands(self, regime: str, bw: int) -> bool:
-        """Whether :meth:`factor_solve` reads the caller's band (``source``)
-        itself, so that :func:`run` skips the gather into the workspace."""
+    def reads_operands(self, regime: str, bw: int, band: StridedBatch) -> bool:
+        """Whether :meth:`factor_solve` reads the caller's ``band`` (as
+        ``source``) itself, so that :func:`run` skips the gather into the
+        workspace."""
         ...
 
     def factor_solve(
@@ -164,7 +168,7 @@ def run(
     info = xp.zeros(nsys, dtype=np.int32)
     flags = xp.zeros(2, dtype=np.int32) if check_finite else None
     probe = flags[0:1] if check_finite else None
-    direct = kernels.reads_operands(regime, bw)
+    direct = kernels.reads_operands(regime, bw, band)
     if direct:  # the kernels read the caller's band: no gather (a probe when checking)
         work = workspace(xp, dtype, nsys, n, width, regime) if factor else band
         if check_finite:

@@ -359,7 +359,7 @@ class NumbaCudaKernels:
             failed, status is not None, nsys,
         )  # fmt: skip
 
-    def reads_operands(self, regime: str, bw: int) -> bool:
+    def reads_operands(self, regime: str, bw: int, band) -> bool:
         """False: these kernels work in place on the gathered workspace."""
         return False
 

@@ -240,9 +240,10 @@ __global__ void band_factor_solve_warp(
 // the trailing matrix for the W = BW + 1 columns C = j .. j + BW of the
 // window, in register x[C % W].  Indexed by column, every lane finds the
 // pivot column j in the same register, and a column entering the window is
-// one coalesced load (lane s reads A[C + s, C]).  The column loop is
-// unrolled W times, so C % W is a constant and the window never leaves the
-// registers.  Step j of the right-looking band Cholesky is
+// one load (lane s reads A[C + s, C]: coalesced where the band's columns are
+// contiguous, as in the workspace; the driver gathers other layouts).  The
+// column loop is unrolled W times, so C % W is a constant and the window
+// never leaves the registers.  Step j of the right-looking band Cholesky is
 //
 //   d = sqrt(A~[j, j]),  l_s = L[j + s, j] = A~[j + s, j] / d  (lane s),
 //   A~[j + c + s, j + c] -= l_{c + s} l_c    for 1 <= c <= BW, c + s <= BW,
