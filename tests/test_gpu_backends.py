@@ -531,9 +531,12 @@ def test_window_kernels_host(rng, monkeypatch, dtype, u):
         c = bm.cholesky_banded(ab, lower=True, backend="cupy")
         expected = scipy_cholesky(ab.astype(np.float64), True)
         assert np.abs(c - expected).max() <= 16 * eps * np.sqrt(cond) * np.abs(expected).max()
-        for k in (1, 3):
-            x = bm.cho_solve_banded((c, True), b[..., :k], backend="cupy")
-            assert np.abs(x - reference[..., :k]).max() <= 8 * eps * cond * scale, (m, k)
+        kept = c.copy()
+        for factor in (c, np.ascontiguousarray(np.swapaxes(c, -1, -2)).swapaxes(-1, -2)):
+            for k in (1, 3):  # (the second factor is read where it lies)
+                x = bm.cho_solve_banded((factor, True), b[..., :k], backend="cupy")
+                assert np.abs(x - reference[..., :k]).max() <= 8 * eps * cond * scale, (m, k)
+            np.testing.assert_array_equal(factor, kept)  # the caller's factor is left alone
     launched = {kernel for kernel, _, _ in kernels.launches}
     assert {"band_factor_window", "band_substitute_window"} <= launched
     assert "band_factor_solve" not in launched
@@ -586,5 +589,17 @@ def test_window_substitution_grid_in_chunks_host(rng, monkeypatch):
     b = rng.standard_normal((5, 11, 3))
     x = bm.solveh_banded(ab, b, lower=True, backend="cupy")
     np.testing.assert_allclose(x, scipy_solve(ab, b, True), rtol=1e-10)
+    grids = [grid for kernel, grid, _ in kernels.launches if kernel == "band_substitute_window"]
+    assert grids == [6, 6, 3]
+    # solving with a given factor, shared by the batch (equal offsets), in
+    # reversed order (negative strides)
+    c = bm.cholesky_banded(ab[0], lower=True)
+    reversed_c = np.empty_like(c)[::-1, ::-1]  # stored back to front
+    reversed_c[...] = c
+    assert all(stride < 0 for stride in reversed_c.strides)
+    shared = np.broadcast_to(reversed_c, (5, *c.shape))
+    kernels.launches.clear()
+    x = bm.cho_solve_banded((shared, True), b, backend="cupy")
+    np.testing.assert_allclose(x, scipy_solve(ab[[0] * 5], b, True), rtol=1e-10)
     grids = [grid for kernel, grid, _ in kernels.launches if kernel == "band_substitute_window"]
     assert grids == [6, 6, 3]
