@@ -407,7 +407,11 @@ def main(argv: list[str] | None = None) -> int:
         # contiguous where it lies, without the gather.)
         variants = [("cupy", "thread"), ("cupy", "warp")]
         variants += [("cupy", "warp-columns"), ("cupy", "warp-general")] if window else []
-        columns_d = cupy.asarray(np.ascontiguousarray(np.swapaxes(ab, -1, -2))).swapaxes(-1, -2)
+        columns_d = (
+            cupy.asarray(np.ascontiguousarray(np.swapaxes(ab, -1, -2))).swapaxes(-1, -2)
+            if window
+            else None
+        )
         variants += [("numba-cuda", "thread"), ("numba-cuda", "warp")]
         for backend, variant in variants:
             regime = "warp" if variant.startswith("warp") else variant

@@ -183,10 +183,8 @@ def run(
         kernels.copy(rhs, rhs_work, n, nrhs, COPY_ALL, system_fastest, probe)
     else:
         nrhs, rhs_work = 0, StridedBatch.dummy(dtype, nsys, xp)
-    if direct:
-        kernels.factor_solve(regime, work, bw, factor, rhs_work, nrhs, info, source=band)
-    else:
-        kernels.factor_solve(regime, work, bw, factor, rhs_work, nrhs, info)
+    source = band if direct else None
+    kernels.factor_solve(regime, work, bw, factor, rhs_work, nrhs, info, source=source)
     # The scatters write NaN for the systems that failed (info != 0).
     if factor_out is not None:
         kernels.copy(work, factor_out, n, width, SCATTER_BAND, system_fastest, None, info)
