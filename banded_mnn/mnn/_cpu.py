@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._backends._band_kernels import backward, factor, forward, lane_copy_run, stream_columns
-from .._backends._numba_cpu import lane_gather_rhs, lane_scatter_rhs
+from .._backends._numba_cpu import LANE_WORKSPACE_BUDGET, lane_gather_rhs, lane_scatter_rhs
 from ._kernels import lhs_steps, rhs_steps, vjp_steps
 
 #: Steps assembled before the factorisation catches up (rows stay in cache).
@@ -30,6 +30,7 @@ def factor_lanes(
     rhs, rhs_off, rhs_st, init, init_off, init_st,
     W_all, x_out, info, bw, solve, singular_tol,
     T, E, D, O, S, I, weq2, wiv2, ws2, central, tab0, tab1, tabq, lanes, factorise=True,
+    stream_min_bytes=LANE_WORKSPACE_BUDGET,
 ):  # fmt: skip
     """Assemble and factor every system (only assemble without ``factorise``:
     ``W_all`` then holds the normal matrices); with ``solve``, also assemble the
@@ -67,10 +68,16 @@ def factor_lanes(
         diag = np.empty(M * L, dtype=W_all.dtype)  # A[j, j] of every lane
         # Factoring, a window of columns from `done` on (the block being
         # assembled and the columns it still updates) is worked on in cache;
-        # its finished columns are streamed to W, which is far larger than the
-        # caches: written whole, its lines need not be read first.
+        # its finished columns go to W.  Where W is larger than the L2 cache
+        # they are streamed (written whole, its lines need not be read
+        # first); a smaller W is stored through the cache, where the backward
+        # substitution finds it next (streamed, it was read back from memory:
+        # 4x slower at M = 150).
         window = np.empty(((STEP_BLOCK * n + bw) * w * L) if factorise else 0, W_all.dtype)
-        aligned = W.ctypes.data % (L * W.itemsize) == 0  # (streaming stores need it)
+        stream = (
+            W.size * W.itemsize > stream_min_bytes
+            and W.ctypes.data % (L * W.itemsize) == 0  # (streaming stores need it)
+        )
         done = 0
         for t0 in range(0, T, STEP_BLOCK):
             t1 = min(T, t0 + STEP_BLOCK)
@@ -113,7 +120,7 @@ def factor_lanes(
                     earlier = linfo[l] == 0 or linfo[l] > j + 1
                     if earlier and pivot * pivot <= singular_tol * diag[j * L + l]:
                         linfo[l] = j + 1
-            if aligned:
+            if stream:
                 stream_columns(W, done * w * L, window, 0, (ready - done) * w, lanes)
             else:
                 W[done * w * L : ready * w * L] = window[: (ready - done) * w * L]
