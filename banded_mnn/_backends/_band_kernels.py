@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
@@ -561,10 +562,9 @@ def forward(W, Y, n, bw, nrhs, recip, lanes, j0, j1, wbase=0):
     """Columns ``[j0, j1)`` of ``Y <- L^{-1} Y`` for an already factored ``W``
     (row ``j`` of the factor in row ``j - wbase`` of ``W``)."""
     L = len(lanes)
+    ones = np.ones(L, dtype=recip.dtype)  # (scalar stores read back as a vector would stall)
     for j in range(j0, j1):
-        for l in range(L):
-            recip[l] = 1.0
-        lane_div(recip, 0, recip, 0, W, (j - wbase) * (bw + 1) * L, lanes)
+        lane_div(recip, 0, ones, 0, W, (j - wbase) * (bw + 1) * L, lanes)
         _forward_column(W, Y, j, min(bw, n - 1 - j), bw, nrhs, recip, lanes, wbase)
 
 

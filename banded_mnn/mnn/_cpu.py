@@ -29,7 +29,7 @@ def factor_lanes(
     coef, coef_off, coef_st, steps_buf, steps_off, steps_st,
     rhs, rhs_off, rhs_st, init, init_off, init_st,
     W_all, x_out, info, bw, solve, singular_tol,
-    T, E, D, O, S, I, weq2, wiv2, ws2, central, tab0, tab1, tabq, lanes, factorise=True,
+    T, E, D, O, S, I, weq2, wiv2, ws2, central, tabs, lanes, factorise=True,
     stream_min_bytes=LANE_WORKSPACE_BUDGET,
 ):  # fmt: skip
     """Assemble and factor every system (only assemble without ``factorise``:
@@ -41,7 +41,8 @@ def factor_lanes(
     <= singular_tol * A[j, j]`` -- a normal matrix singular to working precision, whose pivots
     LAPACK's test misses because the last pivot of a null direction is
     rounding noise of either sign (see ``docs/mnn.md``).  Failed systems'
-    factors and solutions are NaN.  ``tab*``: see :func:`._kernels.lhs_steps`.
+    factors and solutions are NaN.  ``tabs``: ``tab0, tab1, tabq`` of
+    :func:`._kernels.lhs_steps`, one after another.
     """
     L = len(lanes)
     nsys = coef_off.shape[0]
@@ -51,6 +52,8 @@ def factor_lanes(
     cs0, cs1, cs2, cs3 = coef_st
     rs0, rs1 = rhs_st
     vs0, vs1, vs2 = init_st
+    size = O * O * L
+    tab0, tab1, tabq = tabs[:size], tabs[size : 2 * size], tabs[2 * size :]
     nrhs = 1 if solve else 0
     x_flat = x_out.reshape(-1)
     for c in prange(W_all.shape[0]):
@@ -169,7 +172,7 @@ def solve_lanes(W_all, b, bw, lanes):
 def vjp_lanes(
     coef, coef_off, coef_st, rhs, rhs_off, rhs_st, steps_buf, steps_off, steps_st,
     x, lam, W_all, bw, lam_head, grad_coef, grad_rhs, grad_steps,
-    T, E, D, O, weq2, ws2, central, tab0, tab1, tabq, lhs, lanes,
+    T, E, D, O, weq2, ws2, central, tabs, lhs, lanes,
 ):  # fmt: skip
     """The VJP's pass over the steps (:func:`._kernels.vjp_steps`) for every
     system, ``x`` and ``lam`` (systems, M) gathered into the lane layout one
@@ -182,7 +185,8 @@ def vjp_lanes(
     read are final (the block's, the next step's and, with central
     smoothness, the previous step's), while they are in cache.  Otherwise ``lam`` is
     ``A^{-1} dL/du`` already.  ``lam_head`` (systems, H) receives its first H
-    entries (the initial values' gradient needs them).
+    entries (the initial values' gradient needs them).  ``tabs``: see
+    :func:`._kernels.vjp_steps`.
     """
     L = len(lanes)
     nsys, M = x.shape
@@ -193,7 +197,6 @@ def vjp_lanes(
     chunks = (nsys + L - 1) // L
     grad_coef_flat = grad_coef.reshape(-1)
     x_flat, lam_flat = x.reshape(-1), lam.reshape(-1)
-    tabs = np.concatenate((tab0, tab1, tabq, tabq))  # see vjp_steps
     for c in prange(chunks):
         first = c * L
         real = min(L, nsys - first)
@@ -202,7 +205,7 @@ def vjp_lanes(
         offs = np.arange(first, first + L) * M  # each system's row in x and lam
         lane_gather_rhs(X, x_flat, offs, 1, 0, 1, real, lanes, 0, M)
         lane_gather_rhs(LAM, lam_flat, offs, 1, 0, 1, real, lanes, 0, M)
-        scratch = np.empty((n + 6 * O * O + 2 * O + 8) * L, dtype=x.dtype)
+        scratch = np.empty((n + 2 * O + 4) * L, dtype=x.dtype)
         grad_block = np.empty((STEP_BLOCK * E * n * L) if lhs else 0, dtype=x.dtype)
         if solve:
             recip = np.empty(L, dtype=x.dtype)

@@ -28,9 +28,21 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-from .._backends._band_kernels import lane_copy_run, lane_dot, lane_fmadd, lane_fmadd_run, lane_mul
+from .._backends._band_kernels import (
+    _fmadd,
+    _index_values,
+    _vector_pointer,
+    lane_dot,
+    lane_fmadd,
+    lane_fmadd_run,
+    lane_fnmadd,
+    lane_mul,
+)
 from .._backends._numba_cpu import lane_scatter_rhs
 
 #: Steps handled by one parallel job.
@@ -255,6 +267,72 @@ def assemble_rhs(
         )  # fmt: skip
 
 
+@intrinsic
+def lane_step_form(typingctx, dst, di, tabs, powers, pi, x, lam, a0, a1, D, O, lanes):
+    """The smoothness rows' bilinear form of the pair of steps (t, t+1), for
+    every lane at once, accumulated in registers and stored once::
+
+        dst[di : di+L] = sum_{d < D} sum_{i, j < O} powers[pi + (i+j)*L] * (
+            T0[i, j] lam0[d, i] x0[d, j] + T1[i, j] lam1[d, i] x1[d, j]
+            + TQ[i, j] (lam1[d, i] x0[d, j] + x1[d, i] lam0[d, j]))
+
+    where ``T0, T1, TQ`` are ``tabs`` (three ``(O, O)`` tables one after
+    another, each entry repeated over the lanes: ``T0[i, j]`` at
+    ``tabs[(i*O + j)*L]``), and ``v0[d, i] = v[a0 + (d*O + i)*L]``,
+    ``v1[d, i] = v[a1 + (d*O + i)*L]`` for ``v`` in ``x``, ``lam`` (the lane
+    layout).  All arrays 1-D, contiguous, one dtype.  With the tables scaled by
+    ``i + j`` and ``powers[k] = h^(k-1)``, it is ``lam^T (dA/dh) x`` over
+    the pair, ``dA/dh`` from the smoothness entries ``h^(i+j) T[i, j]``.
+    """
+    width = lanes.count
+
+    def codegen(context, builder, signature, args):
+        (di_, pi_, a0_, a1_, d_count, o_count), intp = _index_values(
+            context, builder, signature, args, (1, 4, 7, 8, 9, 10)
+        )
+        dty = signature.args[0]
+        align = dty.dtype.bitwidth // 8
+        vector = ir.VectorType(context.get_data_type(dty.dtype), width)
+        step = ir.Constant(intp, width)
+
+        def load(k, at):
+            pointer = _vector_pointer(context, builder, signature.args[k], args[k], at, width)
+            return builder.load(pointer, align=align)
+
+        table = builder.mul(builder.mul(o_count, o_count), step)  # one table's length
+        acc = cgutils.alloca_once_value(builder, ir.Constant(vector, None))
+        with cgutils.for_range(builder, d_count, intp=intp) as d_loop:
+            row = builder.mul(builder.mul(d_loop.index, o_count), step)
+            with cgutils.for_range(builder, o_count, intp=intp) as i_loop:
+                i_at = builder.add(row, builder.mul(i_loop.index, step))
+                lam0_i = load(6, builder.add(a0_, i_at))
+                lam1_i = load(6, builder.add(a1_, i_at))
+                x1_i = load(5, builder.add(a1_, i_at))
+                with cgutils.for_range(builder, o_count, intp=intp) as j_loop:
+                    j = j_loop.index
+                    j_at = builder.add(row, builder.mul(j, step))
+                    x0_j = load(5, builder.add(a0_, j_at))
+                    x1_j = load(5, builder.add(a1_, j_at))
+                    lam0_j = load(6, builder.add(a0_, j_at))
+                    entry = builder.mul(builder.add(builder.mul(i_loop.index, o_count), j), step)
+                    t0 = load(2, entry)
+                    t1 = load(2, builder.add(entry, table))
+                    tq = load(2, builder.add(builder.add(entry, table), table))
+                    power = load(
+                        3, builder.add(pi_, builder.mul(builder.add(i_loop.index, j), step))
+                    )
+                    mixed = _fmadd(builder, builder.fmul(lam1_i, x0_j), x1_i, lam0_j)
+                    term = _fmadd(builder, builder.fmul(tq, mixed), t0, builder.fmul(lam0_i, x0_j))
+                    term = _fmadd(builder, term, t1, builder.fmul(lam1_i, x1_j))
+                    builder.store(_fmadd(builder, builder.load(acc), power, term), acc)
+        pointer = _vector_pointer(context, builder, dty, args[0], di_, width)
+        builder.store(builder.load(acc), pointer, align=align)
+        return context.get_dummy_value()
+
+    sig = types.void(dst, di, tabs, powers, pi, x, lam, a0, a1, D, O, lanes)
+    return sig, codegen
+
+
 @njit(cache=True, nogil=True)
 def vjp_steps(
     coef, coef_off, cs0, cs1, cs2, cs3, rhs, rhs_off, rs0, rs1, steps_buf, steps_off, steps_st,
@@ -269,10 +347,11 @@ def vjp_steps(
     ``dL = lam . d(beta) - lam^T d(A) x``: for an equation row ``r`` with
     target ``b_r``, ``dL/db_r = w^2 (lam . r)`` and ``dL/dr = w^2 ((b_r - r . x)
     lam - (lam . r) x)``; step sizes enter through the smoothness entries
-    ``w^2 h^(o1+o2) P[o1, o2]`` (``tabs``: ``tab0, tab1, tabq, tabq`` of
-    :func:`lhs_steps` one after another, already scaled by ``w_s^2`` and
-    repeated over the lanes) and the central ones.  ``scratch`` holds at
-    least ``(n + 6 O^2 + 2 O + 8) L`` elements, ``grad_block`` (with ``lhs``)
+    ``w^2 h^(o1+o2) P[o1, o2]`` (``tabs``: ``tab0, tab1, tabq`` of
+    :func:`lhs_steps` one after another, each entry ``(o1, o2)`` scaled by
+    ``o1 + o2`` (the exponent that differentiating brings down) and by
+    ``w_s^2``, repeated over the lanes; see :func:`lane_step_form`) and the
+    central ones.  ``scratch`` holds at least ``(n + 2 O + 4) L`` elements, ``grad_block`` (with ``lhs``)
     ``(t1 - t0) E n L``: the block's coefficient gradients, lanes innermost,
     before they are transposed into ``grad_coef`` (flat, (systems, T, E, n)).
     """
@@ -282,11 +361,9 @@ def vjp_steps(
     rl = crow + n * L  # r[t, e]
     cx = rl + L  # c . x
     cl = cx + L  # c . lam
-    mat = cl + L  # sum_d lam (x) x products of the pair (t, t+1): (4, O, O, L)
-    dp = mat + 4 * O * O * L  # d(h^m)/dh: (2 O, L)
-    tmp = dp + 2 * O * L  # the sums per (o1, o2): (O, O, L)
-    dpx = tmp + O * O * L  # dp[o1 + o2] per (o1, o2): (O, O, L)
-    acc = dpx + O * O * L
+    pw = cl + L  # powers of the step size, pw[k] = h^(k-1): (2 O - 1, L)
+    hv = pw + (2 * O - 1) * L  # the step size h_t
+    acc = hv + L  # lam^T (dA/dh) x
     for t in range(t0, t1):
         col0 = t * n
         for e in range(E):
@@ -301,12 +378,12 @@ def vjp_steps(
                 grad_rhs[first + l, t, e] = weq2 * scratch[cl + l]
             if lhs:  # into the block's buffer, lanes innermost
                 g = ((t - t0) * E + e) * n * L
-                for l in range(L):
-                    res = scratch[rl + l] - scratch[cx + l]
-                    c_lam = scratch[cl + l]
-                    for p in range(n):
-                        j = (col0 + p) * L + l
-                        grad_block[g + p * L + l] = weq2 * (res * LAM[j] - c_lam * X[j])
+                for l in range(L):  # (r . x and c . lam are not needed further)
+                    scratch[cx + l] = weq2 * (scratch[rl + l] - scratch[cx + l])
+                    scratch[cl + l] *= weq2
+                for p in range(n):  # w^2 (b_r - r . x) lam - w^2 (lam . r) x
+                    lane_mul(grad_block, g + p * L, LAM, (col0 + p) * L, scratch, cx, lanes)
+                    lane_fnmadd(grad_block, g + p * L, X, (col0 + p) * L, scratch, cl, lanes)
         if lhs and t == t1 - 1:  # the block's coefficient gradients, transposed
             offs = (np.arange(first, first + L) * T + t0) * E * n  # (systems, T, E, n)
             lane_scatter_rhs(
@@ -314,39 +391,18 @@ def vjp_steps(
             )
         if not lhs or t + 1 >= T:
             continue
-        # Step size h_t: -lam^T (dA/dh) x over the pair (t, t+1), summed over dims.
-        a0 = col0 * L  # u[t, 0, 0]; dimension d is O*L further
-        a1 = a0 + n * L  # u[t+1, 0, 0]
-        for o1 in range(O):
-            for o2 in range(O):
-                m = mat + (o1 * O + o2) * L
-                lane_dot(scratch, m, LAM, a0 + o1 * L, O * L, X, a0 + o2 * L, O * L, D, lanes)
-                m += O * O * L
-                lane_dot(scratch, m, LAM, a1 + o1 * L, O * L, X, a1 + o2 * L, O * L, D, lanes)
-                m += O * O * L
-                lane_dot(scratch, m, LAM, a1 + o1 * L, O * L, X, a0 + o2 * L, O * L, D, lanes)
-                m += O * O * L
-                lane_dot(scratch, m, X, a1 + o1 * L, O * L, LAM, a0 + o2 * L, O * L, D, lanes)
+        # Step size h_t: -lam^T (dA/dh) x over the pair (t, t+1), summed over
+        # dims: the smoothness entries are h^(o1+o2) T[o1, o2], so dA/dh has
+        # (o1+o2) h^(o1+o2-1) T[o1, o2] (``tabs`` holds (o1+o2) T[o1, o2], the
+        # powers h^(k-1) go to pw[k]; pw[0] meets only zero entries).
         for l in range(L):
-            i = first + (l if l < real else 0)
-            h = steps_buf[steps_off[i] + t * steps_st]
-            power = 1.0
-            scratch[dp + l] = 0.0
-            for k in range(1, 2 * O - 1):
-                scratch[dp + k * L + l] = k * power
-                power *= h
-        # acc = sum over (o1, o2) of dp[o1 + o2] (tab0 m0 + tab1 m1 + tabq m2 +
-        # tabq m3), each sum accumulated in a register (``tabs`` is the four
-        # tables one after another; a chain of lane_fmadd on one scratch
-        # vector would go through memory at every step).
-        for o1 in range(O):
-            for o2 in range(O):
-                entry = (o1 * O + o2) * L
-                lane_dot(scratch, tmp + entry, tabs, entry, O * O * L, scratch, mat + entry,
-                         O * O * L, 4, lanes)  # fmt: skip
-                lane_copy_run(scratch, dpx + entry, 0, scratch, dp + (o1 + o2) * L, 0, 0.0, 0, 1,
-                              lanes)  # fmt: skip
-        lane_dot(scratch, acc, scratch, dpx, L, scratch, tmp, L, O * O, lanes)
+            scratch[pw + l] = 0.0
+            scratch[pw + L + l] = 1.0
+        _load_lanes(steps_buf, steps_off, first, real, t * steps_st, scratch, hv, lanes)
+        for k in range(2, 2 * O - 1):
+            lane_mul(scratch, pw + k * L, scratch, pw + (k - 1) * L, scratch, hv, lanes)
+        lane_step_form(scratch, acc, tabs, scratch, pw, X, LAM, col0 * L, (col0 + n) * L, D, O,
+                       lanes)  # fmt: skip
         for l in range(real):
             g = -scratch[acc + l]
             if central:  # h_t is in H of the triples starting at t-1 and at t

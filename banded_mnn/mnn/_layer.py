@@ -353,6 +353,25 @@ def _tables(n_orders: int, central: bool, dtype: np.dtype):
     return tuple(t.astype(dtype) for t in smoothness_tables(n_orders, central))
 
 
+@functools.lru_cache(maxsize=64)
+def _lane_tables(
+    n_orders: int, central: bool, dtype: np.dtype, lanes: int, weight_smooth: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The smoothness tables as the CPU kernels take them, read-only: for the
+    assembly (:func:`._kernels.lhs_steps`) the three tables times ``w_s^2``,
+    flattened, each entry repeated over the lanes, one after another; for the
+    VJP (:func:`._kernels.vjp_steps`) the same with entry ``(o1, o2)`` also
+    times ``o1 + o2``."""
+    tables = np.stack(_tables(n_orders, central, dtype)) * dtype.type(weight_smooth**2)
+    orders = np.arange(n_orders)
+    exponents = (orders[:, None] + orders[None, :]).astype(dtype)
+    lhs = np.repeat(tables.reshape(-1), lanes)
+    vjp = np.repeat((tables * exponents).reshape(-1), lanes)
+    for table in (lhs, vjp):
+        table.flags.writeable = False
+    return lhs, vjp
+
+
 def _sum_to(gradient: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Sum ``gradient`` over the axes along which an input of ``shape`` was broadcast."""
     lead = gradient.ndim - len(shape)
@@ -816,7 +835,8 @@ class OdeSystem:
         kernel_solves = solve and not use_cyclic
         x = _empty((nsys, m) if kernel_solves else (0, 0), dtype=dtype)
         if nsys:
-            tables = _tables(spec.n_orders, spec.enable_central_smoothness, dtype)
+            tables = _lane_tables(spec.n_orders, spec.enable_central_smoothness, dtype, lanes,
+                                  spec.weight_smooth)[0]  # fmt: skip
             batch = lhs_batch
             c = _flat(inputs.arrays["coefficients"], batch, 4, dtype)
             h = _flat(inputs.arrays["steps"], batch, 1, dtype)
@@ -829,7 +849,7 @@ class OdeSystem:
                 spec.n_init_var_steps, spec.n_init_var_orders,
                 spec.weight_equation**2, spec.weight_init_var**2, spec.weight_smooth**2,
                 spec.enable_central_smoothness,
-                *(np.repeat(spec.weight_smooth**2 * t.reshape(-1), lanes) for t in tables),
+                tables,
                 _lane_marker(lanes),
                 not use_cyclic,
             )  # fmt: skip
@@ -1083,8 +1103,7 @@ class OdeSystem:
                 grads_full["rhs_equation"].reshape(nsys, T, E),
                 gh.reshape((nsys, T - 1) if lhs else (0, 0)),
                 T, E, D, O, spec.weight_equation**2, ws2, spec.enable_central_smoothness,
-                *(np.repeat(ws2 * t.reshape(-1), lanes)
-                  for t in _tables(O, spec.enable_central_smoothness, dtype)),
+                _lane_tables(O, spec.enable_central_smoothness, dtype, lanes, spec.weight_smooth)[1],
                 lhs, _lane_marker(lanes),
             )  # fmt: skip
         grads_full["init_vars"] = spec.weight_init_var**2 * lam_head[..., :I]
