@@ -483,33 +483,37 @@ def test_bad_options(rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_streamed_and_misaligned_workspace(rng, monkeypatch, dtype):
-    # The factorisation moves finished columns from its window to the
-    # workspace with streaming stores where a chunk's factor is larger than
-    # the L2 budget and the workspace aligned, with plain copies otherwise;
-    # all three ways give the same results.  Over several blocks of steps,
-    # with padding lanes and central smoothness.
+def test_windowed_streamed_and_misaligned_workspace(rng, monkeypatch, dtype):
+    # A chunk's factor that fits the L2 budget is assembled and factored in
+    # the workspace; a larger one in a window of columns, which moves the
+    # finished columns to the workspace with streaming stores when it is
+    # aligned, with plain copies otherwise.  All four ways give the same
+    # results.  Over several blocks of steps, with padding lanes and central
+    # smoothness.
     from banded_mnn.mnn import _cpu, _layer
 
     inputs = random_problem(rng, (11,), 70, 2, 2, 3, 1, 2, dtype=dtype)
     options = {"enable_central_smoothness": True, "return_system": True}
-    u, system = ode_forward(*inputs, **options)  # small: through the cache
-    factor_lanes = _cpu.factor_lanes
-    monkeypatch.setattr(_cpu, "factor_lanes", lambda *args: factor_lanes(*args, stream_min_bytes=0))
-    u_streamed, system_streamed = ode_forward(*inputs, **options)
-    monkeypatch.setattr(_cpu, "factor_lanes", factor_lanes)
-    aligned = _layer._aligned_empty
+    factor_lanes, aligned = _cpu.factor_lanes, _layer._aligned_empty
 
     def misaligned(shape, dtype):
         buffer = aligned((math.prod(shape) + 1,), dtype)
         return buffer[1:].reshape(shape)
 
-    monkeypatch.setattr(_layer, "_aligned_empty", misaligned)
-    u_misaligned, system_misaligned = ode_forward(*inputs, **options)
-    assert system_misaligned.workspace.ctypes.data % 64 != 0
-    for other, other_system in ((u_streamed, system_streamed), (u_misaligned, system_misaligned)):
-        np.testing.assert_array_equal(other, u)
-        np.testing.assert_array_equal(other_system.factor_band, system.factor_band)
+    def windowed(*args):
+        return factor_lanes(*args, stream_min_bytes=0)
+
+    results = []
+    for window in (False, True):
+        for allocate in (aligned, misaligned):
+            monkeypatch.setattr(_cpu, "factor_lanes", windowed if window else factor_lanes)
+            monkeypatch.setattr(_layer, "_aligned_empty", allocate)
+            u, system = ode_forward(*inputs, **options)
+            assert (system.workspace.ctypes.data % 64 == 0) == (allocate is aligned)
+            results.append((u, system.factor_band))
+    for u, band in results[1:]:
+        np.testing.assert_array_equal(u, results[0][0])
+        np.testing.assert_array_equal(band, results[0][1])
 
 
 def test_inputs_are_not_written(rng):

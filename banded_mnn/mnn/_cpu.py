@@ -69,23 +69,21 @@ def factor_lanes(
         before = np.zeros(L, dtype=np.int32)
         recip = np.empty(2 * L, dtype=W_all.dtype)
         diag = np.empty(M * L, dtype=W_all.dtype)  # A[j, j] of every lane
-        # Factoring, a window of columns from `done` on (the block being
-        # assembled and the columns it still updates) is worked on in cache;
-        # its finished columns go to W.  Where W is larger than the L2 cache
-        # they are streamed (written whole, its lines need not be read
-        # first); a smaller W is stored through the cache, where the backward
-        # substitution finds it next (streamed, it was read back from memory:
-        # 4x slower at M = 150).
-        window = np.empty(((STEP_BLOCK * n + bw) * w * L) if factorise else 0, W_all.dtype)
-        stream = (
-            W.size * W.itemsize > stream_min_bytes
-            and W.ctypes.data % (L * W.itemsize) == 0  # (streaming stores need it)
-        )
+        # Factoring, columns are assembled and factored a block of steps at a
+        # time, while in cache.  A W that fits the L2 cache is worked on where
+        # it lies (the backward substitution finds it there next).  A larger
+        # W is not: a window of columns from `done` on (the block being
+        # assembled and the columns it still updates) is, and its finished
+        # columns go to W, streamed where W is aligned (written whole, its
+        # lines need not be read first).
+        in_place = W.size * W.itemsize <= stream_min_bytes or not factorise
+        window = np.empty(0 if in_place else (STEP_BLOCK * n + bw) * w * L, W_all.dtype)
+        stream = not in_place and W.ctypes.data % (L * W.itemsize) == 0
         done = 0
         for t0 in range(0, T, STEP_BLOCK):
             t1 = min(T, t0 + STEP_BLOCK)
-            target = window if factorise else W
-            base = done if factorise else 0  # the first column in target
+            target = W if in_place else window
+            base = 0 if in_place else done  # the first column in target
             lhs_steps(
                 coef, coef_off, cs0, cs1, cs2, cs3, steps_buf, steps_off, steps_st,
                 target, first, real, bw, t0, t1, T, E, D, O, S, I, weq2, wiv2, ws2, central,
@@ -104,8 +102,9 @@ def factor_lanes(
                 continue
             ready = M if t1 == T else max(done, t1 * n - bw)
             before[:] = linfo
-            # Columns done .. ready - 1, numbered from the window's start.
-            factor(window, Y[done * nrhs * L :], M - done, bw, nrhs, linfo, recip, lanes, 0,
+            # Columns done .. ready - 1, numbered from column `done`.
+            panel = target[(done - base) * w * L :]
+            factor(panel, Y[done * nrhs * L :], M - done, bw, nrhs, linfo, recip, lanes, 0,
                    ready - done)  # fmt: skip
             for l in range(L):
                 if linfo[l] != before[l]:  # (the factor numbers its columns from 0 too)
@@ -114,22 +113,23 @@ def factor_lanes(
                 p = (j - done) * w * L
                 suspect = False  # any lane (the padding lanes' identity never is)
                 for l in range(L):
-                    suspect |= window[p + l] * window[p + l] <= singular_tol * diag[j * L + l]
+                    suspect |= panel[p + l] * panel[p + l] <= singular_tol * diag[j * L + l]
                 if not suspect:
                     continue
                 for l in range(real):
-                    pivot = window[(j - done) * w * L + l]
+                    pivot = panel[p + l]
                     # (a pivot test failed later in the block is superseded)
                     earlier = linfo[l] == 0 or linfo[l] > j + 1
                     if earlier and pivot * pivot <= singular_tol * diag[j * L + l]:
                         linfo[l] = j + 1
-            if stream:
-                stream_columns(W, done * w * L, window, 0, (ready - done) * w, lanes)
-            else:
-                W[done * w * L : ready * w * L] = window[: (ready - done) * w * L]
-            # The columns still being updated move to the window's start.
-            carried = (t1 * n - ready) * w * L
-            window[:carried] = window[(ready - done) * w * L : (ready - done) * w * L + carried]
+            if not in_place:
+                if stream:
+                    stream_columns(W, done * w * L, window, 0, (ready - done) * w, lanes)
+                else:
+                    W[done * w * L : ready * w * L] = window[: (ready - done) * w * L]
+                # The columns still being updated move to the window's start.
+                carried = (t1 * n - ready) * w * L
+                window[:carried] = window[(ready - done) * w * L : (ready - done) * w * L + carried]
             done = ready
         if solve:
             backward(W, Y, M, bw, 1, lanes)
