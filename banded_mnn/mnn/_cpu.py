@@ -41,7 +41,7 @@ def factor_lanes(
     <= singular_tol * A[j, j]`` -- a normal matrix singular to working precision, whose pivots
     LAPACK's test misses because the last pivot of a null direction is
     rounding noise of either sign (see ``docs/mnn.md``).  Failed systems'
-    factors and solutions are NaN.  ``tabs``: ``tab0, tab1, tabq`` of
+    factors and solutions are NaN.  Returns whether any system failed.  ``tabs``: ``tab0, tab1, tabq`` of
     :func:`._kernels.lhs_steps`, one after another.
     """
     L = len(lanes)
@@ -142,6 +142,10 @@ def factor_lanes(
                     W[k * L + l] = np.nan
                 if solve:
                     x_out[first + l, :] = np.nan
+    failed = False  # (what the caller tests, without a NumPy reduction)
+    for i in range(nsys):
+        failed |= info[i] != 0
+    return failed
 
 
 @njit(parallel=True, cache=True)
@@ -205,7 +209,8 @@ def vjp_lanes(
         offs = np.arange(first, first + L) * M  # each system's row in x and lam
         lane_gather_rhs(X, x_flat, offs, 1, 0, 1, real, lanes, 0, M)
         lane_gather_rhs(LAM, lam_flat, offs, 1, 0, 1, real, lanes, 0, M)
-        scratch = np.empty((n + 2 * O + 4) * L, dtype=x.dtype)
+        scratch = np.empty((2 * O + 4) * L, dtype=x.dtype)
+        rows = np.empty(STEP_BLOCK * E * n * L, dtype=x.dtype)  # a block's coefficients
         grad_block = np.empty((STEP_BLOCK * E * n * L) if lhs else 0, dtype=x.dtype)
         if solve:
             recip = np.empty(L, dtype=x.dtype)
@@ -223,7 +228,7 @@ def vjp_lanes(
             vjp_steps(
                 coef, coef_off, cs0, cs1, cs2, cs3, rhs, rhs_off, rs0, rs1, steps_buf, steps_off,
                 steps_st, X, LAM, first, real, t0, t1, T, E, D, O, weq2, ws2, central,
-                tabs, lhs, grad_coef_flat, grad_rhs, grad_steps, scratch, grad_block,
+                tabs, lhs, grad_coef_flat, grad_rhs, grad_steps, rows, scratch, grad_block,
                 lanes,
             )  # fmt: skip
         for l in range(real):

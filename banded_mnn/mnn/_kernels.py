@@ -42,6 +42,7 @@ from .._backends._band_kernels import (
     lane_fmadd_run,
     lane_fnmadd,
     lane_mul,
+    lane_transpose,
 )
 from .._backends._numba_cpu import lane_scatter_rhs
 
@@ -94,6 +95,46 @@ def _load_lanes(buf, offs, first, real, base, dst, di, lanes):
 
 
 @njit(cache=True, nogil=True)
+def gather_steps(rows, coef, coef_off, cs0, cs1, cs2, cs3, first, real, t0, t1, T, E, D, O, lanes):
+    """``rows[((t - t0)*E*n + e*n + p)*L + l] = c_l[t, e, p]`` for the steps
+    ``t0 <= t < t1`` of the ``L`` systems from ``first`` (the padding lanes,
+    past ``real``, get lane 0's).
+
+    Where every lane is real and each system's coefficients are C-contiguous,
+    the block is one run of ``(t1 - t0)*E*n`` elements per system, read
+    through ``L x L`` register transposes; otherwise element by element.
+    """
+    L = len(lanes)
+    n = D * O
+    run = E * n
+    contiguous = (
+        real == L
+        and (cs3 == 1 or O == 1)
+        and (cs2 == O or D == 1)
+        and (cs1 == n or E == 1)
+        and (cs0 == run or T == 1)
+    )
+    if contiguous:
+        offs = coef_off[first : first + L]
+        base = t0 * run
+        count = (t1 - t0) * run
+        tiled = count // L * L
+        for k in range(0, tiled, L):
+            lane_transpose(rows, None, k * L, L, coef, offs, base + k, 0, lanes)
+        for k in range(tiled, count):
+            for l in range(L):
+                rows[k * L + l] = coef[offs[l] + base + k]
+        return
+    for t in range(t0, t1):
+        for e in range(E):
+            for d in range(D):
+                for o in range(O):
+                    k = ((t - t0) * E + e) * n + d * O + o
+                    _load_lanes(coef, coef_off, first, real, t * cs0 + e * cs1 + d * cs2 + o * cs3,
+                                rows, k * L, lanes)  # fmt: skip
+
+
+@njit(cache=True, nogil=True)
 def lhs_steps(
     coef, coef_off, cs0, cs1, cs2, cs3, steps_buf, steps_off, steps_st,
     W, first, real, bw, t0, t1, T, E, D, O, S, I, weq2, wiv2, ws2, central,
@@ -122,18 +163,12 @@ def lhs_steps(
     weq = sm + L  # w_eq^2 repeated: (L,)
     for l in range(L):
         scratch[weq + l] = weq2
+    gather_steps(rows, coef, coef_off, cs0, cs1, cs2, cs3, first, real, t0, t1, T, E, D, O, lanes)
     for t in range(t0, t1):
         col0 = t * n - col_base
         row = (t - t0) * E * n * L  # c[t, e, :] of every lane in rows: (E*n, L)
         W[col0 * w * L : (col0 + n) * w * L] = 0.0  # a slice: vectorised, unlike a loop
         # Equation rows: block [t, t] += w_eq^2 sum_e c[t, e]^T c[t, e].
-        for e in range(E):
-            for d in range(D):
-                for o in range(O):
-                    _load_lanes(
-                        coef, coef_off, first, real, t * cs0 + e * cs1 + d * cs2 + o * cs3,
-                        rows, row + (e * n + d * O + o) * L, lanes,
-                    )  # fmt: skip
         for e in range(E):
             for jq in range(n):
                 lane_mul(scratch, sm, scratch, weq, rows, row + (e * n + jq) * L, lanes)
@@ -337,7 +372,7 @@ def lane_step_form(typingctx, dst, di, tabs, powers, pi, x, lam, a0, a1, D, O, l
 def vjp_steps(
     coef, coef_off, cs0, cs1, cs2, cs3, rhs, rhs_off, rs0, rs1, steps_buf, steps_off, steps_st,
     X, LAM, first, real, t0, t1, T, E, D, O, weq2, ws2, central, tabs, lhs,
-    grad_coef, grad_rhs, grad_steps, scratch, grad_block, lanes,
+    grad_coef, grad_rhs, grad_steps, rows, scratch, grad_block, lanes,
 ):  # fmt: skip
     """Gradients of steps ``t0 <= t < t1`` of ``L`` systems (``first ..
     first+real-1``) from the solution ``X`` and ``LAM = A^{-1} dL/du``, both
@@ -351,29 +386,27 @@ def vjp_steps(
     :func:`lhs_steps` one after another, each entry ``(o1, o2)`` scaled by
     ``o1 + o2`` (the exponent that differentiating brings down) and by
     ``w_s^2``, repeated over the lanes; see :func:`lane_step_form`) and the
-    central ones.  ``scratch`` holds at least ``(n + 2 O + 4) L`` elements, ``grad_block`` (with ``lhs``)
+    central ones.  ``rows`` receives the block's coefficients (``(t1 - t0) E n
+    L`` elements, :func:`gather_steps`), ``scratch`` holds at least ``(2 O + 4) L`` elements, ``grad_block`` (with ``lhs``)
     ``(t1 - t0) E n L``: the block's coefficient gradients, lanes innermost,
     before they are transposed into ``grad_coef`` (flat, (systems, T, E, n)).
     """
     L = len(lanes)
     n = D * O
-    crow = 0  # c[t, e, :] of every lane: (n, L)
-    rl = crow + n * L  # r[t, e]
+    rl = 0  # r[t, e]
     cx = rl + L  # c . x
     cl = cx + L  # c . lam
     pw = cl + L  # powers of the step size, pw[k] = h^(k-1): (2 O - 1, L)
     hv = pw + (2 * O - 1) * L  # the step size h_t
     acc = hv + L  # lam^T (dA/dh) x
+    gather_steps(rows, coef, coef_off, cs0, cs1, cs2, cs3, first, real, t0, t1, T, E, D, O, lanes)
     for t in range(t0, t1):
         col0 = t * n
         for e in range(E):
-            for d in range(D):
-                for o in range(O):
-                    _load_lanes(coef, coef_off, first, real, t * cs0 + e * cs1 + d * cs2 + o * cs3,
-                                scratch, crow + (d * O + o) * L, lanes)  # fmt: skip
+            crow = ((t - t0) * E + e) * n * L  # c[t, e, :] of every lane in rows
             _load_lanes(rhs, rhs_off, first, real, t * rs0 + e * rs1, scratch, rl, lanes)
-            lane_dot(scratch, cx, scratch, crow, L, X, col0 * L, L, n, lanes)
-            lane_dot(scratch, cl, scratch, crow, L, LAM, col0 * L, L, n, lanes)
+            lane_dot(scratch, cx, rows, crow, L, X, col0 * L, L, n, lanes)
+            lane_dot(scratch, cl, rows, crow, L, LAM, col0 * L, L, n, lanes)
             for l in range(real):
                 grad_rhs[first + l, t, e] = weq2 * scratch[cl + l]
             if lhs:  # into the block's buffer, lanes innermost

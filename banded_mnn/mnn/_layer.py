@@ -834,6 +834,7 @@ class OdeSystem:
         info = np.zeros(nsys, dtype=np.int32)
         kernel_solves = solve and not use_cyclic
         x = _empty((nsys, m) if kernel_solves else (0, 0), dtype=dtype)
+        failed = False
         if nsys:
             tables = _lane_tables(spec.n_orders, spec.enable_central_smoothness, dtype, lanes,
                                   spec.weight_smooth)[0]  # fmt: skip
@@ -842,7 +843,7 @@ class OdeSystem:
             h = _flat(inputs.arrays["steps"], batch, 1, dtype)
             r = _flat(inputs.arrays.get("rhs_equation") if kernel_solves else None, batch, 2, dtype)
             v = _flat(inputs.arrays.get("init_vars") if kernel_solves else None, batch, 3, dtype)
-            factor_lanes(
+            failed = factor_lanes(
                 c[0], c[1], c[2], h[0], h[1], h[2][0], r[0], r[1], r[2], v[0], v[1], v[2],
                 workspace, x, info, bw, kernel_solves, _singular_tolerance(bw, dtype),
                 spec.n_steps, spec.n_equations, spec.n_dims, spec.n_orders,
@@ -862,7 +863,8 @@ class OdeSystem:
                 system._solve_batch(beta)
                 x = beta.reshape(nsys, m)
                 x[system.info.reshape(-1) != 0] = np.nan
-        if check and system.info.any():
+            failed = system.info.any()
+        if check and failed:
             system._raise_failure(inputs)
         return system, (x if solve else None)
 
