@@ -203,11 +203,18 @@ def _flat_contiguous(
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
     """:func:`flat_batch` of a C-contiguous NumPy ``x`` that already has the
     batch shape (the common case, in a fraction of the general path's time)."""
-    core = x.shape[x.ndim - core_ndim :]
+    return (x.reshape(-1), *contiguous_layout(x.shape, core_ndim))
+
+
+def contiguous_layout(shape: tuple[int, ...], core_ndim: int) -> tuple[np.ndarray, tuple[int, ...]]:
+    """``(offsets, core_strides)`` of :func:`flat_batch` for a C-contiguous
+    array of ``shape`` (its batch axes those of the result)."""
+    core = shape[len(shape) - core_ndim :]
     core_size = math.prod(core)
     strides, step = [], 1
     for n in reversed(core):
         strides.append(step if n > 1 else 0)
         step *= n
-    offsets = np.arange(0, math.prod(batch_shape) * core_size, core_size, dtype=np.int64)
-    return x.reshape(-1), offsets, tuple(reversed(strides))
+    nsys = math.prod(shape[: len(shape) - core_ndim])
+    offsets = np.arange(0, nsys * core_size, core_size, dtype=np.int64)
+    return offsets, tuple(reversed(strides))

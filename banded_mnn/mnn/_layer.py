@@ -21,7 +21,7 @@ import numpy as np
 from .. import _api, _backends
 from .._backends import WORKSPACE_ALIGNMENT
 from .._errors import NotPositiveDefiniteError
-from .._strided import StridedBatch, flat_batch, is_dask_array, to_numpy
+from .._strided import StridedBatch, contiguous_layout, flat_batch, is_dask_array, to_numpy
 
 #: Allocator of kernel outputs (tests fill it with NaN to catch unwritten cells).
 _empty = np.empty
@@ -329,13 +329,35 @@ def _prepare(
 
 
 def _flat(x: np.ndarray | None, batch: tuple[int, ...], core_ndim: int, dtype: np.dtype):
-    """Kernel operand for ``x`` broadcast to ``batch``: (buffer, offsets, core strides)."""
+    """Kernel operand for ``x`` broadcast to ``batch``: (buffer, offsets, core
+    strides), the offsets read-only like the buffer."""
     if x is None or x.size == 0:
         buf, offsets = np.zeros(1, dtype), np.zeros(math.prod(batch), np.int64)
         strides = (0,) * core_ndim
+    elif (
+        type(x) is np.ndarray
+        and x.flags.c_contiguous
+        and x.flags.aligned
+        and x.shape[: x.ndim - core_ndim] == batch
+    ):  # the common case: its layout from the shape alone, looked up
+        layout = _contiguous_layout if x.size <= _LAYOUT_CACHE_SIZE else _uncached_layout
+        return _read_only(x.reshape(-1)), *layout(x.shape, core_ndim)
     else:
         buf, offsets, strides = flat_batch(x, batch, core_ndim)
-    return _read_only(buf), offsets, strides
+    return _read_only(buf), _read_only(offsets), strides
+
+
+def _uncached_layout(shape: tuple[int, ...], core_ndim: int) -> tuple[np.ndarray, tuple]:
+    """:func:`banded_mnn._strided.contiguous_layout`, its offsets read-only."""
+    offsets, strides = contiguous_layout(shape, core_ndim)
+    return _read_only(offsets), strides
+
+
+#: Arrays of at most this many elements have their layout kept by
+#: :func:`_contiguous_layout` (the offsets, at most this many int64, for each
+#: of the shapes last used: a training loop calls with the same ones).
+_LAYOUT_CACHE_SIZE = 1 << 20
+_contiguous_layout = functools.lru_cache(maxsize=32)(_uncached_layout)
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:
@@ -383,6 +405,7 @@ def _sum_to(gradient: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return gradient.reshape(shape)
 
 
+@functools.lru_cache(maxsize=64)
 def _singular_tolerance(bw: int, dtype: np.dtype) -> float:
     """Pivots with ``L[j, j]^2 <= tol * A[j, j]`` mark a normal matrix singular
     to working precision.  The ratio is invariant to scaling the unknowns and
