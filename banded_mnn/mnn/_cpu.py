@@ -18,7 +18,7 @@ from numba import njit, prange
 
 from .._backends._band_kernels import backward, factor, forward, lane_copy_run, stream_columns
 from .._backends._numba_cpu import LANE_WORKSPACE_BUDGET, lane_gather_rhs, lane_scatter_rhs
-from ._kernels import lhs_steps, rhs_steps, vjp_steps
+from ._kernels import lane_any_square_at_most, lhs_steps, rhs_steps, vjp_steps
 
 #: Steps assembled before the factorisation catches up (rows stay in cache).
 STEP_BLOCK = 32
@@ -64,7 +64,7 @@ def factor_lanes(
         W = W_all[c]
         Y = np.zeros(M * L if solve else 0, dtype=W_all.dtype)
         rows = np.empty(STEP_BLOCK * E * n * L, dtype=W_all.dtype)  # a block's coefficients
-        scratch = np.empty((2 * O + 1) * L, dtype=W_all.dtype)  # see lhs_steps, rhs_steps
+        scratch = np.empty((2 * O + 2 + STEP_BLOCK) * L, dtype=W_all.dtype)  # see lhs_steps
         linfo = np.zeros(L, dtype=np.int32)
         before = np.zeros(L, dtype=np.int32)
         recip = np.empty(2 * L, dtype=W_all.dtype)
@@ -111,10 +111,8 @@ def factor_lanes(
                     linfo[l] += done
             for j in range(done, ready):  # the singularity test, while in cache
                 p = (j - done) * w * L
-                suspect = False  # any lane (the padding lanes' identity never is)
-                for l in range(L):
-                    suspect |= panel[p + l] * panel[p + l] <= singular_tol * diag[j * L + l]
-                if not suspect:
+                # (any lane; the padding lanes' identity never is suspect)
+                if not lane_any_square_at_most(panel, p, diag, j * L, singular_tol, lanes):
                     continue
                 for l in range(real):
                     pivot = panel[p + l]
@@ -209,7 +207,7 @@ def vjp_lanes(
         offs = np.arange(first, first + L) * M  # each system's row in x and lam
         lane_gather_rhs(X, x_flat, offs, 1, 0, 1, real, lanes, 0, M)
         lane_gather_rhs(LAM, lam_flat, offs, 1, 0, 1, real, lanes, 0, M)
-        scratch = np.empty((2 * O + 4) * L, dtype=x.dtype)
+        scratch = np.empty((2 * O + 4 + STEP_BLOCK) * L, dtype=x.dtype)  # see vjp_steps
         rows = np.empty(STEP_BLOCK * E * n * L, dtype=x.dtype)  # a block's coefficients
         grad_block = np.empty((STEP_BLOCK * E * n * L) if lhs else 0, dtype=x.dtype)
         if solve:

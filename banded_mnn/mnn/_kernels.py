@@ -36,6 +36,7 @@ from numba.extending import intrinsic
 from .._backends._band_kernels import (
     _fmadd,
     _index_values,
+    _splat,
     _vector_pointer,
     lane_dot,
     lane_fmadd,
@@ -95,35 +96,42 @@ def _load_lanes(buf, offs, first, real, base, dst, di, lanes):
 
 
 @njit(cache=True, nogil=True)
+def gather_run(dst, di, buf, offs, first, real, start, stride, count, lanes):
+    """``dst[di + k*L + l] = buf[offs[first + l] + start + k*stride]`` for
+    ``k < count`` (lane 0's values for the padding lanes, past ``real``):
+    through ``L x L`` register transposes where the run is contiguous
+    (``stride`` 1) and every lane real, element by element otherwise."""
+    L = len(lanes)
+    tiled = 0
+    if real == L and stride == 1:
+        tiled = count // L * L
+        lane_offs = offs[first : first + L]
+        for k in range(0, tiled, L):
+            lane_transpose(dst, None, di + k * L, L, buf, lane_offs, start + k, 0, lanes)
+    for k in range(tiled, count):
+        _load_lanes(buf, offs, first, real, start + k * stride, dst, di + k * L, lanes)
+
+
+@njit(cache=True, nogil=True)
 def gather_steps(rows, coef, coef_off, cs0, cs1, cs2, cs3, first, real, t0, t1, T, E, D, O, lanes):
     """``rows[((t - t0)*E*n + e*n + p)*L + l] = c_l[t, e, p]`` for the steps
     ``t0 <= t < t1`` of the ``L`` systems from ``first`` (the padding lanes,
     past ``real``, get lane 0's).
 
-    Where every lane is real and each system's coefficients are C-contiguous,
-    the block is one run of ``(t1 - t0)*E*n`` elements per system, read
-    through ``L x L`` register transposes; otherwise element by element.
+    Where each system's coefficients are C-contiguous, the block is one run
+    of ``(t1 - t0)*E*n`` elements per system (:func:`gather_run`).
     """
     L = len(lanes)
     n = D * O
     run = E * n
     contiguous = (
-        real == L
-        and (cs3 == 1 or O == 1)
+        (cs3 == 1 or O == 1)
         and (cs2 == O or D == 1)
         and (cs1 == n or E == 1)
         and (cs0 == run or T == 1)
     )
     if contiguous:
-        offs = coef_off[first : first + L]
-        base = t0 * run
-        count = (t1 - t0) * run
-        tiled = count // L * L
-        for k in range(0, tiled, L):
-            lane_transpose(rows, None, k * L, L, coef, offs, base + k, 0, lanes)
-        for k in range(tiled, count):
-            for l in range(L):
-                rows[k * L + l] = coef[offs[l] + base + k]
+        gather_run(rows, 0, coef, coef_off, first, real, t0 * run, 1, (t1 - t0) * run, lanes)
         return
     for t in range(t0, t1):
         for e in range(E):
@@ -151,7 +159,8 @@ def lhs_steps(
     each entry repeated over the lanes ((O*O*L), see
     :func:`smoothness_tables`).  The coefficients of every lane are left in
     ``rows``, ``rows[((t - t0)*E*n + e*n + p)*L + l] = c_l[t, e, p]``, for
-    :func:`rhs_steps`.  ``scratch`` holds at least ``(2*O + 1)*L`` elements.
+    :func:`rhs_steps`.  ``scratch`` holds at least ``(2*O + 2 + t1 - t0)*L``
+    elements.
     ``W`` may be a window starting at column ``col_base`` of the band (column
     ``j`` at ``j - col_base``).
     """
@@ -159,10 +168,16 @@ def lhs_steps(
     n = D * O
     w = bw + 1
     hp = 0  # powers h^m, m < 2*O - 1: (2*O - 1, L)
-    sm = hp + (2 * O - 1) * L  # one smoothness value: (L,)
+    sm = hp + (2 * O - 1) * L  # one entry's weight: (L,)
     weq = sm + L  # w_eq^2 repeated: (L,)
+    hs = weq + L  # the step sizes of the block's pairs, h_s for s0 <= s < s1
     for l in range(L):
         scratch[weq + l] = weq2
+        scratch[hp + l] = 1.0
+    s0, s1 = max(t0 - 1, 0), min(t1, T - 1)
+    if s1 > s0:
+        gather_run(scratch, hs, steps_buf, steps_off, first, real, s0 * steps_st, steps_st,
+                   s1 - s0, lanes)  # fmt: skip
     gather_steps(rows, coef, coef_off, cs0, cs1, cs2, cs3, first, real, t0, t1, T, E, D, O, lanes)
     for t in range(t0, t1):
         col0 = t * n - col_base
@@ -188,11 +203,9 @@ def lhs_steps(
             s = t - 1 + pair
             if s < 0 or s + 1 >= T:
                 continue
-            for l in range(L):
-                scratch[hp + l] = 1.0
-            _load_lanes(steps_buf, steps_off, first, real, s * steps_st, scratch, sm, lanes)
             for m in range(1, 2 * O - 1):
-                lane_mul(scratch, hp + m * L, scratch, hp + (m - 1) * L, scratch, sm, lanes)
+                lane_mul(scratch, hp + m * L, scratch, hp + (m - 1) * L, scratch, hs + (s - s0) * L,
+                         lanes)  # fmt: skip
             for d in range(D):
                 for o2 in range(O):
                     j = (col0 + d * O + o2) * w - o2
@@ -368,6 +381,27 @@ def lane_step_form(typingctx, dst, di, tabs, powers, pi, x, lam, a0, a1, D, O, l
     return sig, codegen
 
 
+@intrinsic
+def lane_any_square_at_most(typingctx, a, ai, b, bi, tol, lanes):
+    """Whether ``a[ai + l]**2 <= tol * b[bi + l]`` for any lane ``l`` (false
+    where either side is NaN): one vector comparison.  ``a``, ``b`` 1-D,
+    contiguous, one dtype; ``tol`` a float."""
+    width = lanes.count
+
+    def codegen(context, builder, signature, args):
+        (ai_, bi_), intp = _index_values(context, builder, signature, args, (1, 3))
+        aty, bty, tty = signature.args[0], signature.args[2], signature.args[4]
+        align = aty.dtype.bitwidth // 8
+        x = builder.load(_vector_pointer(context, builder, aty, args[0], ai_, width), align=align)
+        y = builder.load(_vector_pointer(context, builder, bty, args[2], bi_, width), align=align)
+        scale = _splat(builder, context.cast(builder, args[4], tty, aty.dtype), width)
+        below = builder.fcmp_ordered("<=", builder.fmul(x, x), builder.fmul(scale, y))
+        bits = builder.bitcast(below, ir.IntType(width))
+        return builder.icmp_unsigned("!=", bits, ir.Constant(ir.IntType(width), 0))
+
+    return types.boolean(a, ai, b, bi, tol, lanes), codegen
+
+
 @njit(cache=True, nogil=True)
 def vjp_steps(
     coef, coef_off, cs0, cs1, cs2, cs3, rhs, rhs_off, rs0, rs1, steps_buf, steps_off, steps_st,
@@ -387,7 +421,7 @@ def vjp_steps(
     ``o1 + o2`` (the exponent that differentiating brings down) and by
     ``w_s^2``, repeated over the lanes; see :func:`lane_step_form`) and the
     central ones.  ``rows`` receives the block's coefficients (``(t1 - t0) E n
-    L`` elements, :func:`gather_steps`), ``scratch`` holds at least ``(2 O + 4) L`` elements, ``grad_block`` (with ``lhs``)
+    L`` elements, :func:`gather_steps`), ``scratch`` holds at least ``(2 O + 4 + t1 - t0) L`` elements, ``grad_block`` (with ``lhs``)
     ``(t1 - t0) E n L``: the block's coefficient gradients, lanes innermost,
     before they are transposed into ``grad_coef`` (flat, (systems, T, E, n)).
     """
@@ -397,8 +431,16 @@ def vjp_steps(
     cx = rl + L  # c . x
     cl = cx + L  # c . lam
     pw = cl + L  # powers of the step size, pw[k] = h^(k-1): (2 O - 1, L)
-    hv = pw + (2 * O - 1) * L  # the step size h_t
-    acc = hv + L  # lam^T (dA/dh) x
+    weq = pw + (2 * O - 1) * L  # w_eq^2 repeated
+    acc = weq + L  # lam^T (dA/dh) x
+    hs = acc + L  # the block's step sizes, h_t for t0 <= t < min(t1, T - 1)
+    for l in range(L):
+        scratch[pw + l] = 0.0  # (pw[0] meets only zero entries)
+        scratch[pw + L + l] = 1.0
+        scratch[weq + l] = weq2
+    if lhs and min(t1, T - 1) > t0:
+        gather_run(scratch, hs, steps_buf, steps_off, first, real, t0 * steps_st, steps_st,
+                   min(t1, T - 1) - t0, lanes)  # fmt: skip
     gather_steps(rows, coef, coef_off, cs0, cs1, cs2, cs3, first, real, t0, t1, T, E, D, O, lanes)
     for t in range(t0, t1):
         col0 = t * n
@@ -411,11 +453,12 @@ def vjp_steps(
                 grad_rhs[first + l, t, e] = weq2 * scratch[cl + l]
             if lhs:  # into the block's buffer, lanes innermost
                 g = ((t - t0) * E + e) * n * L
-                for l in range(L):  # (r . x and c . lam are not needed further)
-                    scratch[cx + l] = weq2 * (scratch[rl + l] - scratch[cx + l])
-                    scratch[cl + l] *= weq2
+                # (r . x and c . lam are not needed further)
+                lane_mul(scratch, cl, scratch, cl, scratch, weq, lanes)  # w^2 (lam . r)
+                lane_mul(scratch, rl, scratch, rl, scratch, weq, lanes)
+                lane_fnmadd(scratch, rl, scratch, cx, scratch, weq, lanes)  # w^2 (b_r - r . x)
                 for p in range(n):  # w^2 (b_r - r . x) lam - w^2 (lam . r) x
-                    lane_mul(grad_block, g + p * L, LAM, (col0 + p) * L, scratch, cx, lanes)
+                    lane_mul(grad_block, g + p * L, LAM, (col0 + p) * L, scratch, rl, lanes)
                     lane_fnmadd(grad_block, g + p * L, X, (col0 + p) * L, scratch, cl, lanes)
         if lhs and t == t1 - 1:  # the block's coefficient gradients, transposed
             offs = (np.arange(first, first + L) * T + t0) * E * n  # (systems, T, E, n)
@@ -428,12 +471,9 @@ def vjp_steps(
         # dims: the smoothness entries are h^(o1+o2) T[o1, o2], so dA/dh has
         # (o1+o2) h^(o1+o2-1) T[o1, o2] (``tabs`` holds (o1+o2) T[o1, o2], the
         # powers h^(k-1) go to pw[k]; pw[0] meets only zero entries).
-        for l in range(L):
-            scratch[pw + l] = 0.0
-            scratch[pw + L + l] = 1.0
-        _load_lanes(steps_buf, steps_off, first, real, t * steps_st, scratch, hv, lanes)
         for k in range(2, 2 * O - 1):
-            lane_mul(scratch, pw + k * L, scratch, pw + (k - 1) * L, scratch, hv, lanes)
+            lane_mul(scratch, pw + k * L, scratch, pw + (k - 1) * L, scratch, hs + (t - t0) * L,
+                     lanes)  # fmt: skip
         lane_step_form(scratch, acc, tabs, scratch, pw, X, LAM, col0 * L, (col0 + n) * L, D, O,
                        lanes)  # fmt: skip
         for l in range(real):
