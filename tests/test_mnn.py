@@ -483,13 +483,14 @@ def test_bad_options(rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_windowed_streamed_and_misaligned_workspace(rng, monkeypatch, dtype):
+def test_windowed_streamed_and_misaligned_workspace(rng, monkeypatch, dtype, lanes):
     # A chunk's factor that fits the L2 budget is assembled and factored in
     # the workspace; a larger one in a window of columns, which moves the
     # finished columns to the workspace with streaming stores when it is
     # aligned, with plain copies otherwise.  All four ways give the same
-    # results.  Over several blocks of steps, with padding lanes and central
-    # smoothness.
+    # results.  Over several blocks of steps, with padding lanes (11 systems)
+    # and central smoothness, for every lane count (a workspace one element
+    # off is still aligned for one lane: no plain copies there).
     from banded_mnn.mnn import _cpu, _layer
 
     inputs = random_problem(rng, (11,), 70, 2, 2, 3, 1, 2, dtype=dtype)
@@ -501,7 +502,7 @@ def test_windowed_streamed_and_misaligned_workspace(rng, monkeypatch, dtype):
         return buffer[1:].reshape(shape)
 
     def windowed(*args):
-        return factor_lanes(*args, stream_min_bytes=0)
+        return factor_lanes(*args, in_place_max_bytes=0)
 
     results = []
     for window in (False, True):
@@ -510,6 +511,7 @@ def test_windowed_streamed_and_misaligned_workspace(rng, monkeypatch, dtype):
             monkeypatch.setattr(_layer, "_aligned_empty", allocate)
             u, system = ode_forward(*inputs, **options)
             assert (system.workspace.ctypes.data % 64 == 0) == (allocate is aligned)
+            assert system.lanes == lanes
             results.append((u, system.factor_band))
     for u, band in results[1:]:
         np.testing.assert_array_equal(u, results[0][0])

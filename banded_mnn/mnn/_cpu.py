@@ -30,7 +30,7 @@ def factor_lanes(
     rhs, rhs_off, rhs_st, init, init_off, init_st,
     W_all, x_out, info, bw, solve, singular_tol,
     T, E, D, O, S, I, weq2, wiv2, ws2, central, tabs, lanes, factorise=True,
-    stream_min_bytes=LANE_WORKSPACE_BUDGET,
+    in_place_max_bytes=LANE_WORKSPACE_BUDGET,
 ):  # fmt: skip
     """Assemble and factor every system (only assemble without ``factorise``:
     ``W_all`` then holds the normal matrices); with ``solve``, also assemble the
@@ -41,7 +41,10 @@ def factor_lanes(
     <= singular_tol * A[j, j]`` -- a normal matrix singular to working precision, whose pivots
     LAPACK's test misses because the last pivot of a null direction is
     rounding noise of either sign (see ``docs/mnn.md``).  Failed systems'
-    factors and solutions are NaN.  Returns whether any system failed.  ``tabs``: ``tab0, tab1, tabq`` of
+    factors and solutions are NaN.  Returns whether any system failed.
+    A chunk's factor of at most ``in_place_max_bytes`` is assembled and
+    factored where it lies, a larger one in a window of columns (see the
+    loop below).  ``tabs``: ``tab0, tab1, tabq`` of
     :func:`._kernels.lhs_steps`, one after another.
     """
     L = len(lanes)
@@ -76,7 +79,7 @@ def factor_lanes(
         # assembled and the columns it still updates) is, and its finished
         # columns go to W, streamed where W is aligned (written whole, its
         # lines need not be read first).
-        in_place = W.size * W.itemsize <= stream_min_bytes or not factorise
+        in_place = W.size * W.itemsize <= in_place_max_bytes or not factorise
         window = np.empty(0 if in_place else (STEP_BLOCK * n + bw) * w * L, W_all.dtype)
         stream = not in_place and W.ctypes.data % (L * W.itemsize) == 0
         done = 0

@@ -384,8 +384,10 @@ def lane_step_form(typingctx, dst, di, tabs, powers, pi, x, lam, a0, a1, D, O, l
 @intrinsic
 def lane_any_square_at_most(typingctx, a, ai, b, bi, tol, lanes):
     """Whether ``a[ai + l]**2 <= tol * b[bi + l]`` for any lane ``l`` (false
-    where either side is NaN): one vector comparison.  ``a``, ``b`` 1-D,
-    contiguous, one dtype; ``tol`` a float."""
+    where either side is NaN): one vector comparison, with the arithmetic of
+    the scalar expression (the square in the arrays' dtype, ``tol * b`` and
+    the comparison in float64).  ``a``, ``b`` 1-D, contiguous, one dtype;
+    ``tol`` a float64."""
     width = lanes.count
 
     def codegen(context, builder, signature, args):
@@ -394,8 +396,12 @@ def lane_any_square_at_most(typingctx, a, ai, b, bi, tol, lanes):
         align = aty.dtype.bitwidth // 8
         x = builder.load(_vector_pointer(context, builder, aty, args[0], ai_, width), align=align)
         y = builder.load(_vector_pointer(context, builder, bty, args[2], bi_, width), align=align)
-        scale = _splat(builder, context.cast(builder, args[4], tty, aty.dtype), width)
-        below = builder.fcmp_ordered("<=", builder.fmul(x, x), builder.fmul(scale, y))
+        square = builder.fmul(x, x)
+        if aty.dtype.bitwidth < 64:  # (exact conversions)
+            wide = ir.VectorType(ir.DoubleType(), width)
+            square, y = builder.fpext(square, wide), builder.fpext(y, wide)
+        scale = _splat(builder, context.cast(builder, args[4], tty, types.float64), width)
+        below = builder.fcmp_ordered("<=", square, builder.fmul(scale, y))
         bits = builder.bitcast(below, ir.IntType(width))
         return builder.icmp_unsigned("!=", bits, ir.Constant(ir.IntType(width), 0))
 

@@ -340,7 +340,9 @@ def _flat(x: np.ndarray | None, batch: tuple[int, ...], core_ndim: int, dtype: n
         and x.flags.aligned
         and x.shape[: x.ndim - core_ndim] == batch
     ):  # the common case: its layout from the shape alone, looked up
-        layout = _contiguous_layout if x.size <= _LAYOUT_CACHE_SIZE else _uncached_layout
+        layout = (
+            _contiguous_layout if math.prod(batch) <= _LAYOUT_CACHE_SYSTEMS else _uncached_layout
+        )
         return _read_only(x.reshape(-1)), *layout(x.shape, core_ndim)
     else:
         buf, offsets, strides = flat_batch(x, batch, core_ndim)
@@ -353,10 +355,10 @@ def _uncached_layout(shape: tuple[int, ...], core_ndim: int) -> tuple[np.ndarray
     return _read_only(offsets), strides
 
 
-#: Arrays of at most this many elements have their layout kept by
-#: :func:`_contiguous_layout` (the offsets, at most this many int64, for each
-#: of the shapes last used: a training loop calls with the same ones).
-_LAYOUT_CACHE_SIZE = 1 << 20
+#: Batches of at most this many systems have their layout kept by
+#: :func:`_contiguous_layout` (the offsets, at most 512 KB, for each of the
+#: 32 shapes last used: a training loop calls with the same ones).
+_LAYOUT_CACHE_SYSTEMS = 1 << 16
 _contiguous_layout = functools.lru_cache(maxsize=32)(_uncached_layout)
 
 
