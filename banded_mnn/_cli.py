@@ -380,8 +380,14 @@ def bench_mnn(
     return rows
 
 
+#: ``banded-mnn bench-torch --case``: name -> ``(B, T, E, D, O)``.  S-MNN's
+#: larger benchmark size, and the Lorenz-discovery size (windows of 50 steps
+#: of one 3rd-order equation).
+TORCH_CASES = {"b16-t2048": (16, 2048, 3, 3, 3), "lorenz": (512, 50, 1, 1, 3)}
+
+
 def bench_torch(
-    case: tuple[int, int, int, int, int] = (16, 2048, 3, 3, 3),
+    case: tuple[int, int, int, int, int] = TORCH_CASES["b16-t2048"],
     repeat: int = 7,
     out: Callable[[str], None] = print,
 ) -> dict[str, float]:
@@ -550,6 +556,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bench-torch", help="time banded_mnn.torch.ode_forward against S-MNN's per-step torch"
     )
     torch_parser.add_argument("--repeat", type=int, default=7, help="timed repetitions")
+    torch_parser.add_argument(
+        "--case", choices=tuple(TORCH_CASES), default="b16-t2048",
+        help="B=16 T=2048 D=O=E=3, or the Lorenz size B=512 T=50 D=1 O=3 E=1",
+    )  # fmt: skip
     blocks_parser = commands.add_parser(
         "bench-blocks",
         help="sequential against cyclic reduction: block-tridiagonal systems and the MNN layer",
@@ -573,7 +583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench_blocks(repeat=args.repeat)
         return 0
     if args.command == "bench-torch":
-        bench_torch(repeat=args.repeat)
+        bench_torch(TORCH_CASES[args.case], repeat=args.repeat)
         return 0
     if args.command == "bench-mnn":
         bench_mnn(repeat=args.repeat)

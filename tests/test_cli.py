@@ -6,6 +6,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from banded_mnn import _cli
 
 
@@ -72,3 +74,15 @@ def test_bench_blocks_prints_a_table(capsys):
     assert "| 2 | 9 | 2 |" in out and "| 2 | 12 |" in out
     assert all(row["sequential"] > 0 and row["cyclic"] > 0 for row in rows)
     assert [row.get("layer", False) for row in rows] == [False, True]
+
+
+def test_bench_torch_cases(monkeypatch):
+    # The command line names the cases; the timing itself is bench_torch's
+    # (run by the asv benchmarks and the documentation's commands).
+    calls = []
+    monkeypatch.setattr(_cli, "bench_torch", lambda case, repeat: calls.append((case, repeat)))
+    assert _cli.main(["bench-torch", "--case", "lorenz", "--repeat", "2"]) == 0
+    assert _cli.main(["bench-torch"]) == 0
+    assert calls == [((512, 50, 1, 1, 3), 2), ((16, 2048, 3, 3, 3), 7)]
+    with pytest.raises(SystemExit):
+        _cli.main(["bench-torch", "--case", "tiny"])
