@@ -426,10 +426,11 @@ def vjp_steps(
     :func:`lhs_steps` one after another, each entry ``(o1, o2)`` scaled by
     ``o1 + o2`` (the exponent that differentiating brings down) and by
     ``w_s^2``, repeated over the lanes; see :func:`lane_step_form`) and the
-    central ones.  ``rows`` receives the block's coefficients (``(t1 - t0) E n
-    L`` elements, :func:`gather_steps`), ``scratch`` holds at least ``(2 O + 4 + t1 - t0) L`` elements, ``grad_block`` (with ``lhs``)
-    ``(t1 - t0) E n L``: the block's coefficient gradients, lanes innermost,
-    before they are transposed into ``grad_coef`` (flat, (systems, T, E, n)).
+    central ones.  ``rows`` receives the block's coefficients (``(t1 - t0) E
+    n L`` elements, :func:`gather_steps`); ``scratch`` holds at least ``(2 O
+    + 4 + t1 - t0) L`` elements; ``grad_block`` (with ``lhs``) ``(t1 - t0) E
+    n L``: the block's coefficient gradients, lanes innermost, before they are
+    transposed into ``grad_coef`` (flat, (systems, T, E, n)).
     """
     L = len(lanes)
     n = D * O
